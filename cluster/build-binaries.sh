@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Builds the local control plane from Go modules into a cache outside the repository:
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok.
+# The cache folder is keyed by the pinned versions; a binary that is missing or fails its
+# version check is rebuilt, nothing else is. Prints the cache folder on the last line.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache_root=${TORGHUT_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/torghut-rollout-operator}
+bin_dir="$cache_root/bin/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
+mkdir -p "$bin_dir"
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+command -v go >/dev/null || { echo "build-binaries: go is not on PATH" >&2; exit 1; }
+
+k8s_ver=${KUBERNETES_VERSION#v}
+major=${k8s_ver%%.*}
+minor=${k8s_ver#*.}; minor=${minor%%.*}
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+
+# healthy NAME: the binary exists and answers its version flag with the pinned version.
+healthy() {
+  local name=$1 want
+  [ -x "$bin_dir/$name" ] || return 1
+  case $name in
+    etcd) want=$ETCD_VERSION ;;
+    kwok) want=$KWOK_VERSION ;;
+    *) want=$KUBERNETES_VERSION ;;
+  esac
+  local out
+  case $name in
+    kubectl) out=$("$bin_dir/$name" version --client 2>/dev/null) ;;
+    *) out=$("$bin_dir/$name" --version 2>/dev/null) ;;
+  esac || return 1
+  grep -q -- "${want#v}" <<<"$out"
+}
+
+# build NAME MODULE@VERSION COMMAND...: runs the build, names what failed and why.
+build() {
+  local name=$1 what=$2; shift 2
+  if healthy "$name"; then
+    echo "build-binaries: $name cached"
+    return
+  fi
+  echo "build-binaries: building $name ($what) ..."
+  local start=$SECONDS log
+  log=$(mktemp)
+  if ! "$@" >"$log" 2>&1; then
+    echo "build-binaries: FAILED to build $name from $what (Go $(go env GOVERSION)):" >&2
+    tail -n 40 "$log" >&2
+    rm -f "$log" "$bin_dir/$name"
+    exit 1
+  fi
+  rm -f "$log"
+  healthy "$name" || { echo "build-binaries: $name built but does not report $what" >&2; exit 1; }
+  echo "build-binaries: built $name in $((SECONDS - start))s, $(du -h "$bin_dir/$name" | cut -f1)"
+}
+
+total_start=$SECONDS
+cd "$here/gobuild"
+build etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" \
+  go build -trimpath -ldflags "-s -w" -o "$bin_dir/etcd" ./etcd
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  build "$cmd" "k8s.io/kubernetes@$KUBERNETES_VERSION" \
+    go build -trimpath -ldflags "$ldflags" -o "$bin_dir/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+done
+# kwok is its own module without replace directives: build it apart from Kubernetes'.
+build kwok "sigs.k8s.io/kwok@$KWOK_VERSION" \
+  env GOBIN="$bin_dir" go install -trimpath \
+  -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
+  "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+echo "build-binaries: all binaries ready in $((SECONDS - total_start))s"
+echo "$bin_dir"

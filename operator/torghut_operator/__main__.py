@@ -1,0 +1,47 @@
+"""The operator process: ``torghut-operator`` or ``python -m torghut_operator``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, help="Run the Torghut rollout operator.")
+
+
+@app.command()
+def run(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch only these namespaces (repeatable).")
+    ] = None,
+    liveness: Annotated[
+        str, typer.Option(help="Liveness endpoint; fails when the rollout watch goes stale.")
+    ] = "http://0.0.0.0:8080/healthz",
+    log_format: Annotated[str, typer.Option(help="plain, full or json.")] = "plain",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    import kopf  # noqa: PLC0415 (keep --help fast)
+
+    from torghut_operator import handlers  # noqa: F401, PLC0415 (registers the handlers)
+
+    formats = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
+    if log_format not in formats:
+        raise typer.BadParameter(f"--log-format must be one of {', '.join(formats)}")
+    kopf.configure(verbose=verbose, log_format=formats[log_format])
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespace,
+        namespaces=namespace or (),
+        liveness_endpoint=liveness,
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

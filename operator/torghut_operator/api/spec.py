@@ -1,0 +1,366 @@
+"""The TorghutRollout spec, parsed once at the edge.
+
+The CRD in ``crds/torghutrollouts.yaml`` is the contract users see; these models mirror it field for field
+(``tests/unit/test_crd_drift.py`` keeps the two in step). The API server has already validated what it could;
+these models add the rules a schema can't state and turn the body into typed values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from torghut_operator.api.durations import Duration
+
+GROUP = "torghut.proompteng.ai"
+VERSION = "v1alpha1"
+PLURAL = "torghutrollouts"
+KIND = "TorghutRollout"
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(
+        alias_generator=lambda name: "".join(
+            part if i == 0 else part.capitalize() for i, part in enumerate(name.split("_"))
+        ),
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the rollout's namespace. Its value is read at use and never written anywhere."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret.")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret.")
+
+
+class TargetKind(StrEnum):
+    DEPLOYMENT = "Deployment"
+    KNATIVE_SERVICE = "Service"
+
+
+class Target(ApiModel):
+    """The workload this rollout changes."""
+
+    kind: TargetKind = Field(
+        default=TargetKind.DEPLOYMENT,
+        description="Deployment (apps/v1) or Service (serving.knative.dev/v1, Knative).",
+    )
+    name: str = Field(min_length=1, max_length=253, description="Name of the target in this namespace.")
+    container: str = Field(
+        min_length=1,
+        max_length=63,
+        description="Container whose image is rolled out (Knative: user-container).",
+    )
+    image: str = Field(min_length=1, max_length=512, description="The image to roll out, ideally by digest.")
+
+    @property
+    def api_version(self) -> str:
+        return "apps/v1" if self.kind is TargetKind.DEPLOYMENT else "serving.knative.dev/v1"
+
+
+class Database(ApiModel):
+    """The Postgres database that migrations change and that Postgres checks query."""
+
+    secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the DSN (postgresql://user:pass@host:port/db). Never inline."
+    )
+    statement_timeout: Duration = Field(
+        default="10s",
+        description="Statement timeout for every gate query (each runs in a read-only transaction).",
+    )
+    connect_timeout: Duration = Field(default="5s", description="Connection timeout.")
+
+
+class Prometheus(ApiModel):
+    """The Prometheus (or Mimir/Thanos query frontend) that Prometheus checks query."""
+
+    url: str = Field(min_length=1, max_length=2048, description="Base URL, e.g. http://prometheus.monitoring:9090.")
+    bearer_token_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Optional bearer token sent as Authorization header."
+    )
+
+
+class PostgresProvider(ApiModel):
+    query: str = Field(
+        min_length=1,
+        description=(
+            "Read-only SQL run in a READ ONLY transaction with the database's statement timeout. It must return "
+            "one row; the column named `value` (or the first column) is the result, an optional column named "
+            "`samples` is the sample count judged by minSamples. No row or a NULL value is no data "
+            "(Inconclusive), never a pass."
+        ),
+    )
+
+
+class PrometheusProvider(ApiModel):
+    query: str = Field(
+        min_length=1,
+        description=(
+            "PromQL instant query returning a scalar or exactly one series. An empty vector is no data "
+            "(Inconclusive); several series are an Error."
+        ),
+    )
+    samples_query: str | None = Field(
+        default=None,
+        description="Optional PromQL whose single value is the sample count judged by minSamples.",
+    )
+
+
+class HttpProvider(ApiModel):
+    url: str = Field(min_length=1, max_length=2048, description="URL to GET.")
+    json_path: str | None = Field(
+        default=None,
+        description=(
+            "JSONPath into the response body, e.g. $.autonomy.signals_total. Without it the whole body (JSON, "
+            "or text) is the result. A path that matches nothing is no data."
+        ),
+    )
+    expected_status: list[int] = Field(
+        default_factory=lambda: [200],
+        min_length=1,
+        description="Status codes that count as an answer; any other status is a Failed measurement.",
+    )
+
+
+class Check(ApiModel):
+    """One gate: a provider that measures, and a judgement of the measured value."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Unique name of the check within its stage (a DNS label).",
+    )
+    postgres: PostgresProvider | None = Field(default=None, description="Measure with a read-only SQL query.")
+    prometheus: PrometheusProvider | None = Field(default=None, description="Measure with a PromQL query.")
+    http: HttpProvider | None = Field(default=None, description="Measure with an HTTP GET.")
+    min: float | None = Field(default=None, description="Lowest passing value (inclusive).")
+    max: float | None = Field(default=None, description="Highest passing value (inclusive).")
+    success_condition: str | None = Field(
+        default=None,
+        max_length=4096,
+        description=(
+            "CEL expression over `result` (and `samples`, `previous`); true means Successful. With only a "
+            "successCondition, false means Failed; with both conditions and neither true, Inconclusive."
+        ),
+    )
+    failure_condition: str | None = Field(
+        default=None, max_length=4096, description="CEL expression over `result`; true means Failed."
+    )
+    failure_limit: int = Field(
+        default=0, ge=0, le=1000, description="Failed measurements tolerated; one more fails the check."
+    )
+    inconclusive_limit: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Inconclusive measurements tolerated; one more makes the check Inconclusive (waits for a human).",
+    )
+    consecutive_error_limit: int = Field(
+        default=4,
+        ge=0,
+        le=1000,
+        description="Consecutive Error measurements tolerated; one more makes the check Error and the stage fail.",
+    )
+    min_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fewer samples than this make a measurement Inconclusive (not enough data), never a pass.",
+    )
+    dry_run: bool = Field(default=False, description="Measure and record, but never block or fail the stage.")
+    timeout: Duration = Field(default="10s", description="Timeout of one measurement.")
+
+    @model_validator(mode="after")
+    def _one_provider_and_a_judgement(self) -> Self:
+        providers = [p for p in (self.postgres, self.prometheus, self.http) if p is not None]
+        if len(providers) != 1:
+            raise ValueError(f"check {self.name!r} needs exactly one of postgres, prometheus, http")
+        thresholds = self.min is not None or self.max is not None
+        conditions = self.success_condition is not None or self.failure_condition is not None
+        if not thresholds and not conditions:
+            raise ValueError(f"check {self.name!r} needs a judgement: min/max or successCondition/failureCondition")
+        if thresholds and conditions:
+            raise ValueError(f"check {self.name!r}: use min/max or CEL conditions, not both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"check {self.name!r}: min {self.min} is above max {self.max}")
+        return self
+
+    @property
+    def provider(self) -> Literal["postgres", "prometheus", "http"]:
+        if self.postgres is not None:
+            return "postgres"
+        if self.prometheus is not None:
+            return "prometheus"
+        return "http"
+
+    @property
+    def query_text(self) -> str:
+        """What the check asks, as shown in verdicts and the evidence ledger."""
+        if self.postgres is not None:
+            return self.postgres.query
+        if self.prometheus is not None:
+            return self.prometheus.query
+        assert self.http is not None
+        return self.http.url + (f" {self.http.json_path}" if self.http.json_path else "")
+
+    @property
+    def threshold_text(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f">= {self.min:g}")
+        if self.max is not None:
+            parts.append(f"<= {self.max:g}")
+        if self.success_condition is not None:
+            parts.append(f"success: {self.success_condition}")
+        if self.failure_condition is not None:
+            parts.append(f"failure: {self.failure_condition}")
+        return ", ".join(parts)
+
+
+class MigrationJob(ApiModel):
+    """The application's own migration command, run as a Kubernetes Job owned by the rollout."""
+
+    image: str | None = Field(default=None, max_length=512, description="Image; defaults to spec.target.image.")
+    command: list[str] = Field(
+        min_length=1,
+        description="Command, e.g. [/opt/venv/bin/alembic, -c, /app/alembic.ini, upgrade, heads].",
+    )
+    args: list[str] = Field(default_factory=list, description="Arguments.")
+    dsn_env: str = Field(
+        default="DB_DSN",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable that receives the DSN from spec.database.secretRef.",
+    )
+    backoff_limit: int = Field(default=6, ge=0, le=20, description="Job backoffLimit.")
+    active_deadline: Duration = Field(default="15m", description="Job activeDeadlineSeconds, as a duration.")
+    service_account_name: str | None = Field(default=None, description="ServiceAccount of the Job's pod.")
+    pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the Job's pod.")
+
+
+class ConfigMapRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253, description="Name of the ConfigMap in this namespace.")
+
+
+class SqlMigration(ApiModel):
+    """Ordered SQL files applied by the operator itself: each once, in its own transaction, under an advisory
+    lock, recorded with a checksum in torghut_rollout.sql_migrations."""
+
+    config_map_ref: ConfigMapRef = Field(
+        description="ConfigMap whose keys ending in .sql are applied in lexical order."
+    )
+
+
+class GrantExpectation(ApiModel):
+    role: str = Field(min_length=1, max_length=63, description="Role that must hold the privileges.")
+    tables: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Table name pattern in schema public; * matches any characters (e.g. research_*).",
+    )
+    privileges: list[Literal["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"]] = Field(
+        min_length=1, description="Privileges required on every matching table."
+    )
+
+
+class Expectations(ApiModel):
+    """Postconditions checked in Postgres before the migrate stage passes."""
+
+    alembic_heads: list[str] = Field(
+        default_factory=list, description="Revisions that must all be present in alembic_version."
+    )
+    grants: list[GrantExpectation] = Field(default_factory=list, description="Privileges that must be held.")
+    checks: list[Check] = Field(
+        default_factory=list, description="Further checks, each judged once on a single measurement."
+    )
+
+
+class Migrate(ApiModel):
+    """The migrate stage: run a Job or apply SQL files (at most one), then check expectations."""
+
+    job: MigrationJob | None = Field(default=None, description="Run the app's migration command as a Job.")
+    sql: SqlMigration | None = Field(default=None, description="Apply SQL files from a ConfigMap.")
+    expect: Expectations | None = Field(default=None, description="Postconditions checked after migrating.")
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> Self:
+        if self.job is not None and self.sql is not None:
+            raise ValueError("migrate takes one of job or sql, not both")
+        if self.job is None and self.sql is None and self.expect is None:
+            raise ValueError("migrate needs job, sql or expect")
+        return self
+
+
+class Deploy(ApiModel):
+    progress_deadline: Duration = Field(
+        default="10m", description="The new image must be fully available within this time."
+    )
+
+
+class Verify(ApiModel):
+    """Measurements taken after deploy; every check must pass before the rollout advances."""
+
+    initial_delay: Duration = Field(default="0s", description="Wait before the first measurement.")
+    interval: Duration = Field(default="30s", description="Time between measurements of a check.")
+    count: int = Field(default=3, ge=1, le=1000, description="Measurements per check.")
+    timeout: Duration | None = Field(
+        default=None,
+        description="The stage fails when its checks have not passed by then (e.g. Inconclusive for too long).",
+    )
+    checks: list[Check] = Field(default_factory=list, description="The checks, all of which must pass.")
+
+
+class Rollback(ApiModel):
+    on_failure: bool = Field(
+        default=True,
+        description="On a failed stage after deploy, restore the previous image and wait for it.",
+    )
+
+
+class TorghutRolloutSpec(ApiModel):
+    target: Target = Field(description="The workload to roll out.")
+    database: Database | None = Field(default=None, description="Postgres for migrations and checks.")
+    prometheus: Prometheus | None = Field(default=None, description="Prometheus for checks.")
+    migrate: Migrate | None = Field(default=None, description="The migrate stage; skipped when absent.")
+    deploy: Deploy = Field(default_factory=Deploy, description="The deploy stage.")
+    verify: Verify = Field(default_factory=Verify, description="The verify stage.")
+    presets: list[Literal["torghut-completion"]] = Field(
+        default_factory=list,
+        description="Built-in check packs added to verify; a check of the same name in verify.checks wins.",
+    )
+    rollback: Rollback = Field(default_factory=Rollback, description="What happens on failure.")
+    paused: bool = Field(default=False, description="Pause the rollout where it stands (like the pause verb).")
+
+    @model_validator(mode="after")
+    def _dependencies(self) -> Self:
+        needs_db = bool(self.migrate) or any(
+            c.postgres
+            for c in [
+                *self.verify.checks,
+                *(self.migrate.expect.checks if self.migrate and self.migrate.expect else []),
+            ]
+        )
+        if needs_db and self.database is None:
+            raise ValueError("migrate and postgres checks need spec.database")
+        if any(c.prometheus for c in self.verify.checks) and self.prometheus is None:
+            raise ValueError("prometheus checks need spec.prometheus")
+        if not self.verify.checks and not self.presets:
+            raise ValueError("verify needs at least one check or preset: a rollout never passes without evidence")
+        names = [c.name for c in self.verify.checks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"verify.checks names must be unique: {', '.join(duplicates)}")
+        return self
+
+    def spec_hash(self) -> str:
+        """Identity of one run of this rollout: changes when anything but `paused` changes."""
+        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude={"paused"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

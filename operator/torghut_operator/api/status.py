@@ -1,0 +1,131 @@
+"""The TorghutRollout status: everything the operator knows about a run, so a restarted operator resumes from
+it. Every field here is declared in the CRD's status schema, or the API server would silently prune it."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from torghut_operator.api.spec import ApiModel
+
+MAX_MEASUREMENTS = 10
+"""Measurements kept per check in status; the evidence ledger keeps them all."""
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    MIGRATING = "Migrating"
+    DEPLOYING = "Deploying"
+    VERIFYING = "Verifying"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    PAUSED = "Paused"
+    ABORTED = "Aborted"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ROLLED_BACK, Phase.ABORTED})
+
+
+class Verdict(StrEnum):
+    """Argo Rollouts' vocabulary. Only Successful ever lets a stage advance."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+
+
+class Condition(ApiModel):
+    """metav1.Condition."""
+
+    type: str
+    status: str
+    observed_generation: int | None = None
+    last_transition_time: str
+    reason: str
+    message: str = ""
+
+
+class Measurement(ApiModel):
+    phase: Verdict
+    at: str = Field(description="When the measurement finished (RFC 3339).")
+    value: str | None = Field(default=None, description="The measured value as text; absent when there was none.")
+    samples: int | None = None
+    message: str = ""
+
+
+class CheckStatus(ApiModel):
+    name: str
+    stage: str
+    provider: str
+    query: str
+    threshold: str
+    phase: Verdict = Verdict.PENDING
+    dry_run: bool = False
+    successful: int = 0
+    failed: int = 0
+    inconclusive: int = 0
+    errors: int = 0
+    consecutive_errors: int = 0
+    message: str = ""
+    approved: bool = Field(default=False, description="An Inconclusive verdict accepted by the promote verb.")
+    measurements: list[Measurement] = Field(default_factory=list)
+
+    @property
+    def counted(self) -> int:
+        """Measurements that count toward verify.count; errors are retried, not counted."""
+        return self.successful + self.failed + self.inconclusive
+
+
+class AppliedFile(ApiModel):
+    name: str
+    checksum: str
+    applied_at: str
+
+
+class MigrationStatus(ApiModel):
+    mode: str = ""
+    job_name: str | None = None
+    applied: list[AppliedFile] = Field(default_factory=list)
+    message: str = ""
+    completed_at: str | None = None
+
+
+class LastAction(ApiModel):
+    verb: str
+    at: str
+    result: str
+
+
+class TorghutRolloutStatus(ApiModel):
+    phase: Phase = Phase.PENDING
+    stage: str = Field(default="", description="migrate, deploy, verify or rollback while one runs.")
+    message: str = ""
+    observed_generation: int | None = None
+    spec_hash: str | None = None
+    attempt: int = 1
+    image: str | None = Field(default=None, description="The image this run rolls out.")
+    previous_image: str | None = None
+    started_at: str | None = None
+    phase_started_at: str | None = None
+    completed_at: str | None = None
+    paused_from: Phase | None = None
+    paused_by: str | None = Field(default=None, description="spec (spec.paused) or verb (the pause verb).")
+    aborted: bool = False
+    failed_stage: str | None = None
+    blocked_by: str | None = None
+    awaiting_approval: bool = False
+    migration: MigrationStatus | None = None
+    checks: list[CheckStatus] = Field(default_factory=list)
+    next_measurement_at: str | None = None
+    last_action: LastAction | None = None
+    conditions: list[Condition] = Field(default_factory=list)

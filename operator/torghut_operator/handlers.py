@@ -1,0 +1,149 @@
+"""Thin Kopf handlers: one daemon per TorghutRollout drives it; watch events only wake that daemon.
+
+A single writer per object (its daemon) means no two turns of the same rollout ever overlap. Watches on the
+rollouts, their Jobs and their targets wake the daemon at once, so a stage advances as soon as its evidence is
+observable; the daemon's own wait is the timer that polls gates and deadlines. Importing this module registers
+handlers and touches no cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from torghut_operator import metrics
+from torghut_operator.api.spec import GROUP, PLURAL, VERSION
+from torghut_operator.errors import PermanentError
+from torghut_operator.health import WatchFreshness
+from torghut_operator.kube.builders import MANAGED_BY
+from torghut_operator.reconciler import Reconciler
+from torghut_operator.settings import OperatorConfig
+
+log = logging.getLogger(__name__)
+IDLE_SECONDS = 30.0
+"""The longest a daemon sleeps without being woken; a safety net under the watches."""
+
+
+@dataclass
+class Runtime:
+    """Everything the handlers share; built once at startup and kept in Kopf's memo."""
+
+    reconciler: Reconciler
+    config: OperatorConfig
+    freshness: WatchFreshness
+    wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+    targets: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    """uid -> (namespace, target kind, target name)"""
+
+    def wake(self, uid: str) -> None:
+        event = self.wakers.get(uid)
+        if event is not None:
+            event.set()
+
+    def wake_target(self, namespace: str, kind: str, name: str) -> None:
+        for uid, key in list(self.targets.items()):
+            if key == (namespace, kind, name):
+                self.wake(uid)
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime: Runtime = memo.runtime
+    return runtime
+
+
+@kopf.on.startup()
+async def startup(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    from torghut_operator.wiring import build_runtime  # noqa: PLC0415 (wiring imports clients; keep import cheap)
+
+    config = OperatorConfig.from_env()
+    config.apply(settings)
+    memo.runtime = build_runtime(config)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def drive(
+    *, stopped: kopf.DaemonStopped, namespace: str | None, name: str, uid: str, spec: kopf.Spec, memo: Any, **_: Any
+) -> None:
+    assert namespace is not None  # the resource is namespaced
+    runtime = _runtime(memo)
+    wake = runtime.wakers.setdefault(uid, asyncio.Event())
+    target = spec.get("target") or {}
+    runtime.targets[uid] = (namespace, target.get("kind", "Deployment"), target.get("name", ""))
+    backoff = 1.0
+    try:
+        while not stopped:
+            wake.clear()
+            try:
+                turn = await runtime.reconciler.reconcile(namespace, name)
+                backoff = 1.0
+            except PermanentError as exc:
+                log.error("TorghutRollout %s/%s: %s", namespace, name, exc)
+                turn, backoff = None, IDLE_SECONDS
+            except Exception as exc:  # noqa: BLE001 (temporary by default: the next turn starts from the persisted status)
+                log.warning("TorghutRollout %s/%s: turn failed, retrying in %.0fs: %s", namespace, name, backoff, exc)
+                turn, backoff = None, min(backoff * 2, IDLE_SECONDS)
+                await _wait(wake, backoff)
+                continue
+            if turn is None:
+                return
+            delay = IDLE_SECONDS if turn.requeue_after is None else min(turn.requeue_after, IDLE_SECONDS)
+            if delay > 0:
+                await _wait(wake, delay)
+    finally:
+        runtime.wakers.pop(uid, None)
+        runtime.targets.pop(uid, None)
+
+
+async def _wait(wake: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout=seconds)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def rollout_changed(
+    *, type: str, body: kopf.Body, uid: str, name: str, namespace: str | None, memo: Any, **_: Any
+) -> None:
+    runtime = _runtime(memo)
+    runtime.freshness.saw(uid, body.metadata.get("resourceVersion"))
+    if type == "DELETED":
+        runtime.freshness.forget(uid)
+        metrics.forget(namespace or "", name)
+    target = body.spec.get("target") or {}
+    key = (namespace or "", target.get("kind", "Deployment"), target.get("name", ""))
+    # Any change to one rollout may unblock another on the same target.
+    for other, other_key in list(runtime.targets.items()):
+        if other == uid or other_key == key:
+            runtime.wake(other)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED_BY)
+async def job_changed(*, body: kopf.Body, memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    for ref in body.metadata.get("ownerReferences") or []:
+        if ref.get("kind") == "TorghutRollout":
+            runtime.wake(ref.get("uid", ""))
+
+
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    _runtime(memo).wake_target(namespace or "", "Deployment", name)
+
+
+@kopf.on.event("serving.knative.dev", "v1", "services")
+async def knative_service_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    _runtime(memo).wake_target(namespace or "", "Service", name)
+
+
+@kopf.on.probe(id="watch-freshness")
+async def watch_freshness(*, memo: Any, **_: Any) -> str:
+    """Fails (and so fails the liveness endpoint) when the rollout watch stopped delivering changes."""
+    runtime = _runtime(memo)
+    stale = await runtime.freshness.stale_objects()
+    if stale:
+        raise kopf.PermanentError(f"watch stale: {len(stale)} TorghutRollout change(s) not delivered: {stale[:3]}")
+    return "fresh"

@@ -1,0 +1,55 @@
+"""Liveness that means something: the rollout watch still delivers what the API server has.
+
+Kopf's watch streams have been seen to go silent after API-server trouble while every task still runs. This
+probe lists the rollouts and compares each resourceVersion with the last one the watch delivered; a difference
+that persists past a grace period means the watch is stale, and the liveness endpoint fails so the kubelet
+restarts the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+
+class WatchFreshness:
+    def __init__(
+        self,
+        list_versions: Callable[[], dict[str, str]],
+        *,
+        grace_seconds: float = 90.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._list = list_versions
+        self._grace = grace_seconds
+        self._clock = clock
+        self._seen: dict[str, str] = {}
+        self._behind_since: dict[str, float] = {}
+
+    def saw(self, uid: str, resource_version: str | None) -> None:
+        if resource_version:
+            self._seen[uid] = resource_version
+
+    def forget(self, uid: str) -> None:
+        self._seen.pop(uid, None)
+        self._behind_since.pop(uid, None)
+
+    async def stale_objects(self) -> list[str]:
+        listed = await asyncio.to_thread(self._list)
+        return self.compare(listed)
+
+    def compare(self, listed: dict[str, str]) -> list[str]:
+        """uids whose listed version the watch has not delivered for longer than the grace period."""
+        now = self._clock()
+        stale = []
+        for uid, version in listed.items():
+            if self._seen.get(uid) == version:
+                self._behind_since.pop(uid, None)
+                continue
+            since = self._behind_since.setdefault(uid, now)
+            if now - since > self._grace:
+                stale.append(uid)
+        for uid in set(self._behind_since) - set(listed):
+            del self._behind_since[uid]
+        return stale

@@ -1,0 +1,194 @@
+"""The one Kubernetes gateway: every API call the operator makes, each with a timeout.
+
+Built on the official ``kubernetes`` client (synchronous; the reconciler calls it from worker threads).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from torghut_operator.api.spec import GROUP, PLURAL, VERSION, Target, TargetKind
+from torghut_operator.errors import PermanentError, TemporaryError
+from torghut_operator.kube.builders import ACTION_ANNOTATION
+
+TIMEOUT = (5.0, 20.0)
+"""(connect, read) seconds for every call."""
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """The client's untyped JSON answers, checked once."""
+    if not isinstance(value, dict):
+        raise TemporaryError(f"unexpected answer from the API server: {type(value).__name__}")
+    return value
+
+
+def _api_error(what: str, exc: ApiException) -> Exception:
+    reason = f"{what}: {exc.status} {exc.reason}"
+    if exc.status in (400, 403, 422):
+        return PermanentError(reason)
+    return TemporaryError(reason)
+
+
+class KubeGateway:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api_client)
+        self._apps = client.AppsV1Api(api_client)
+        self._batch = client.BatchV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+
+    # --- TorghutRollouts ---
+
+    def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return as_dict(
+                self._custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _api_error(f"get TorghutRollout {namespace}/{name}", exc) from exc
+
+    def list_rollouts(self, namespace: str) -> list[dict[str, Any]]:
+        try:
+            result = as_dict(
+                self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _request_timeout=TIMEOUT)
+            )
+        except ApiException as exc:
+            raise _api_error(f"list TorghutRollouts in {namespace}", exc) from exc
+        return list(result.get("items", []))
+
+    def patch_rollout_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> bool:
+        """Write the whole status, only if the object is still at ``resource_version``. False on a conflict."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        try:
+            self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise _api_error(f"patch status of TorghutRollout {namespace}/{name}", exc) from exc
+        return True
+
+    def clear_action(self, namespace: str, name: str, value: str) -> None:
+        """Remove the verb annotation, but only if it still holds the verb that was handled."""
+        key = ACTION_ANNOTATION.replace("/", "~1")
+        patch = [
+            {"op": "test", "path": f"/metadata/annotations/{key}", "value": value},
+            {"op": "remove", "path": f"/metadata/annotations/{key}"},
+        ]
+        try:
+            self._custom.api_client.call_api(
+                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}",
+                "PATCH",
+                header_params={"Content-Type": "application/json-patch+json", "Accept": "application/json"},
+                body=patch,
+                auth_settings=["BearerToken"],
+                _request_timeout=TIMEOUT,
+                _return_http_data_only=True,
+                response_type="object",
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):  # gone, or a new verb was written meanwhile: leave it for the next turn
+                return
+            raise _api_error(f"clear action on TorghutRollout {namespace}/{name}", exc) from exc
+
+    # --- Jobs ---
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            job = self._batch.read_namespaced_job(name, namespace, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _api_error(f"get Job {namespace}/{name}", exc) from exc
+        return as_dict(self._batch.api_client.sanitize_for_serialization(job))
+
+    def create_job(self, namespace: str, manifest: dict[str, Any]) -> None:
+        try:
+            self._batch.create_namespaced_job(namespace, cast(Any, manifest), _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 409:  # created before a restart: the name is deterministic, so it is ours
+                return
+            raise _api_error(f"create Job {namespace}/{manifest['metadata']['name']}", exc) from exc
+
+    # --- targets ---
+
+    def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
+        try:
+            if target.kind is TargetKind.DEPLOYMENT:
+                obj = self._apps.read_namespaced_deployment(target.name, namespace, _request_timeout=TIMEOUT)
+                return as_dict(self._apps.api_client.sanitize_for_serialization(obj))
+            return as_dict(
+                self._custom.get_namespaced_custom_object(
+                    "serving.knative.dev", "v1", namespace, "services", target.name, _request_timeout=TIMEOUT
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _api_error(f"get {target.kind.value} {namespace}/{target.name}", exc) from exc
+
+    def set_target_image(self, namespace: str, target: Target, image: str) -> None:
+        what = f"set image of {target.kind.value} {namespace}/{target.name}"
+        try:
+            if target.kind is TargetKind.DEPLOYMENT:
+                patch = {"spec": {"template": {"spec": {"containers": [{"name": target.container, "image": image}]}}}}
+                self._apps.patch_namespaced_deployment(target.name, namespace, patch, _request_timeout=TIMEOUT)
+                return
+            service = self.get_target(namespace, target)
+            if service is None:
+                raise TemporaryError(f"{what}: not found")
+            containers = service["spec"]["template"]["spec"]["containers"]
+            index = next(
+                (i for i, c in enumerate(containers) if c.get("name") in (target.container, None)),
+                None,
+            )
+            if index is None:
+                raise PermanentError(f"{what}: no container {target.container}")
+            ops = [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": service["metadata"]["resourceVersion"]},
+                {"op": "replace", "path": f"/spec/template/spec/containers/{index}/image", "value": image},
+            ]
+            self._custom.api_client.call_api(
+                f"/apis/serving.knative.dev/v1/namespaces/{namespace}/services/{target.name}",
+                "PATCH",
+                header_params={"Content-Type": "application/json-patch+json", "Accept": "application/json"},
+                body=ops,
+                auth_settings=["BearerToken"],
+                _request_timeout=TIMEOUT,
+                _return_http_data_only=True,
+                response_type="object",
+            )
+        except ApiException as exc:
+            raise _api_error(what, exc) from exc
+
+    # --- configuration ---
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str:
+        """A Secret's value; the error names the Secret and key, never a value."""
+        try:
+            secret = self._core.read_namespaced_secret(name, namespace, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise TemporaryError(f"Secret {namespace}/{name} not found") from None
+            raise _api_error(f"read Secret {namespace}/{name}", exc) from None
+        data = secret.data or {}
+        if key not in data:
+            raise TemporaryError(f"Secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(data[key]).decode()
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str]:
+        try:
+            cm = self._core.read_namespaced_config_map(name, namespace, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise TemporaryError(f"ConfigMap {namespace}/{name} not found") from None
+            raise _api_error(f"read ConfigMap {namespace}/{name}", exc) from None
+        return dict(cm.data or {})

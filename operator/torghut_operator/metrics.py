@@ -1,0 +1,46 @@
+"""The operator's own Prometheus metrics."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from torghut_operator.api.status import Phase, TorghutRolloutStatus, Verdict
+
+RECONCILES = Counter("torghut_rollout_reconciles_total", "Reconcile turns by result.", ["result"])
+ERRORS = Counter("torghut_rollout_reconcile_errors_total", "Reconcile turns that raised, by error type.", ["kind"])
+RECONCILE_SECONDS = Histogram(
+    "torghut_rollout_reconcile_duration_seconds",
+    "Duration of one reconcile turn.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PHASE = Gauge(
+    "torghut_rollout_phase",
+    "1 for the phase each TorghutRollout is in, 0 for the others.",
+    ["namespace", "name", "phase"],
+)
+MEASUREMENTS = Counter(
+    "torghut_rollout_measurements_total", "Measurements taken, by check and verdict.", ["check", "verdict"]
+)
+CHECK_VERDICT = Gauge(
+    "torghut_rollout_check_verdict",
+    "1 for each check's current verdict.",
+    ["namespace", "name", "check", "verdict"],
+)
+
+
+def observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> None:
+    for phase in Phase:
+        PHASE.labels(namespace=namespace, name=name, phase=phase.value).set(1 if status.phase is phase else 0)
+    for check in status.checks:
+        for verdict in Verdict:
+            value = 1 if check.phase is verdict else 0
+            CHECK_VERDICT.labels(namespace=namespace, name=name, check=check.name, verdict=verdict.value).set(value)
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop the series of a deleted rollout."""
+    for phase in Phase:
+        with contextlib.suppress(KeyError):
+            PHASE.remove(namespace, name, phase.value)

@@ -1,0 +1,68 @@
+"""What the shell observed of the world, handed to the planner as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from torghut_operator.api.status import AppliedFile, Measurement
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """The target workload as the planner needs it, whatever its kind."""
+
+    exists: bool
+    image: str | None = None
+    rolled_out: bool = False
+    """The controller has observed the current template and every replica runs it and is available."""
+    failed_reason: str | None = None
+    """Why the target's own controller gave up on the rollout (e.g. ProgressDeadlineExceeded)."""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class JobState:
+    name: str
+    exists: bool
+    succeeded: bool = False
+    failed: bool = False
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another TorghutRollout in the namespace on the same target."""
+
+    name: str
+    created: str
+    phase: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class SqlOutcome:
+    applied: tuple[AppliedFile, ...] = ()
+    skipped: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    name: str
+    passed: bool
+    message: str
+    error: bool = False
+
+
+@dataclass(frozen=True)
+class Observations:
+    now: datetime
+    verb: str | None = None
+    peers: tuple[Peer, ...] = ()
+    target: TargetState | None = None
+    job: JobState | None = None
+    sql: SqlOutcome | None = None
+    expectations: tuple[ExpectationOutcome, ...] | None = None
+    measurements: dict[str, Measurement] = field(default_factory=dict)

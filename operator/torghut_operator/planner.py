@@ -1,0 +1,674 @@
+"""The pure planner: (spec, status, observations) -> (new status, actions, events).
+
+No I/O happens here. The shell (``reconciler.py``) gathers observations, calls :func:`plan`, persists the new
+status *before* it carries out the actions, and feeds the outcomes of measuring actions back into the next call.
+Because every decision is derived from the persisted status plus what is observed now, an operator killed
+anywhere resumes where it stood, and repeating a decision repeats nothing harmful: images are patched to a
+value, Jobs are created under a deterministic name, SQL files are recorded under an advisory lock.
+
+The rule that matters most: a stage advances only on recorded, successful evidence. Errors, timeouts, empty
+results and missing data never pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from torghut_operator.api.durations import parse_duration
+from torghut_operator.api.spec import Check, TorghutRolloutSpec
+from torghut_operator.api.status import (
+    MAX_MEASUREMENTS,
+    CheckStatus,
+    Condition,
+    LastAction,
+    Measurement,
+    MigrationStatus,
+    Phase,
+    TorghutRolloutStatus,
+    Verdict,
+)
+from torghut_operator.observations import Observations
+from torghut_operator.timefmt import format_time, parse_time
+
+VERBS = ("abort", "retry", "promote", "pause", "resume")
+POLL_SECONDS = 5.0
+"""How soon to look again while waiting on something a watch may not announce (a peer, a Job, a target)."""
+
+
+# --- actions -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateMigrationJob:
+    name: str
+
+
+@dataclass(frozen=True)
+class ApplySqlMigrations:
+    pass
+
+
+@dataclass(frozen=True)
+class CheckExpectations:
+    pass
+
+
+@dataclass(frozen=True)
+class SetTargetImage:
+    image: str
+
+
+@dataclass(frozen=True)
+class Measure:
+    checks: tuple[str, ...]
+
+
+Action = CreateMigrationJob | ApplySqlMigrations | CheckExpectations | SetTargetImage | Measure
+OUTCOME_ACTIONS = (ApplySqlMigrations, CheckExpectations, Measure)
+"""Actions whose outcome is fed back into the planner at once."""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: TorghutRolloutStatus
+    actions: tuple[Action, ...] = ()
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+    verb_handled: bool = False
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def job_name(rollout: str, spec_hash: str, attempt: int) -> str:
+    """Deterministic per run and attempt, so a restarted operator finds the Job it created."""
+    suffix = f"-migrate-{spec_hash[:8]}-{attempt}"
+    return rollout[: 63 - len(suffix)].rstrip("-.") + suffix
+
+
+@dataclass
+class _Builder:
+    """Accumulates one planning step; keeps the status transitions readable."""
+
+    status: TorghutRolloutStatus
+    now: datetime
+    generation: int | None
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    @property
+    def now_text(self) -> str:
+        return format_time(self.now)
+
+    def update(self, **changes: object) -> None:
+        self.status = self.status.model_copy(update=changes)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(seconds, 0.0)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+    def move(self, phase: Phase, message: str, *, stage: str | None = None, warning: bool = False) -> None:
+        previous = self.status.phase
+        changes: dict[str, object] = {"phase": phase, "message": message, "phase_started_at": self.now_text}
+        if stage is not None:
+            changes["stage"] = stage
+        if phase.terminal:
+            changes["completed_at"] = self.now_text
+            changes["stage"] = ""
+        self.update(**changes)
+        if previous != phase:
+            self.event(
+                "Warning" if warning else "Normal",
+                phase.value,
+                f"{previous.value} -> {phase.value}: {message}",
+            )
+
+    def condition(self, type_: str, status: bool | None, reason: str, message: str = "") -> None:
+        text = "Unknown" if status is None else ("True" if status else "False")
+        conditions = [c for c in self.status.conditions if c.type != type_]
+        old = next((c for c in self.status.conditions if c.type == type_), None)
+        transition = old.last_transition_time if old is not None and old.status == text else self.now_text
+        conditions.append(
+            Condition(
+                type=type_,
+                status=text,
+                observed_generation=self.generation,
+                last_transition_time=transition,
+                reason=reason,
+                message=message,
+            )
+        )
+        order = {"Ready": 0, "Migrated": 1, "Deployed": 2, "Verified": 3}
+        self.update(conditions=sorted(conditions, key=lambda c: order.get(c.type, 9)))
+
+    def finish(self, verb_handled: bool) -> Plan:
+        self._ready_condition()
+        return Plan(self.status, tuple(self.actions), tuple(self.events), self.requeue_after, verb_handled)
+
+    def _ready_condition(self) -> None:
+        s = self.status
+        if s.phase is Phase.SUCCEEDED:
+            self.condition("Ready", True, "Succeeded", s.message)
+            return
+        reason = {
+            Phase.PAUSED: "Paused",
+            Phase.FAILED: "Failed",
+            Phase.ROLLED_BACK: "RolledBack",
+            Phase.ROLLING_BACK: "RollingBack",
+            Phase.ABORTED: "Aborted",
+        }.get(s.phase, "Progressing")
+        if s.blocked_by:
+            reason = "Blocked"
+        elif s.awaiting_approval and s.phase is not Phase.PAUSED:
+            reason = "AwaitingApproval"
+        self.condition("Ready", False, reason, s.message)
+
+
+def _elapsed(since: str | None, now: datetime) -> float:
+    return 0.0 if since is None else (now - parse_time(since)).total_seconds()
+
+
+# --- the planner ---------------------------------------------------------------------------------------------
+
+
+def plan(
+    spec: TorghutRolloutSpec,
+    checks: list[Check],
+    status: TorghutRolloutStatus,
+    obs: Observations,
+    *,
+    name: str,
+    generation: int | None = None,
+) -> Plan:
+    """Decide the next step of the rollout ``name``.
+
+    ``checks`` are the effective verify checks (spec checks plus presets); the shell expands them once.
+    """
+    b = _Builder(status=status, now=obs.now, generation=generation)
+    spec_hash = spec.spec_hash()
+    if status.spec_hash != spec_hash:
+        _new_run(b, spec, spec_hash)
+
+    verb_handled = False
+    if obs.verb is not None:
+        _apply_verb(b, spec, obs.verb)
+        verb_handled = True
+
+    if spec.paused and not b.status.phase.terminal and b.status.phase is not Phase.PAUSED:
+        _pause(b, by="spec")
+    elif not spec.paused and b.status.phase is Phase.PAUSED and b.status.paused_by == "spec":
+        _resume(b)
+
+    handler = _PHASES.get(b.status.phase)
+    if handler is not None:
+        handler(b, spec, checks, obs, name)
+    b.update(observed_generation=generation)
+    return b.finish(verb_handled)
+
+
+def _new_run(b: _Builder, spec: TorghutRolloutSpec, spec_hash: str) -> None:
+    first = b.status.spec_hash is None
+    keep_previous = b.status.previous_image if b.status.phase is not Phase.SUCCEEDED else None
+    b.status = TorghutRolloutStatus(
+        spec_hash=spec_hash,
+        image=spec.target.image,
+        previous_image=keep_previous,
+        phase_started_at=b.now_text,
+    )
+    if not first:
+        b.event("Normal", "SpecChanged", "spec changed: the rollout starts over with the new spec")
+    b.condition("Migrated", None, "Pending")
+    b.condition("Deployed", None, "Pending")
+    b.condition("Verified", None, "Pending")
+
+
+# --- verbs ---------------------------------------------------------------------------------------------------
+
+
+def _apply_verb(b: _Builder, spec: TorghutRolloutSpec, verb: str) -> None:
+    phase = b.status.phase
+    if verb not in VERBS:
+        result = f"unknown verb {verb!r}; use one of {', '.join(VERBS)}"
+    elif verb == "pause":
+        if phase.terminal:
+            result = f"nothing to pause: the rollout is {phase.value}"
+        elif phase is Phase.PAUSED:
+            result = "already paused"
+        elif phase is Phase.ROLLING_BACK:
+            result = "a rollback is not paused: it restores the previous image"
+        else:
+            _pause(b, by="verb")
+            result = "paused"
+    elif verb == "resume":
+        if phase is not Phase.PAUSED:
+            result = f"nothing to resume: the rollout is {phase.value}"
+        elif spec.paused:
+            result = "spec.paused is true: set it to false to resume"
+        else:
+            _resume(b)
+            result = "resumed"
+    elif verb == "abort":
+        if phase.terminal:
+            result = f"nothing to abort: the rollout is {phase.value}"
+        else:
+            _abort(b)
+            result = "aborted"
+    elif verb == "retry":
+        if phase in (Phase.FAILED, Phase.ROLLED_BACK, Phase.ABORTED):
+            _retry(b, spec)
+            result = f"retrying (attempt {b.status.attempt})"
+        else:
+            result = f"nothing to retry: the rollout is {phase.value}"
+    elif b.status.awaiting_approval:
+        checks = [
+            c.model_copy(update={"approved": True}) if c.phase is Verdict.INCONCLUSIVE and not c.dry_run else c
+            for c in b.status.checks
+        ]
+        b.update(checks=checks, awaiting_approval=False)
+        result = "promoted: Inconclusive verdicts accepted"
+    else:
+        result = "nothing awaits approval"
+    b.update(last_action=LastAction(verb=verb, at=b.now_text, result=result))
+    b.event("Normal", "Verb", f"{verb}: {result}")
+
+
+def _pause(b: _Builder, *, by: str) -> None:
+    paused_from = b.status.phase
+    b.update(paused_from=paused_from, paused_by=by)
+    b.move(
+        Phase.PAUSED,
+        f"paused in {paused_from.value} by {'spec.paused' if by == 'spec' else 'the pause verb'}",
+    )
+
+
+def _resume(b: _Builder) -> None:
+    target = b.status.paused_from or Phase.PENDING
+    # The stage clock restarts: time spent paused does not count against deadlines.
+    b.update(paused_from=None, paused_by=None, next_measurement_at=None)
+    b.move(target, f"resumed in {target.value}")
+
+
+def _abort(b: _Builder) -> None:
+    phase = b.status.paused_from if b.status.phase is Phase.PAUSED else b.status.phase
+    b.update(aborted=True, paused_from=None, paused_by=None, awaiting_approval=False)
+    touched = phase in (Phase.DEPLOYING, Phase.VERIFYING, Phase.ROLLING_BACK)
+    if touched and _can_roll_back(b.status):
+        b.move(Phase.ROLLING_BACK, "aborted: restoring the previous image", stage="rollback", warning=True)
+    else:
+        b.move(Phase.ABORTED, "aborted", warning=True)
+
+
+def _retry(b: _Builder, spec: TorghutRolloutSpec) -> None:
+    s = b.status
+    b.status = TorghutRolloutStatus(
+        spec_hash=s.spec_hash,
+        attempt=s.attempt + 1,
+        image=spec.target.image,
+        previous_image=s.previous_image,
+        conditions=s.conditions,
+        last_action=s.last_action,
+        phase=s.phase,
+    )
+    b.move(Phase.PENDING, f"retry: attempt {b.status.attempt}")
+
+
+# --- phases --------------------------------------------------------------------------------------------------
+
+
+def _pending(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:
+    target_text = f"{spec.target.kind.value}/{spec.target.name}"
+    blocking = _blocking_peer(obs, name)
+    if blocking is not None:
+        message = f"waiting for TorghutRollout {blocking} on {target_text}: one rollout per target at a time"
+        if b.status.blocked_by != blocking:
+            b.event("Normal", "Blocked", message)
+        b.update(blocked_by=blocking, message=message)
+        b.requeue(POLL_SECONDS)
+        return
+    b.update(blocked_by=None)
+    if obs.target is None or not obs.target.exists:
+        message = f"target {target_text} not found; waiting for it"
+        if b.status.message != message:
+            b.event("Warning", "TargetNotFound", message)
+        b.update(message=message)
+        b.requeue(POLL_SECONDS)
+        return
+    b.update(
+        started_at=b.status.started_at or b.now_text,
+        previous_image=b.status.previous_image or obs.target.image,
+    )
+    if spec.migrate is not None:
+        mode = "job" if spec.migrate.job else "sql" if spec.migrate.sql else "expect"
+        b.update(migration=MigrationStatus(mode=mode))
+        b.condition("Migrated", False, "Migrating")
+        b.move(Phase.MIGRATING, f"migrating ({mode})", stage="migrate")
+    else:
+        b.condition("Migrated", True, "NotConfigured", "no migrate stage")
+        _enter_deploy(b, spec)
+
+
+def _blocking_peer(obs: Observations, name: str) -> str | None:
+    """The peer this rollout waits for: one that already runs, or an older pending one."""
+    me = next((p for p in obs.peers if p.name == name), None)
+    my_key = (me.created, me.name) if me is not None else ("~", name)
+    for peer in sorted(obs.peers, key=lambda p: (p.created, p.name)):
+        if peer.name == name or not peer.active:
+            continue
+        if peer.phase != Phase.PENDING.value or (peer.created, peer.name) < my_key:
+            return peer.name
+    return None
+
+
+def _migrating(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:
+    assert spec.migrate is not None
+    migration = b.status.migration or MigrationStatus()
+    ran = migration.completed_at is not None or (spec.migrate.job is None and spec.migrate.sql is None)
+    if not ran and spec.migrate.job is not None:
+        job = job_name(name, b.status.spec_hash or "", b.status.attempt)
+        if migration.job_name != job:
+            b.update(migration=migration.model_copy(update={"job_name": job}))
+        state = obs.job
+        if state is None or not state.exists:
+            b.actions.append(CreateMigrationJob(job))
+            b.update(message=f"migration Job {job} created")
+            b.requeue(POLL_SECONDS)
+            return
+        if state.failed:
+            text = f"migration Job {job} failed: {state.reason or 'Failed'}: {state.message}".rstrip(": ")
+            _fail(b, spec, "migrate", "MigrationFailed", text, condition="Migrated")
+            return
+        if not state.succeeded:
+            b.update(message=f"migration Job {job} running")
+            b.requeue(POLL_SECONDS)
+            return
+        migration = (b.status.migration or migration).model_copy(
+            update={"completed_at": b.now_text, "message": f"Job {job} completed"}
+        )
+        b.update(migration=migration)
+        b.event("Normal", "MigrationJobSucceeded", f"migration Job {job} completed")
+        ran = True
+    if not ran and spec.migrate.sql is not None:
+        if obs.sql is None:
+            b.actions.append(ApplySqlMigrations())
+            return
+        if obs.sql.error is not None:
+            _fail(b, spec, "migrate", "MigrationFailed", obs.sql.error, condition="Migrated")
+            return
+        applied = [*migration.applied, *obs.sql.applied]
+        text = f"{len(obs.sql.applied)} SQL file(s) applied, {len(obs.sql.skipped)} already applied"
+        b.update(
+            migration=migration.model_copy(update={"applied": applied, "completed_at": b.now_text, "message": text})
+        )
+        b.event("Normal", "SqlMigrated", text)
+    expect = spec.migrate.expect
+    if expect is not None and (expect.alembic_heads or expect.grants or expect.checks):
+        if obs.expectations is None:
+            b.actions.append(CheckExpectations())
+            return
+        failed = [e for e in obs.expectations if not e.passed]
+        if failed:
+            reason = "GateError" if any(e.error for e in failed) else "GateFailed"
+            text = "; ".join(f"{e.name}: {e.message}" for e in failed)
+            _fail(b, spec, "migrate", reason, f"migration postconditions not met: {text}", condition="Migrated")
+            return
+        b.event("Normal", "MigrationVerified", f"{len(obs.expectations)} postcondition(s) hold")
+    b.condition("Migrated", True, "Succeeded", (b.status.migration or migration).message or "migrated")
+    _enter_deploy(b, spec)
+
+
+def _enter_deploy(b: _Builder, spec: TorghutRolloutSpec) -> None:
+    b.condition("Deployed", False, "Deploying")
+    b.move(Phase.DEPLOYING, f"deploying {spec.target.image}", stage="deploy")
+    b.requeue(0)
+
+
+def _deploying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:
+    target = obs.target
+    if target is None or not target.exists:
+        _fail(
+            b,
+            spec,
+            "deploy",
+            "TargetNotFound",
+            f"target {spec.target.kind.value}/{spec.target.name} not found",
+            condition="Deployed",
+        )
+        return
+    if target.image != spec.target.image:
+        b.actions.append(SetTargetImage(spec.target.image))
+        b.update(message=f"setting {spec.target.container} image to {spec.target.image}")
+        b.requeue(POLL_SECONDS)
+        return
+    if target.failed_reason:
+        _fail(
+            b,
+            spec,
+            "deploy",
+            target.failed_reason,
+            f"deploy failed: {target.failed_reason}: {target.detail}",
+            condition="Deployed",
+        )
+        return
+    if target.rolled_out:
+        b.condition("Deployed", True, "Available", target.detail)
+        b.condition("Verified", False, "Verifying")
+        delay = parse_duration(spec.verify.initial_delay)
+        b.update(
+            checks=[_fresh_check(c) for c in checks],
+            next_measurement_at=format_time(b.now + timedelta(seconds=delay)),
+        )
+        b.move(
+            Phase.VERIFYING,
+            f"{spec.target.image} available; verifying {len(checks)} check(s)",
+            stage="verify",
+        )
+        b.requeue(delay)
+        return
+    deadline = parse_duration(spec.deploy.progress_deadline)
+    if _elapsed(b.status.phase_started_at, b.now) > deadline:
+        _fail(
+            b,
+            spec,
+            "deploy",
+            "ProgressDeadlineExceeded",
+            f"not available within {spec.deploy.progress_deadline}: {target.detail}",
+            condition="Deployed",
+        )
+        return
+    b.update(message=f"waiting for {spec.target.image}: {target.detail}")
+    b.requeue(POLL_SECONDS)
+
+
+def _fresh_check(check: Check) -> CheckStatus:
+    return CheckStatus(
+        name=check.name,
+        stage="verify",
+        provider=check.provider,
+        query=check.query_text,
+        threshold=check.threshold_text,
+        dry_run=check.dry_run,
+    )
+
+
+def _record(check: Check, state: CheckStatus, m: Measurement, count: int) -> CheckStatus:
+    """Fold one measurement into a check's state and judge the check (Argo Rollouts' rules, fail-closed)."""
+    updates: dict[str, object] = {
+        "measurements": [*state.measurements, m][-MAX_MEASUREMENTS:],
+        "message": m.message,
+    }
+    if m.phase is Verdict.ERROR:
+        updates["errors"] = state.errors + 1
+        updates["consecutive_errors"] = state.consecutive_errors + 1
+    else:
+        updates["consecutive_errors"] = 0
+        key = {
+            Verdict.SUCCESSFUL: "successful",
+            Verdict.FAILED: "failed",
+            Verdict.INCONCLUSIVE: "inconclusive",
+        }[m.phase]
+        updates[key] = getattr(state, key) + 1
+    new = state.model_copy(update=updates)
+    if new.consecutive_errors > check.consecutive_error_limit:
+        phase = Verdict.ERROR
+        message = f"{new.consecutive_errors} consecutive errors (limit {check.consecutive_error_limit}): {m.message}"
+    elif new.failed > check.failure_limit:
+        phase = Verdict.FAILED
+        message = f"{new.failed} failed measurement(s) (limit {check.failure_limit}): {m.message}"
+    elif new.inconclusive > check.inconclusive_limit:
+        phase = Verdict.INCONCLUSIVE
+        message = f"{new.inconclusive} inconclusive measurement(s) (limit {check.inconclusive_limit}): {m.message}"
+    elif new.counted >= count and new.successful > 0:
+        phase = Verdict.SUCCESSFUL
+        message = f"{new.successful}/{new.counted} measurements successful; last: {m.message}"
+    else:
+        phase = Verdict.RUNNING
+        message = f"{new.counted}/{count} measurements; last: {m.message}"
+    return new.model_copy(update={"phase": phase, "message": message})
+
+
+def _verifying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:
+    by_name = {c.name: c for c in checks}
+    states = {s.name: s for s in b.status.checks}
+    if set(states) != set(by_name):  # e.g. a status written by an older operator: start the stage's checks over
+        states = {c.name: states.get(c.name) or _fresh_check(c) for c in checks}
+    final = {Verdict.SUCCESSFUL, Verdict.FAILED, Verdict.ERROR, Verdict.INCONCLUSIVE}
+    if obs.measurements:
+        for check_name, m in obs.measurements.items():
+            if check_name in states and check_name in by_name:
+                before = states[check_name]
+                after = _record(by_name[check_name], before, m, spec.verify.count)
+                states[check_name] = after
+                if after.phase in final and before.phase not in final:
+                    kind = "Normal" if after.phase is Verdict.SUCCESSFUL else "Warning"
+                    b.event(
+                        kind,
+                        f"Check{after.phase.value}",
+                        f"{check_name} {after.phase.value}: {after.message}",
+                    )
+        interval = parse_duration(spec.verify.interval)
+        b.update(next_measurement_at=format_time(b.now + timedelta(seconds=interval)))
+    b.update(checks=[states[c.name] for c in checks])
+
+    blocking = [s for s in states.values() if not s.dry_run]
+    broken = [s for s in blocking if s.phase in (Verdict.FAILED, Verdict.ERROR)]
+    if broken:
+        reason = "GateError" if all(s.phase is Verdict.ERROR for s in broken) else "GateFailed"
+        text = "; ".join(f"{s.name} {s.phase.value}: {s.message}" for s in broken)
+        b.condition("Verified", False, reason, text)
+        _fail(b, spec, "verify", reason, text, condition=None)
+        return
+    passed = [s for s in blocking if s.phase is Verdict.SUCCESSFUL or (s.phase is Verdict.INCONCLUSIVE and s.approved)]
+    if len(passed) == len(blocking) and blocking:
+        text = "; ".join(f"{s.name}: {s.message}" for s in passed)
+        b.condition("Verified", True, "ChecksPassed", text)
+        b.update(awaiting_approval=False)
+        b.move(Phase.SUCCEEDED, f"{spec.target.image} rolled out and verified")
+        return
+    waiting = [s for s in blocking if s.phase is Verdict.INCONCLUSIVE and not s.approved]
+    timeout = spec.verify.timeout
+    if timeout is not None and _elapsed(b.status.phase_started_at, b.now) > parse_duration(timeout):
+        pending = [s for s in blocking if s not in passed]
+        text = "; ".join(f"{s.name} {s.phase.value}: {s.message}" for s in pending)
+        b.condition("Verified", False, "VerifyTimeout", text)
+        _fail(b, spec, "verify", "VerifyTimeout", f"checks not passed within {timeout}: {text}", condition=None)
+        return
+    if waiting:
+        text = "; ".join(f"{s.name}: {s.message}" for s in waiting)
+        if not b.status.awaiting_approval:
+            b.event("Warning", "AwaitingApproval", f"Inconclusive: {text}; promote to accept, abort to roll back")
+        b.update(awaiting_approval=True, message=f"awaiting approval: {text}")
+        b.condition("Verified", False, "AwaitingApproval", text)
+    due = [c.name for c in checks if states[c.name].phase in (Verdict.PENDING, Verdict.RUNNING)]
+    if not due:
+        return
+    wait = (parse_time(b.status.next_measurement_at) - b.now).total_seconds() if b.status.next_measurement_at else 0
+    if wait <= 0 and not obs.measurements:
+        b.actions.append(Measure(tuple(due)))
+        return
+    if not waiting:
+        b.update(
+            message=f"verifying: {sum(s.phase is Verdict.SUCCESSFUL for s in blocking)}/{len(blocking)} checks passed"
+        )
+    b.requeue(max(wait, 0.0) if wait > 0 else parse_duration(spec.verify.interval))
+
+
+def _can_roll_back(status: TorghutRolloutStatus) -> bool:
+    return bool(status.previous_image) and status.previous_image != status.image
+
+
+def _fail(
+    b: _Builder, spec: TorghutRolloutSpec, stage: str, reason: str, message: str, *, condition: str | None
+) -> None:
+    if condition is not None:
+        b.condition(condition, False, reason, message)
+    b.update(failed_stage=stage, awaiting_approval=False)
+    b.event("Warning", reason, message)
+    deployed = stage in ("deploy", "verify")
+    if deployed and spec.rollback.on_failure and _can_roll_back(b.status):
+        b.move(
+            Phase.ROLLING_BACK,
+            f"{stage} failed ({reason}): {message}; restoring {b.status.previous_image}",
+            stage="rollback",
+            warning=True,
+        )
+        b.requeue(0)
+        return
+    b.move(Phase.FAILED, f"{stage} failed ({reason}): {message}", warning=True)
+
+
+def _rolling_back(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:
+    previous = b.status.previous_image
+    target = obs.target
+    done_phase = Phase.ABORTED if b.status.aborted else Phase.ROLLED_BACK
+    if previous is None or target is None or not target.exists:
+        b.move(Phase.FAILED, "rollback impossible: no previous image or no target", warning=True)
+        return
+    if target.image != previous:
+        b.actions.append(SetTargetImage(previous))
+        b.requeue(POLL_SECONDS)
+        return
+    if target.rolled_out:
+        b.condition("Deployed", False, "RolledBack", f"{previous} restored")
+        b.move(done_phase, f"{previous} restored and available; {b.status.message}".strip("; "))
+        return
+    if target.failed_reason or _elapsed(b.status.phase_started_at, b.now) > parse_duration(
+        spec.deploy.progress_deadline
+    ):
+        b.move(Phase.FAILED, f"rollback to {previous} did not become available: {target.detail}", warning=True)
+        return
+    b.requeue(POLL_SECONDS)
+
+
+def _idle(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:
+    """Terminal and paused phases wait for a verb or a spec change."""
+
+
+_PHASES = {
+    Phase.PENDING: _pending,
+    Phase.MIGRATING: _migrating,
+    Phase.DEPLOYING: _deploying,
+    Phase.VERIFYING: _verifying,
+    Phase.ROLLING_BACK: _rolling_back,
+    Phase.PAUSED: _idle,
+    Phase.SUCCEEDED: _idle,
+    Phase.FAILED: _idle,
+    Phase.ROLLED_BACK: _idle,
+    Phase.ABORTED: _idle,
+}
+
+
+def with_outcomes(obs: Observations, **changes: object) -> Observations:
+    """Observations with the outcome of the last measuring action; a verb is applied only once."""
+    return replace(obs, verb=None, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,301 @@
+"""The imperative shell around the planner: observe, plan, persist, act.
+
+One call of :meth:`Reconciler.reconcile` is one turn for one TorghutRollout. It reads the object fresh from the API
+server, gathers what the current phase needs, asks the planner, writes the status *before* acting (with optimistic
+concurrency, so two writers never interleave), then acts. Measuring actions (SQL migration, expectations,
+measurements) return outcomes that go straight back into the planner within the same turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from torghut_operator import metrics
+from torghut_operator.api.spec import Check, TargetKind, TorghutRolloutSpec
+from torghut_operator.api.status import Measurement, Phase, TorghutRolloutStatus, Verdict
+from torghut_operator.errors import OperatorError, PermanentError
+from torghut_operator.kube.builders import (
+    ACTION_ANNOTATION,
+    deployment_state,
+    job_state,
+    knative_state,
+    migration_job,
+)
+from torghut_operator.kube.gateway import KubeGateway
+from torghut_operator.observations import ExpectationOutcome, Observations, Peer, SqlOutcome, TargetState
+from torghut_operator.planner import (
+    OUTCOME_ACTIONS,
+    ApplySqlMigrations,
+    CheckExpectations,
+    CreateMigrationJob,
+    Event,
+    Measure,
+    Plan,
+    SetTargetImage,
+    job_name,
+    plan,
+    with_outcomes,
+)
+from torghut_operator.presets import effective_checks
+from torghut_operator.timefmt import format_time, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_STEPS = 8
+"""Planner calls in one turn; each measuring action costs one."""
+
+
+class EventSink(Protocol):
+    def __call__(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+
+class Gates(Protocol):
+    """What the reconciler needs from the database and the gates, behind one seam."""
+
+    def measure(self, check: Check, spec: TorghutRolloutSpec, namespace: str, previous: Any | None) -> Measurement: ...
+
+    def apply_sql(self, spec: TorghutRolloutSpec, namespace: str, rollout: str) -> SqlOutcome: ...
+
+    def check_expectations(self, spec: TorghutRolloutSpec, namespace: str) -> tuple[ExpectationOutcome, ...]: ...
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one turn did, for metrics and for the daemon's next wait."""
+
+    phase: str
+    requeue_after: float | None
+
+
+class Reconciler:
+    def __init__(self, kube: KubeGateway, gates: Gates, events: EventSink, clock: Callable[[], Any] = utcnow) -> None:
+        self._kube = kube
+        self._gates = gates
+        self._events = events
+        self._clock = clock
+
+    async def reconcile(self, namespace: str, name: str) -> Turn | None:
+        started = time.monotonic()
+        try:
+            turn = await self._turn(namespace, name)
+        except Exception as exc:
+            metrics.RECONCILES.labels(result="error").inc()
+            metrics.ERRORS.labels(kind=type(exc).__name__).inc()
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        metrics.RECONCILES.labels(result="ok").inc()
+        return turn
+
+    async def _turn(self, namespace: str, name: str) -> Turn | None:
+        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        meta = body["metadata"]
+        generation = meta.get("generation")
+        try:
+            spec = TorghutRolloutSpec.model_validate(body.get("spec") or {})
+            checks = effective_checks(spec)
+        except (ValidationError, ValueError) as exc:
+            await self._invalid_spec(body, exc)
+            return Turn(Phase.FAILED.value, None)
+        status = _parse_status(body.get("status"))
+        verb_value = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
+        verb = verb_value.split(":", 1)[0].strip().lower() if verb_value else None
+        obs = await self._observe(body, spec, status, namespace, name, verb)
+        resource_version = meta["resourceVersion"]
+        result: Plan | None = None
+        for _ in range(MAX_STEPS):
+            result = plan(spec, checks, status, obs, name=name, generation=generation)
+            if result.status != status:
+                written = await asyncio.to_thread(
+                    self._kube.patch_rollout_status,
+                    namespace,
+                    name,
+                    _dump_status(result.status),
+                    resource_version,
+                )
+                if not written:  # someone else changed the object: start the turn over soon
+                    return Turn(status.phase.value, 0.5)
+                fresh = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+                if fresh is None:
+                    return None
+                resource_version = fresh["metadata"]["resourceVersion"]
+            if result.verb_handled and verb_value is not None:
+                await asyncio.to_thread(self._kube.clear_action, namespace, name, verb_value)
+                verb_value = None
+            for event in result.events:
+                self._emit(body, event)
+            status = result.status
+            outcomes = await self._act(body, spec, checks, status, namespace, name, result)
+            if outcomes is None:
+                break
+            obs = with_outcomes(obs, **outcomes)
+        assert result is not None
+        metrics.observe_status(namespace, name, result.status)
+        return Turn(result.status.phase.value, result.requeue_after)
+
+    async def _invalid_spec(self, body: dict[str, Any], exc: Exception) -> None:
+        meta = body["metadata"]
+        message = f"invalid spec: {_short_error(exc)}"
+        status = _parse_status(body.get("status"))
+        if status.message == message and status.phase is Phase.FAILED:
+            return
+        status = status.model_copy(
+            update={"phase": Phase.FAILED, "message": message, "observed_generation": meta.get("generation")}
+        )
+        await asyncio.to_thread(
+            self._kube.patch_rollout_status,
+            meta["namespace"],
+            meta["name"],
+            _dump_status(status),
+            meta["resourceVersion"],
+        )
+        self._emit(body, Event("Warning", "InvalidSpec", message))
+
+    async def _observe(
+        self,
+        body: dict[str, Any],
+        spec: TorghutRolloutSpec,
+        status: TorghutRolloutStatus,
+        namespace: str,
+        name: str,
+        verb: str | None,
+    ) -> Observations:
+        phase = status.phase if status.spec_hash == spec.spec_hash() else Phase.PENDING
+        if phase is Phase.PAUSED and status.paused_from is not None:
+            phase = status.paused_from
+        peers: tuple[Peer, ...] = ()
+        target: TargetState | None = None
+        job = None
+        if phase is Phase.PENDING or verb == "retry":
+            peers = await self._peers(namespace, spec)
+        if phase in (Phase.PENDING, Phase.DEPLOYING, Phase.ROLLING_BACK, Phase.VERIFYING) or verb in ("retry", "abort"):
+            raw = await asyncio.to_thread(self._kube.get_target, namespace, spec.target)
+            reader = deployment_state if spec.target.kind is TargetKind.DEPLOYMENT else knative_state
+            target = reader(raw, spec.target.container)
+        if phase is Phase.MIGRATING and spec.migrate is not None and spec.migrate.job is not None:
+            jname = job_name(name, status.spec_hash or "", status.attempt)
+            job = job_state(jname, await asyncio.to_thread(self._kube.get_job, namespace, jname))
+        return Observations(now=self._clock(), verb=verb, peers=peers, target=target, job=job)
+
+    async def _peers(self, namespace: str, spec: TorghutRolloutSpec) -> tuple[Peer, ...]:
+        items = await asyncio.to_thread(self._kube.list_rollouts, namespace)
+        peers = []
+        for item in items:
+            other = (item.get("spec") or {}).get("target") or {}
+            if other.get("name") != spec.target.name or other.get("kind", "Deployment") != spec.target.kind.value:
+                continue
+            phase = ((item.get("status") or {}).get("phase")) or Phase.PENDING.value
+            active = phase not in {p.value for p in Phase if p.terminal} and not item["metadata"].get(
+                "deletionTimestamp"
+            )
+            peers.append(Peer(item["metadata"]["name"], item["metadata"]["creationTimestamp"], phase, active))
+        return tuple(peers)
+
+    async def _act(
+        self,
+        body: dict[str, Any],
+        spec: TorghutRolloutSpec,
+        checks: list[Check],
+        status: TorghutRolloutStatus,
+        namespace: str,
+        name: str,
+        result: Plan,
+    ) -> dict[str, object] | None:
+        outcomes: dict[str, object] = {}
+        for action in result.actions:
+            if isinstance(action, CreateMigrationJob):
+                manifest = migration_job(
+                    spec, name=action.name, rollout=name, uid=body["metadata"]["uid"], namespace=namespace
+                )
+                await asyncio.to_thread(self._kube.create_job, namespace, manifest)
+            elif isinstance(action, SetTargetImage):
+                await asyncio.to_thread(self._kube.set_target_image, namespace, spec.target, action.image)
+            elif isinstance(action, ApplySqlMigrations):
+                outcomes["sql"] = await asyncio.to_thread(self._gates.apply_sql, spec, namespace, name)
+            elif isinstance(action, CheckExpectations):
+                outcomes["expectations"] = await asyncio.to_thread(self._gates.check_expectations, spec, namespace)
+            elif isinstance(action, Measure):
+                outcomes["measurements"] = await self._measure(spec, checks, status, namespace, action.checks)
+        if not any(isinstance(a, OUTCOME_ACTIONS) for a in result.actions):
+            return None
+        return outcomes
+
+    async def _measure(
+        self,
+        spec: TorghutRolloutSpec,
+        checks: list[Check],
+        status: TorghutRolloutStatus,
+        namespace: str,
+        names: tuple[str, ...],
+    ) -> dict[str, Measurement]:
+        by_name = {c.name: c for c in checks}
+        previous = {s.name: _previous_value(s.measurements) for s in status.checks}
+        due = [by_name[n] for n in names if n in by_name]
+        results = await asyncio.gather(
+            *(asyncio.to_thread(self._gates.measure, c, spec, namespace, previous.get(c.name)) for c in due),
+            return_exceptions=True,
+        )
+        measured: dict[str, Measurement] = {}
+        for check, outcome in zip(due, results, strict=True):
+            if isinstance(outcome, BaseException):  # fail closed: an unexpected failure is an Error measurement
+                text = outcome if isinstance(outcome, OperatorError) else type(outcome).__name__
+                m = Measurement(phase=Verdict.ERROR, at=format_time(self._clock()), message=f"{check.name}: {text}")
+            else:
+                m = outcome
+            measured[check.name] = m
+            metrics.MEASUREMENTS.labels(check=check.name, verdict=m.phase.value).inc()
+        return measured
+
+    def _emit(self, body: dict[str, Any], event: Event) -> None:
+        try:
+            self._events(body, event.type, event.reason, event.message[:1024])
+        except Exception:  # an event is a courtesy; the status already says it
+            log.exception("could not post event %s", event.reason)
+
+
+def _previous_value(measurements: list[Measurement]) -> Any | None:
+    for m in reversed(measurements):
+        if m.value is not None and m.phase is not Verdict.ERROR:
+            try:
+                return json.loads(m.value)
+            except ValueError:
+                return m.value
+    return None
+
+
+def _parse_status(raw: dict[str, Any] | None) -> TorghutRolloutStatus:
+    if not raw:
+        return TorghutRolloutStatus()
+    try:
+        return TorghutRolloutStatus.model_validate(raw)
+    except ValidationError as exc:
+        raise PermanentError(f"status does not parse: {_short_error(exc)}") from None
+
+
+def _dump_status(status: TorghutRolloutStatus) -> dict[str, Any]:
+    """The whole status for a merge patch: top-level fields no longer set are null, so the patch removes them;
+    nested values leave out what is unset (a null inside a list would be stored as it is)."""
+    full = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for key in status.model_dump(mode="json", by_alias=True):
+        full.setdefault(key, None)
+    return full
+
+
+def _short_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err["loc"])
+            parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+        return "; ".join(parts)
+    return str(exc)

@@ -1,0 +1,50 @@
+"""Builds the live runtime from configuration: API clients, gateways, the reconciler. Called once at startup."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import kopf
+from kubernetes import client, config
+from kubernetes.config.config_exception import ConfigException
+from prometheus_client import start_http_server
+
+from torghut_operator.api.spec import GROUP, PLURAL, VERSION
+from torghut_operator.gates.live import LiveGates
+from torghut_operator.handlers import Runtime
+from torghut_operator.health import WatchFreshness
+from torghut_operator.kube.gateway import TIMEOUT, KubeGateway, as_dict
+from torghut_operator.reconciler import Reconciler
+from torghut_operator.settings import OperatorConfig
+
+
+def api_client() -> client.ApiClient:
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except ConfigException:
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return client.ApiClient(configuration)
+
+
+def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(cast(kopf.Body, body), type=type_, reason=reason, message=message)
+
+
+def build_runtime(cfg: OperatorConfig) -> Runtime:
+    api = api_client()
+    kube = KubeGateway(api)
+    custom = client.CustomObjectsApi(api)
+
+    def list_versions() -> dict[str, str]:
+        items = as_dict(custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=TIMEOUT))["items"]
+        return {i["metadata"]["uid"]: i["metadata"]["resourceVersion"] for i in items}
+
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port)
+    reconciler = Reconciler(kube, LiveGates(kube), post_event)
+    return Runtime(
+        reconciler=reconciler,
+        config=cfg,
+        freshness=WatchFreshness(list_versions, grace_seconds=cfg.freshness_grace_seconds),
+    )
