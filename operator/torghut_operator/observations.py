@@ -19,6 +19,8 @@ class TargetState:
     failed_reason: str | None = None
     """Why the target's own controller gave up on the rollout (e.g. ProgressDeadlineExceeded)."""
     detail: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    """Plain-value environment of the target container (valueFrom entries are left out)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,12 @@ class ExpectationOutcome:
 
 
 @dataclass(frozen=True)
+class PromotionEvidence:
+    found: bool
+    message: str
+
+
+@dataclass(frozen=True)
 class Observations:
     now: datetime
     verb: str | None = None
@@ -66,3 +74,4 @@ class Observations:
     sql: SqlOutcome | None = None
     expectations: tuple[ExpectationOutcome, ...] | None = None
     measurements: dict[str, Measurement] = field(default_factory=dict)
+    promotion_evidence: PromotionEvidence | None = None

@@ -25,6 +25,7 @@ from torghut_operator.api.status import (
     Measurement,
     MigrationStatus,
     Phase,
+    PromotionStatus,
     TorghutRolloutStatus,
     Verdict,
 )
@@ -60,12 +61,32 @@ class SetTargetImage:
 
 
 @dataclass(frozen=True)
+class SetTargetEnv:
+    """Set (value) or remove (None) environment variables of the target container."""
+
+    env: dict[str, str | None]
+
+
+@dataclass(frozen=True)
 class Measure:
     checks: tuple[str, ...]
 
 
-Action = CreateMigrationJob | ApplySqlMigrations | CheckExpectations | SetTargetImage | Measure
-OUTCOME_ACTIONS = (ApplySqlMigrations, CheckExpectations, Measure)
+@dataclass(frozen=True)
+class CheckPromotionEvidence:
+    mode: str
+
+
+Action = (
+    CreateMigrationJob
+    | ApplySqlMigrations
+    | CheckExpectations
+    | SetTargetImage
+    | SetTargetEnv
+    | Measure
+    | CheckPromotionEvidence
+)
+OUTCOME_ACTIONS = (ApplySqlMigrations, CheckExpectations, Measure, CheckPromotionEvidence)
 """Actions whose outcome is fed back into the planner at once."""
 
 
@@ -271,6 +292,10 @@ def _apply_verb(b: _Builder, spec: TorghutRolloutSpec, verb: str) -> None:
             result = f"retrying (attempt {b.status.attempt})"
         else:
             result = f"nothing to retry: the rollout is {phase.value}"
+    elif b.status.awaiting_approval and b.status.phase is Phase.PROMOTING and _step_awaits_approval(b.status):
+        assert b.status.promotion is not None
+        b.update(promotion=b.status.promotion.model_copy(update={"approved": True}), awaiting_approval=False)
+        result = f"step {b.status.promotion.step_name} approved"
     elif b.status.awaiting_approval:
         checks = [
             c.model_copy(update={"approved": True}) if c.phase is Verdict.INCONCLUSIVE and not c.dry_run else c
@@ -282,6 +307,11 @@ def _apply_verb(b: _Builder, spec: TorghutRolloutSpec, verb: str) -> None:
         result = "nothing awaits approval"
     b.update(last_action=LastAction(verb=verb, at=b.now_text, result=result))
     b.event("Normal", "Verb", f"{verb}: {result}")
+
+
+def _step_awaits_approval(status: TorghutRolloutStatus) -> bool:
+    promo = status.promotion
+    return promo is not None and not promo.applied and not promo.approved
 
 
 def _pause(b: _Builder, *, by: str) -> None:
@@ -303,7 +333,7 @@ def _resume(b: _Builder) -> None:
 def _abort(b: _Builder) -> None:
     phase = b.status.paused_from if b.status.phase is Phase.PAUSED else b.status.phase
     b.update(aborted=True, paused_from=None, paused_by=None, awaiting_approval=False)
-    touched = phase in (Phase.DEPLOYING, Phase.VERIFYING, Phase.ROLLING_BACK)
+    touched = phase in (Phase.DEPLOYING, Phase.VERIFYING, Phase.PROMOTING, Phase.ROLLING_BACK)
     if touched and _can_roll_back(b.status):
         b.move(Phase.ROLLING_BACK, "aborted: restoring the previous image", stage="rollback", warning=True)
     else:
@@ -491,10 +521,10 @@ def _deploying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
     b.requeue(POLL_SECONDS)
 
 
-def _fresh_check(check: Check) -> CheckStatus:
+def _fresh_check(check: Check, stage: str = "verify") -> CheckStatus:
     return CheckStatus(
         name=check.name,
-        stage="verify",
+        stage=stage,
         provider=check.provider,
         query=check.query_text,
         threshold=check.threshold_text,
@@ -538,11 +568,15 @@ def _record(check: Check, state: CheckStatus, m: Measurement, count: int) -> Che
     return new.model_copy(update={"phase": phase, "message": message})
 
 
-def _verifying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:
+def _run_checks(
+    b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, *, stage: str, condition: str
+) -> bool:
+    """Fold measurements into the checks of ``stage`` and judge them. True once every blocking check passed;
+    otherwise it has failed the stage, or scheduled what comes next (a measurement, a wait, a human)."""
     by_name = {c.name: c for c in checks}
     states = {s.name: s for s in b.status.checks}
     if set(states) != set(by_name):  # e.g. a status written by an older operator: start the stage's checks over
-        states = {c.name: states.get(c.name) or _fresh_check(c) for c in checks}
+        states = {c.name: states.get(c.name) or _fresh_check(c, stage) for c in checks}
     final = {Verdict.SUCCESSFUL, Verdict.FAILED, Verdict.ERROR, Verdict.INCONCLUSIVE}
     if obs.measurements:
         for check_name, m in obs.measurements.items():
@@ -552,11 +586,7 @@ def _verifying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
                 states[check_name] = after
                 if after.phase in final and before.phase not in final:
                     kind = "Normal" if after.phase is Verdict.SUCCESSFUL else "Warning"
-                    b.event(
-                        kind,
-                        f"Check{after.phase.value}",
-                        f"{check_name} {after.phase.value}: {after.message}",
-                    )
+                    b.event(kind, f"Check{after.phase.value}", f"{check_name} {after.phase.value}: {after.message}")
         interval = parse_duration(spec.verify.interval)
         b.update(next_measurement_at=format_time(b.now + timedelta(seconds=interval)))
     b.update(checks=[states[c.name] for c in checks])
@@ -566,42 +596,140 @@ def _verifying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
     if broken:
         reason = "GateError" if all(s.phase is Verdict.ERROR for s in broken) else "GateFailed"
         text = "; ".join(f"{s.name} {s.phase.value}: {s.message}" for s in broken)
-        b.condition("Verified", False, reason, text)
-        _fail(b, spec, "verify", reason, text, condition=None)
-        return
+        b.condition(condition, False, reason, text)
+        _fail(b, spec, stage, reason, text, condition=None)
+        return False
     passed = [s for s in blocking if s.phase is Verdict.SUCCESSFUL or (s.phase is Verdict.INCONCLUSIVE and s.approved)]
     if len(passed) == len(blocking) and blocking:
-        text = "; ".join(f"{s.name}: {s.message}" for s in passed)
-        b.condition("Verified", True, "ChecksPassed", text)
         b.update(awaiting_approval=False)
-        b.move(Phase.SUCCEEDED, f"{spec.target.image} rolled out and verified")
-        return
+        return True
     waiting = [s for s in blocking if s.phase is Verdict.INCONCLUSIVE and not s.approved]
     timeout = spec.verify.timeout
     if timeout is not None and _elapsed(b.status.phase_started_at, b.now) > parse_duration(timeout):
         pending = [s for s in blocking if s not in passed]
         text = "; ".join(f"{s.name} {s.phase.value}: {s.message}" for s in pending)
-        b.condition("Verified", False, "VerifyTimeout", text)
-        _fail(b, spec, "verify", "VerifyTimeout", f"checks not passed within {timeout}: {text}", condition=None)
-        return
+        b.condition(condition, False, "VerifyTimeout", text)
+        _fail(b, spec, stage, "VerifyTimeout", f"checks not passed within {timeout}: {text}", condition=None)
+        return False
     if waiting:
         text = "; ".join(f"{s.name}: {s.message}" for s in waiting)
         if not b.status.awaiting_approval:
             b.event("Warning", "AwaitingApproval", f"Inconclusive: {text}; promote to accept, abort to roll back")
         b.update(awaiting_approval=True, message=f"awaiting approval: {text}")
-        b.condition("Verified", False, "AwaitingApproval", text)
+        b.condition(condition, False, "AwaitingApproval", text)
     due = [c.name for c in checks if states[c.name].phase in (Verdict.PENDING, Verdict.RUNNING)]
     if not due:
-        return
+        return False
     wait = (parse_time(b.status.next_measurement_at) - b.now).total_seconds() if b.status.next_measurement_at else 0
     if wait <= 0 and not obs.measurements:
         b.actions.append(Measure(tuple(due)))
-        return
+        return False
     if not waiting:
-        b.update(
-            message=f"verifying: {sum(s.phase is Verdict.SUCCESSFUL for s in blocking)}/{len(blocking)} checks passed"
-        )
+        done = sum(s.phase is Verdict.SUCCESSFUL for s in blocking)
+        b.update(message=f"{stage}: {done}/{len(blocking)} checks passed")
     b.requeue(max(wait, 0.0) if wait > 0 else parse_duration(spec.verify.interval))
+    return False
+
+
+def _verifying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:
+    if not _run_checks(b, spec, checks, obs, stage="verify", condition="Verified"):
+        return
+    text = "; ".join(f"{s.name}: {s.message}" for s in b.status.checks if not s.dry_run)
+    b.condition("Verified", True, "ChecksPassed", text)
+    if spec.promotion is None:
+        b.move(Phase.SUCCEEDED, f"{spec.target.image} rolled out and verified")
+        return
+    keys = sorted({k for step in spec.promotion.steps for k in step.env})
+    current = obs.target.env if obs.target is not None else {}
+    previous_env = {k: current.get(k) for k in keys}
+    b.update(promotion=PromotionStatus(step=0, step_name=spec.promotion.steps[0].name, previous_env=previous_env))
+    b.condition("Promoted", False, "Promoting")
+    b.move(Phase.PROMOTING, f"verified; promoting to {spec.promotion.steps[0].name}", stage="promote")
+    b.requeue(0)
+
+
+def _promoting(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:
+    assert spec.promotion is not None
+    promo = b.status.promotion or PromotionStatus()
+    step = spec.promotion.steps[promo.step]
+    stage = f"promote:{step.name}"
+    if not promo.applied:
+        if step.required_promotion is not None:
+            evidence = obs.promotion_evidence
+            if evidence is None:
+                b.actions.append(CheckPromotionEvidence(step.required_promotion.mode))
+                return
+            if not evidence.found:
+                text = f"step {step.name} blocked: {evidence.message}"
+                if promo.message != text:
+                    b.event("Warning", "MissingEvidence", text)
+                b.update(promotion=promo.model_copy(update={"message": text}), message=text)
+                b.condition("Promoted", False, "MissingEvidence", text)
+                b.requeue(parse_duration(spec.verify.interval))
+                return
+        if step.requires_approval and not promo.approved:
+            text = f"step {step.name} awaits approval: promote to apply it"
+            if not b.status.awaiting_approval:
+                b.event("Normal", "AwaitingApproval", text)
+            b.update(awaiting_approval=True, message=text, promotion=promo.model_copy(update={"message": text}))
+            b.condition("Promoted", False, "AwaitingApproval", text)
+            return
+        target = obs.target
+        if target is None or not target.exists:
+            _fail(b, spec, stage, "TargetNotFound", "target not found", condition="Promoted")
+            return
+        if any(target.env.get(k) != v for k, v in step.env.items()):
+            b.actions.append(SetTargetEnv(dict(step.env)))
+            b.update(message=f"applying step {step.name}: {_env_text(step.env)}", awaiting_approval=False)
+            b.requeue(POLL_SECONDS)
+            return
+        if target.failed_reason:
+            _fail(b, spec, stage, target.failed_reason, f"step {step.name}: {target.detail}", condition="Promoted")
+            return
+        if not target.rolled_out:
+            b.update(message=f"step {step.name}: waiting for the target: {target.detail}")
+            b.requeue(POLL_SECONDS)
+            return
+        step_checks = step.checks or checks
+        b.update(
+            promotion=promo.model_copy(update={"applied": True, "message": f"step {step.name} applied"}),
+            checks=[_fresh_check(c, stage) for c in step_checks],
+            next_measurement_at=format_time(b.now + timedelta(seconds=parse_duration(spec.verify.initial_delay))),
+            phase_started_at=b.now_text,
+            message=f"step {step.name} applied; re-verifying",
+        )
+        b.event("Normal", "StepApplied", f"step {step.name} applied: {_env_text(step.env)}")
+        b.requeue(parse_duration(spec.verify.initial_delay))
+        return
+    if not _run_checks(b, spec, step.checks or checks, obs, stage=stage, condition="Promoted"):
+        return
+    completed = [*promo.completed, step.name]
+    b.event("Normal", "StepPassed", f"step {step.name} verified")
+    if promo.step + 1 >= len(spec.promotion.steps):
+        b.update(promotion=promo.model_copy(update={"completed": completed, "message": "all steps passed"}))
+        b.condition("Promoted", True, "AllStepsPassed", " -> ".join(completed))
+        b.move(Phase.SUCCEEDED, f"{spec.target.image} verified and promoted: {' -> '.join(completed)}")
+        return
+    nxt = spec.promotion.steps[promo.step + 1]
+    b.update(
+        promotion=promo.model_copy(
+            update={
+                "step": promo.step + 1,
+                "step_name": nxt.name,
+                "applied": False,
+                "approved": False,
+                "completed": completed,
+                "message": f"promoting to {nxt.name}",
+            }
+        ),
+        phase_started_at=b.now_text,
+        message=f"step {step.name} passed; promoting to {nxt.name}",
+    )
+    b.requeue(0)
+
+
+def _env_text(env: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(env.items()))
 
 
 def _can_roll_back(status: TorghutRolloutStatus) -> bool:
@@ -615,7 +743,7 @@ def _fail(
         b.condition(condition, False, reason, message)
     b.update(failed_stage=stage, awaiting_approval=False)
     b.event("Warning", reason, message)
-    deployed = stage in ("deploy", "verify")
+    deployed = stage in ("deploy", "verify") or stage.startswith("promote")
     if deployed and spec.rollback.on_failure and _can_roll_back(b.status):
         b.move(
             Phase.ROLLING_BACK,
@@ -634,6 +762,12 @@ def _rolling_back(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], ob
     done_phase = Phase.ABORTED if b.status.aborted else Phase.ROLLED_BACK
     if previous is None or target is None or not target.exists:
         b.move(Phase.FAILED, "rollback impossible: no previous image or no target", warning=True)
+        return
+    promo = b.status.promotion
+    restore_env = promo is not None and (promo.applied or bool(promo.completed))
+    if restore_env and promo is not None and any(target.env.get(k) != v for k, v in promo.previous_env.items()):
+        b.actions.append(SetTargetEnv(dict(promo.previous_env)))
+        b.requeue(POLL_SECONDS)
         return
     if target.image != previous:
         b.actions.append(SetTargetImage(previous))
@@ -660,6 +794,7 @@ _PHASES = {
     Phase.MIGRATING: _migrating,
     Phase.DEPLOYING: _deploying,
     Phase.VERIFYING: _verifying,
+    Phase.PROMOTING: _promoting,
     Phase.ROLLING_BACK: _rolling_back,
     Phase.PAUSED: _idle,
     Phase.SUCCEEDED: _idle,

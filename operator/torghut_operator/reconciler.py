@@ -30,15 +30,24 @@ from torghut_operator.kube.builders import (
     migration_job,
 )
 from torghut_operator.kube.gateway import KubeGateway
-from torghut_operator.observations import ExpectationOutcome, Observations, Peer, SqlOutcome, TargetState
+from torghut_operator.observations import (
+    ExpectationOutcome,
+    Observations,
+    Peer,
+    PromotionEvidence,
+    SqlOutcome,
+    TargetState,
+)
 from torghut_operator.planner import (
     OUTCOME_ACTIONS,
     ApplySqlMigrations,
     CheckExpectations,
+    CheckPromotionEvidence,
     CreateMigrationJob,
     Event,
     Measure,
     Plan,
+    SetTargetEnv,
     SetTargetImage,
     job_name,
     plan,
@@ -65,6 +74,8 @@ class Gates(Protocol):
     def apply_sql(self, spec: TorghutRolloutSpec, namespace: str, rollout: str) -> SqlOutcome: ...
 
     def check_expectations(self, spec: TorghutRolloutSpec, namespace: str) -> tuple[ExpectationOutcome, ...]: ...
+
+    def promotion_evidence(self, spec: TorghutRolloutSpec, namespace: str, mode: str) -> PromotionEvidence: ...
 
 
 @dataclass(frozen=True)
@@ -178,7 +189,8 @@ class Reconciler:
         job = None
         if phase is Phase.PENDING or verb == "retry":
             peers = await self._peers(namespace, spec)
-        if phase in (Phase.PENDING, Phase.DEPLOYING, Phase.ROLLING_BACK, Phase.VERIFYING) or verb in ("retry", "abort"):
+        watched = (Phase.PENDING, Phase.DEPLOYING, Phase.VERIFYING, Phase.PROMOTING, Phase.ROLLING_BACK)
+        if phase in watched or verb in ("retry", "abort"):
             raw = await asyncio.to_thread(self._kube.get_target, namespace, spec.target)
             reader = deployment_state if spec.target.kind is TargetKind.DEPLOYMENT else knative_state
             target = reader(raw, spec.target.container)
@@ -220,6 +232,12 @@ class Reconciler:
                 await asyncio.to_thread(self._kube.create_job, namespace, manifest)
             elif isinstance(action, SetTargetImage):
                 await asyncio.to_thread(self._kube.set_target_image, namespace, spec.target, action.image)
+            elif isinstance(action, SetTargetEnv):
+                await asyncio.to_thread(self._kube.set_target_env, namespace, spec.target, action.env)
+            elif isinstance(action, CheckPromotionEvidence):
+                outcomes["promotion_evidence"] = await asyncio.to_thread(
+                    self._gates.promotion_evidence, spec, namespace, action.mode
+                )
             elif isinstance(action, ApplySqlMigrations):
                 outcomes["sql"] = await asyncio.to_thread(self._gates.apply_sql, spec, namespace, name)
             elif isinstance(action, CheckExpectations):

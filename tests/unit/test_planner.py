@@ -9,13 +9,23 @@ import pytest
 
 from torghut_operator.api.spec import TorghutRolloutSpec
 from torghut_operator.api.status import Measurement, Phase, TorghutRolloutStatus, Verdict
-from torghut_operator.observations import ExpectationOutcome, JobState, Observations, Peer, SqlOutcome, TargetState
+from torghut_operator.observations import (
+    ExpectationOutcome,
+    JobState,
+    Observations,
+    Peer,
+    PromotionEvidence,
+    SqlOutcome,
+    TargetState,
+)
 from torghut_operator.planner import (
     ApplySqlMigrations,
     CheckExpectations,
+    CheckPromotionEvidence,
     CreateMigrationJob,
     Measure,
     Plan,
+    SetTargetEnv,
     SetTargetImage,
     job_name,
     plan,
@@ -54,9 +64,7 @@ def target(image: str = OLD, *, rolled_out: bool = True, failed: str | None = No
     return TargetState(exists=True, image=image, rolled_out=rolled_out, failed_reason=failed, detail="1/1 updated")
 
 
-def run(
-    spec: TorghutRolloutSpec, status: TorghutRolloutStatus | None = None, *, at: datetime = T0, **obs: Any
-) -> Plan:
+def run(spec: TorghutRolloutSpec, status: TorghutRolloutStatus | None = None, *, at: datetime = T0, **obs: Any) -> Plan:
     return plan(
         spec,
         effective_checks(spec),
@@ -256,7 +264,9 @@ def test_progress_deadline_fails_and_rolls_back() -> None:
 
 def test_deployment_controller_deadline_fails_without_rollback_when_off() -> None:
     spec = make_spec(rollback={"onFailure": False})
-    p = run(spec, started(spec, Phase.DEPLOYING), target=target(NEW, rolled_out=False, failed="ProgressDeadlineExceeded"))
+    p = run(
+        spec, started(spec, Phase.DEPLOYING), target=target(NEW, rolled_out=False, failed="ProgressDeadlineExceeded")
+    )
     assert p.status.phase is Phase.FAILED
 
 
@@ -305,7 +315,10 @@ def test_a_failed_measurement_over_the_limit_rolls_back_with_value_and_query() -
 
 def test_errors_never_pass_and_fail_at_the_consecutive_error_limit() -> None:
     spec = make_spec(
-        verify={"count": 1, "checks": [{"name": "p", "prometheus": {"query": "up"}, "min": 1, "consecutiveErrorLimit": 2}]}
+        verify={
+            "count": 1,
+            "checks": [{"name": "p", "prometheus": {"query": "up"}, "min": 1, "consecutiveErrorLimit": 2}],
+        }
     )
     status = verifying(spec)
     for i in range(3):
@@ -327,7 +340,9 @@ def test_errors_never_pass_and_fail_at_the_consecutive_error_limit() -> None:
 
 def test_no_data_is_inconclusive_and_waits_for_a_human() -> None:
     spec = make_spec(verify={"count": 1, "checks": [{"name": "p", "prometheus": {"query": "up"}, "min": 1}]})
-    p = run(spec, verifying(spec), target=target(NEW), measurements={"p": measured(Verdict.INCONCLUSIVE, None, "no data")})
+    p = run(
+        spec, verifying(spec), target=target(NEW), measurements={"p": measured(Verdict.INCONCLUSIVE, None, "no data")}
+    )
     assert p.status.phase is Phase.VERIFYING
     assert p.status.awaiting_approval
     assert condition(p, "Ready") == ("False", "AwaitingApproval")
@@ -343,7 +358,10 @@ def test_inconclusive_fails_at_the_verify_timeout() -> None:
         verify={"count": 1, "timeout": "5m", "checks": [{"name": "p", "prometheus": {"query": "up"}, "min": 1}]}
     )
     status = run(
-        spec, verifying(spec), target=target(NEW), measurements={"p": measured(Verdict.INCONCLUSIVE, "0", "zero signals")}
+        spec,
+        verifying(spec),
+        target=target(NEW),
+        measurements={"p": measured(Verdict.INCONCLUSIVE, "0", "zero signals")},
     ).status
     p = run(spec, status, at=T0 + timedelta(minutes=6), target=target(NEW))
     assert p.status.phase is Phase.ROLLING_BACK
@@ -484,3 +502,100 @@ def test_a_spec_change_starts_a_new_run() -> None:
     assert p.status.spec_hash == changed.spec_hash()
     assert p.status.phase is Phase.MIGRATING
     assert p.status.previous_image == NEW
+
+
+# --- Promoting ---
+
+PROMOTION = {
+    "steps": [
+        {"name": "paper", "env": {"TRADING_MODE": "paper"}, "requiredPromotion": {"mode": "paper"}},
+        {
+            "name": "canary-0.10x",
+            "env": {"TRADING_MODE": "live", "TRADING_CAPITAL_FRACTION": "0.10"},
+            "requiredPromotion": {"mode": "live"},
+            "requiresApproval": True,
+        },
+    ]
+}
+
+
+def env_target(env: dict[str, str], *, rolled_out: bool = True) -> TargetState:
+    return TargetState(exists=True, image=NEW, rolled_out=rolled_out, detail="1/1 updated", env=env)
+
+
+def promoting(spec: TorghutRolloutSpec) -> TorghutRolloutStatus:
+    ok = {c.name: measured(Verdict.SUCCESSFUL) for c in spec.verify.checks}
+    status = verifying(spec)
+    for i in range(spec.verify.count):
+        status = run(
+            spec, status, at=T0 + timedelta(minutes=i), target=env_target({"TRADING_MODE": "shadow"}), measurements=ok
+        ).status
+    assert status.phase is Phase.PROMOTING
+    return status
+
+
+def test_verified_rollout_with_promotion_moves_to_promoting_and_records_the_env_to_restore() -> None:
+    spec = make_spec(promotion=PROMOTION)
+    status = promoting(spec)
+    assert status.promotion is not None
+    assert status.promotion.previous_env == {"TRADING_CAPITAL_FRACTION": None, "TRADING_MODE": "shadow"}
+    assert condition(Plan(status), "Verified")[0] == "True"
+
+
+def test_a_step_without_approved_promotion_rows_is_blocked_with_missing_evidence() -> None:
+    spec = make_spec(promotion=PROMOTION)
+    status = promoting(spec)
+    asked = run(spec, status, target=env_target({"TRADING_MODE": "shadow"}))
+    assert asked.actions == (CheckPromotionEvidence("paper"),)
+    p = run(
+        spec,
+        status,
+        target=env_target({"TRADING_MODE": "shadow"}),
+        promotion_evidence=PromotionEvidence(False, "no approved research_promotions row for mode paper"),
+    )
+    assert p.status.phase is Phase.PROMOTING
+    assert condition(p, "Promoted") == ("False", "MissingEvidence")
+    assert "research_promotions" in p.status.message
+    assert not any(isinstance(a, SetTargetEnv) for a in p.actions)
+    promote = run(spec, p.status, verb="promote", target=env_target({"TRADING_MODE": "shadow"}))
+    assert promote.status.last_action is not None
+    assert promote.status.last_action.result == "nothing awaits approval"
+
+
+def test_steps_apply_one_at_a_time_with_evidence_and_approval() -> None:
+    spec = make_spec(promotion=PROMOTION)
+    status = promoting(spec)
+    found = PromotionEvidence(True, "1 approved row")
+    shadow = env_target({"TRADING_MODE": "shadow"})
+    p = run(spec, status, target=shadow, promotion_evidence=found)
+    assert p.actions == (SetTargetEnv({"TRADING_MODE": "paper"}),)
+    paper = env_target({"TRADING_MODE": "paper"})
+    p = run(spec, p.status, target=paper, promotion_evidence=found)
+    assert p.status.promotion is not None
+    assert p.status.promotion.applied
+    assert all(c.stage == "promote:paper" for c in p.status.checks)
+    ok = {c.name: measured(Verdict.SUCCESSFUL) for c in spec.verify.checks}
+    for i in range(spec.verify.count):
+        p = run(spec, p.status, at=T0 + timedelta(hours=1, minutes=i), target=paper, measurements=ok)
+    assert p.status.promotion is not None
+    assert p.status.promotion.completed == ["paper"]
+    assert p.status.promotion.step_name == "canary-0.10x"
+    waiting = run(spec, p.status, target=paper, promotion_evidence=found)
+    assert waiting.status.awaiting_approval
+    assert condition(waiting, "Promoted") == ("False", "AwaitingApproval")
+    assert waiting.actions == ()
+    approved = run(spec, waiting.status, verb="promote", target=paper, promotion_evidence=found)
+    assert approved.actions == (SetTargetEnv({"TRADING_MODE": "live", "TRADING_CAPITAL_FRACTION": "0.10"}),)
+
+
+def test_a_failed_step_restores_the_trading_env_and_the_image() -> None:
+    spec = make_spec(promotion=PROMOTION)
+    status = promoting(spec)
+    found = PromotionEvidence(True, "1 approved row")
+    paper = env_target({"TRADING_MODE": "paper"})
+    p = run(spec, status, target=paper, promotion_evidence=found)
+    bad = {c.name: measured(Verdict.FAILED, "0.5", "fallback: value 0.5 above max 0.25") for c in spec.verify.checks}
+    p = run(spec, p.status, at=T0 + timedelta(hours=1), target=paper, measurements=bad)
+    assert p.status.phase is Phase.ROLLING_BACK
+    restore = run(spec, p.status, target=paper)
+    assert restore.actions == (SetTargetEnv({"TRADING_CAPITAL_FRACTION": None, "TRADING_MODE": "shadow"}),)

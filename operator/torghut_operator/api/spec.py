@@ -113,6 +113,13 @@ class PrometheusProvider(ApiModel):
         default=None,
         description="Optional PromQL whose single value is the sample count judged by minSamples.",
     )
+    explain_query: str | None = Field(
+        default=None,
+        description=(
+            "Optional PromQL whose series are quoted in the verdict message when a measurement does not pass, "
+            "e.g. the block reasons behind zero signals."
+        ),
+    )
 
 
 class HttpProvider(ApiModel):
@@ -318,6 +325,43 @@ class Verify(ApiModel):
     checks: list[Check] = Field(default_factory=list, description="The checks, all of which must pass.")
 
 
+class RequiredPromotion(ApiModel):
+    """Evidence in research_promotions that a step needs before it may change the trading mode."""
+
+    mode: Literal["paper", "live"] = Field(
+        description="An approved research_promotions row (approved_mode = this, no deny_reason) must exist."
+    )
+
+
+class PromotionStep(ApiModel):
+    """One trading-mode step, e.g. paper -> 0.10x canary -> live."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Name of the step."
+    )
+    env: dict[str, str] = Field(
+        min_length=1,
+        description="Environment set on the target container for this step, e.g. TRADING_MODE: live.",
+    )
+    required_promotion: RequiredPromotion | None = Field(
+        default=None, description="research_promotions evidence required before the step is applied."
+    )
+    requires_approval: bool = Field(
+        default=False, description="Wait for the promote verb (after the evidence exists) before applying the step."
+    )
+    checks: list[Check] = Field(
+        default_factory=list,
+        description="Checks re-verified after the step is applied (verify.count/interval); none means verify.checks.",
+    )
+
+
+class Promotion(ApiModel):
+    """Ordered trading-mode steps after verify. No step is skipped; each is refused (Blocked, MissingEvidence)
+    until the previous step's gates passed and its required evidence exists."""
+
+    steps: list[PromotionStep] = Field(min_length=1, max_length=10, description="The steps, in order.")
+
+
 class Rollback(ApiModel):
     on_failure: bool = Field(
         default=True,
@@ -329,6 +373,14 @@ class TorghutRolloutSpec(ApiModel):
     target: Target = Field(description="The workload to roll out.")
     database: Database | None = Field(default=None, description="Postgres for migrations and checks.")
     prometheus: Prometheus | None = Field(default=None, description="Prometheus for checks.")
+    service_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description=(
+            "Base URL of the rolled-out service's HTTP surface, used by presets "
+            "(Torghut: http://torghut.torghut.svc.cluster.local)."
+        ),
+    )
     migrate: Migrate | None = Field(default=None, description="The migrate stage; skipped when absent.")
     deploy: Deploy = Field(default_factory=Deploy, description="The deploy stage.")
     verify: Verify = Field(default_factory=Verify, description="The verify stage.")
@@ -336,6 +388,7 @@ class TorghutRolloutSpec(ApiModel):
         default_factory=list,
         description="Built-in check packs added to verify; a check of the same name in verify.checks wins.",
     )
+    promotion: Promotion | None = Field(default=None, description="Trading-mode promotion after verify.")
     rollback: Rollback = Field(default_factory=Rollback, description="What happens on failure.")
     paused: bool = Field(default=False, description="Pause the rollout where it stands (like the pause verb).")
 
@@ -352,8 +405,22 @@ class TorghutRolloutSpec(ApiModel):
             raise ValueError("migrate and postgres checks need spec.database")
         if any(c.prometheus for c in self.verify.checks) and self.prometheus is None:
             raise ValueError("prometheus checks need spec.prometheus")
+        if "torghut-completion" in self.presets:
+            missing = [f for f in ("database", "prometheus", "service_url") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(
+                    f"preset torghut-completion needs spec.{', spec.'.join(missing)}".replace(
+                        "service_url", "serviceUrl"
+                    )
+                )
         if not self.verify.checks and not self.presets:
             raise ValueError("verify needs at least one check or preset: a rollout never passes without evidence")
+        if self.promotion is not None:
+            if self.database is None and any(s.required_promotion for s in self.promotion.steps):
+                raise ValueError("promotion steps with requiredPromotion need spec.database")
+            steps = [s.name for s in self.promotion.steps]
+            if len(set(steps)) != len(steps):
+                raise ValueError("promotion step names must be unique")
         names = [c.name for c in self.verify.checks]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

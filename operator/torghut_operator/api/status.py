@@ -22,6 +22,7 @@ class Phase(StrEnum):
     FAILED = "Failed"
     ROLLING_BACK = "RollingBack"
     ROLLED_BACK = "RolledBack"
+    PROMOTING = "Promoting"
     PAUSED = "Paused"
     ABORTED = "Aborted"
 
@@ -100,6 +101,18 @@ class MigrationStatus(ApiModel):
     completed_at: str | None = None
 
 
+class PromotionStatus(ApiModel):
+    step: int = Field(default=0, description="Index of the current step.")
+    step_name: str = ""
+    applied: bool = Field(default=False, description="The current step's env is set on the target.")
+    approved: bool = Field(default=False, description="The promote verb approved the current step.")
+    previous_env: dict[str, str | None] = Field(
+        default_factory=dict, description="The target's env before the first step (null: the variable was unset)."
+    )
+    completed: list[str] = Field(default_factory=list, description="Steps that passed, in order.")
+    message: str = ""
+
+
 class LastAction(ApiModel):
     verb: str
     at: str
@@ -126,6 +139,7 @@ class TorghutRolloutStatus(ApiModel):
     awaiting_approval: bool = False
     migration: MigrationStatus | None = None
     checks: list[CheckStatus] = Field(default_factory=list)
+    promotion: PromotionStatus | None = None
     next_measurement_at: str | None = None
     last_action: LastAction | None = None
     conditions: list[Condition] = Field(default_factory=list)

@@ -6,6 +6,7 @@ Built on the official ``kubernetes`` client (synchronous; the reconciler calls i
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any, cast
 
 from kubernetes import client
@@ -83,21 +84,9 @@ class KubeGateway:
             {"op": "test", "path": f"/metadata/annotations/{key}", "value": value},
             {"op": "remove", "path": f"/metadata/annotations/{key}"},
         ]
-        try:
-            self._custom.api_client.call_api(
-                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}",
-                "PATCH",
-                header_params={"Content-Type": "application/json-patch+json", "Accept": "application/json"},
-                body=patch,
-                auth_settings=["BearerToken"],
-                _request_timeout=TIMEOUT,
-                _return_http_data_only=True,
-                response_type="object",
-            )
-        except ApiException as exc:
-            if exc.status in (404, 409, 422):  # gone, or a new verb was written meanwhile: leave it for the next turn
-                return
-            raise _api_error(f"clear action on TorghutRollout {namespace}/{name}", exc) from exc
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+        # Gone, or a new verb was written meanwhile (the test op fails): leave it for the next turn.
+        self._json_patch(path, patch, f"clear action on TorghutRollout {namespace}/{name}", ignore=(404, 409, 422))
 
     # --- Jobs ---
 
@@ -136,28 +125,47 @@ class KubeGateway:
             raise _api_error(f"get {target.kind.value} {namespace}/{target.name}", exc) from exc
 
     def set_target_image(self, namespace: str, target: Target, image: str) -> None:
-        what = f"set image of {target.kind.value} {namespace}/{target.name}"
+        self._patch_container(namespace, target, "image", lambda _: image)
+
+    def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None:
+        """Set (value) or remove (None) plain environment variables of the target container."""
+
+        def merged(container: dict[str, Any]) -> list[dict[str, Any]]:
+            kept = [e for e in container.get("env") or [] if e.get("name") not in env]
+            return kept + [{"name": k, "value": v} for k, v in sorted(env.items()) if v is not None]
+
+        self._patch_container(namespace, target, "env", merged)
+
+    def _patch_container(
+        self, namespace: str, target: Target, field: str, value: Callable[[dict[str, Any]], Any]
+    ) -> None:
+        """Replace one field of the target container with a JSON patch that applies only to the version read,
+        so a concurrent writer is never overwritten (the next turn retries)."""
+        what = f"set {field} of {target.kind.value} {namespace}/{target.name}"
+        obj = self.get_target(namespace, target)
+        if obj is None:
+            raise TemporaryError(f"{what}: not found")
+        containers = obj["spec"]["template"]["spec"]["containers"]
+        # Knative allows a single unnamed container; it runs as user-container.
+        index = next((i for i, c in enumerate(containers) if c.get("name") in (target.container, None)), None)
+        if index is None:
+            raise PermanentError(f"{what}: no container {target.container}")
+        ops = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": obj["metadata"]["resourceVersion"]},
+            {"op": "add", "path": f"/spec/template/spec/containers/{index}/{field}", "value": value(containers[index])},
+        ]
+        self._json_patch(self._target_path(namespace, target), ops, what)
+
+    @staticmethod
+    def _target_path(namespace: str, target: Target) -> str:
+        if target.kind is TargetKind.DEPLOYMENT:
+            return f"/apis/apps/v1/namespaces/{namespace}/deployments/{target.name}"
+        return f"/apis/serving.knative.dev/v1/namespaces/{namespace}/services/{target.name}"
+
+    def _json_patch(self, path: str, ops: list[dict[str, Any]], what: str, *, ignore: tuple[int, ...] = ()) -> None:
         try:
-            if target.kind is TargetKind.DEPLOYMENT:
-                patch = {"spec": {"template": {"spec": {"containers": [{"name": target.container, "image": image}]}}}}
-                self._apps.patch_namespaced_deployment(target.name, namespace, patch, _request_timeout=TIMEOUT)
-                return
-            service = self.get_target(namespace, target)
-            if service is None:
-                raise TemporaryError(f"{what}: not found")
-            containers = service["spec"]["template"]["spec"]["containers"]
-            index = next(
-                (i for i, c in enumerate(containers) if c.get("name") in (target.container, None)),
-                None,
-            )
-            if index is None:
-                raise PermanentError(f"{what}: no container {target.container}")
-            ops = [
-                {"op": "test", "path": "/metadata/resourceVersion", "value": service["metadata"]["resourceVersion"]},
-                {"op": "replace", "path": f"/spec/template/spec/containers/{index}/image", "value": image},
-            ]
             self._custom.api_client.call_api(
-                f"/apis/serving.knative.dev/v1/namespaces/{namespace}/services/{target.name}",
+                path,
                 "PATCH",
                 header_params={"Content-Type": "application/json-patch+json", "Accept": "application/json"},
                 body=ops,
@@ -167,6 +175,10 @@ class KubeGateway:
                 response_type="object",
             )
         except ApiException as exc:
+            if exc.status in ignore:
+                return
+            if exc.status == 422:  # the test op failed: the object changed under us; retried next turn
+                raise TemporaryError(f"{what}: changed concurrently") from None
             raise _api_error(what, exc) from exc
 
     # --- configuration ---
