@@ -48,6 +48,8 @@ class SqlOutcome:
     applied: tuple[AppliedFile, ...] = ()
     skipped: tuple[str, ...] = ()
     error: str | None = None
+    retryable: bool = False
+    """The error may go away by itself (lock busy, connection lost): try again, don't fail."""
 
 
 @dataclass(frozen=True)

@@ -433,6 +433,11 @@ def _migrating(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
         if obs.sql is None:
             b.actions.append(ApplySqlMigrations())
             return
+        if obs.sql.error is not None and obs.sql.retryable:
+            b.update(message=f"SQL migration will be retried: {obs.sql.error}")
+            b.event("Warning", "MigrationRetry", obs.sql.error)
+            b.requeue(POLL_SECONDS * 2)
+            return
         if obs.sql.error is not None:
             _fail(b, spec, "migrate", "MigrationFailed", obs.sql.error, condition="Migrated")
             return
@@ -641,8 +646,14 @@ def _verifying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
         return
     keys = sorted({k for step in spec.promotion.steps for k in step.env})
     current = obs.target.env if obs.target is not None else {}
-    previous_env = {k: current.get(k) for k in keys}
-    b.update(promotion=PromotionStatus(step=0, step_name=spec.promotion.steps[0].name, previous_env=previous_env))
+    b.update(
+        promotion=PromotionStatus(
+            step=0,
+            step_name=spec.promotion.steps[0].name,
+            previous_env={k: current[k] for k in keys if k in current},
+            previously_unset=[k for k in keys if k not in current],
+        )
+    )
     b.condition("Promoted", False, "Promoting")
     b.move(Phase.PROMOTING, f"verified; promoting to {spec.promotion.steps[0].name}", stage="promote")
     b.requeue(0)
@@ -764,9 +775,10 @@ def _rolling_back(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], ob
         b.move(Phase.FAILED, "rollback impossible: no previous image or no target", warning=True)
         return
     promo = b.status.promotion
-    restore_env = promo is not None and (promo.applied or bool(promo.completed))
-    if restore_env and promo is not None and any(target.env.get(k) != v for k, v in promo.previous_env.items()):
-        b.actions.append(SetTargetEnv(dict(promo.previous_env)))
+    if promo is not None and (promo.applied or promo.completed):
+        restore: dict[str, str | None] = {**promo.previous_env, **dict.fromkeys(promo.previously_unset)}
+        if any(target.env.get(k) != v for k, v in restore.items()):
+            b.actions.append(SetTargetEnv(restore))
         b.requeue(POLL_SECONDS)
         return
     if target.image != previous:

@@ -203,6 +203,14 @@ def test_sql_migration_asks_to_apply_then_records_what_was_applied() -> None:
     assert second.status.phase is Phase.DEPLOYING
 
 
+def test_a_retryable_sql_error_waits_and_tries_again() -> None:
+    spec = sql_spec()
+    p = run(spec, started(spec, Phase.MIGRATING), sql=SqlOutcome(error="lock busy: held by pid 42", retryable=True))
+    assert p.status.phase is Phase.MIGRATING
+    assert "retried" in p.status.message
+    assert run(spec, p.status).actions == (ApplySqlMigrations(),)
+
+
 def test_sql_migration_error_is_a_hard_failure_naming_the_file() -> None:
     spec = sql_spec()
     error = "0001_grants.sql: checksum changed since it was applied"
@@ -538,7 +546,8 @@ def test_verified_rollout_with_promotion_moves_to_promoting_and_records_the_env_
     spec = make_spec(promotion=PROMOTION)
     status = promoting(spec)
     assert status.promotion is not None
-    assert status.promotion.previous_env == {"TRADING_CAPITAL_FRACTION": None, "TRADING_MODE": "shadow"}
+    assert status.promotion.previous_env == {"TRADING_MODE": "shadow"}
+    assert status.promotion.previously_unset == ["TRADING_CAPITAL_FRACTION"]
     assert condition(Plan(status), "Verified")[0] == "True"
 
 

@@ -106,8 +106,11 @@ class PromotionStatus(ApiModel):
     step_name: str = ""
     applied: bool = Field(default=False, description="The current step's env is set on the target.")
     approved: bool = Field(default=False, description="The promote verb approved the current step.")
-    previous_env: dict[str, str | None] = Field(
-        default_factory=dict, description="The target's env before the first step (null: the variable was unset)."
+    previous_env: dict[str, str] = Field(
+        default_factory=dict, description="The target's values, before the first step, of the variables steps set."
+    )
+    previously_unset: list[str] = Field(
+        default_factory=list, description="Variables steps set that the target did not have before the first step."
     )
     completed: list[str] = Field(default_factory=list, description="Steps that passed, in order.")
     message: str = ""

@@ -1,0 +1,317 @@
+"""The CRD against a real API server: what `kubectl apply` accepts, what it refuses and with which words,
+what `kubectl explain` and `kubectl get` show, and that status written by the operator is kept whole."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from torghut_localstack.kubectl import Kubectl, KubectlError
+from torghut_localstack.wait import wait_for
+from torghut_operator.api.spec import GROUP, KIND, PLURAL, VERSION, TorghutRolloutSpec
+from torghut_operator.api.status import (
+    AppliedFile,
+    CheckStatus,
+    Condition,
+    LastAction,
+    Measurement,
+    MigrationStatus,
+    Phase,
+    PromotionStatus,
+    TorghutRolloutStatus,
+    Verdict,
+)
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "crds" / "torghutrollouts.yaml"
+SAMPLES = sorted((REPO / "manifests" / "samples").glob("*.yaml"))
+BAD_SAMPLES = REPO / "tests" / "bad_samples"
+RESOURCE = f"{PLURAL}.{GROUP}"
+IMAGE = "registry.ide-newton.ts.net/lab/torghut@sha256:884bec35f7d24ef34c51240e697aa996bc134385be9f6936aa170880fe2d601e"
+
+REJECTIONS: dict[str, list[str]] = {
+    "no-provider.yaml": ["spec.verify.checks[0]", "check decisions-flowing needs exactly one provider"],
+    "two-providers.yaml": ["spec.verify.checks[0]", "needs exactly one provider: postgres, prometheus or http"],
+    "two-migration-modes.yaml": ["spec.migrate", "migrate takes one of job or sql, not both"],
+    "missing-target-image.yaml": ["spec.target.image", "Required value"],
+    "bad-duration.yaml": ["spec.verify.interval", '"5 minutes"', "should match"],
+    "count-zero.yaml": ["spec.verify.count", "greater than or equal to 1"],
+    "duplicate-check-names.yaml": ["spec.verify.checks", "verify.checks names must be unique"],
+    "min-above-max.yaml": ["spec.verify.checks[0]", "check fallback-ratio: min must not be above max"],
+    "postgres-check-without-database.yaml": ["postgres checks need spec.database"],
+    "inline-dsn.yaml": ['unknown field "spec.database.dsn"'],
+    "migrate-without-database.yaml": ["spec.migrate needs spec.database"],
+    "prometheus-check-without-prometheus.yaml": ["prometheus checks need spec.prometheus"],
+    "no-judgement.yaml": ["needs a judgement: min/max or successCondition/failureCondition"],
+    "thresholds-and-condition.yaml": ["uses min/max or successCondition/failureCondition, not both"],
+    "empty-migrate.yaml": ["spec.migrate", "migrate needs job, sql or expect"],
+    "target-kind-pod.yaml": ["spec.target.kind", '"Pod"', 'supported values: "Deployment", "Service"'],
+    "check-name-not-dns-label.yaml": ["spec.verify.checks[0].name", '"Decisions_Flowing"', "should match"],
+    "preset-without-service-url.yaml": ["preset torghut-completion needs spec.serviceUrl"],
+    "no-evidence.yaml": ["verify needs at least one check or preset"],
+    "promotion-evidence-without-database.yaml": ["promotion steps with requiredPromotion need spec.database"],
+    "duplicate-promotion-steps.yaml": ["spec.promotion.steps", "promotion step names must be unique"],
+    "unknown-preset.yaml": ["spec.presets[0]", '"torghut-everything"', 'supported values: "torghut-completion"'],
+}
+"""Each bad sample, and the words the API server's answer must contain for a user to see what is wrong."""
+
+
+@pytest.fixture(scope="module")
+def crd(kubectl: Kubectl) -> dict[str, Any]:
+    """The CRD, installed the way the README says, and Established."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kubectl("wait", "--for=condition=Established", f"crd/{RESOURCE}", "--timeout=60s", timeout=90)
+    document: dict[str, Any] = yaml.safe_load(CRD_FILE.read_text())
+    return document
+
+
+def in_namespace(path: Path, namespace: str) -> list[dict[str, Any]]:
+    """The documents of a sample file, moved to the test's namespace (samples say `torghut`)."""
+    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    for doc in documents:
+        doc["metadata"]["namespace"] = namespace
+    return documents
+
+
+def dry_run(kubectl: Kubectl, documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`kubectl apply --dry-run=server`: the objects as the API server would store them.
+
+    Sent as a YAML stream, not a v1 List: kubectl validates a List client-side, and the point here is the
+    API server's own answer."""
+    out = kubectl("apply", "--dry-run=server", "-f", "-", "-o", "json", stdin=yaml.safe_dump_all(documents))
+    answer = json.loads(out)
+    items: list[dict[str, Any]] = answer["items"] if answer.get("kind") == "List" else [answer]
+    return items
+
+
+@pytest.mark.usefixtures("crd")
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda path: path.name)
+def test_sample_is_accepted_with_the_models_defaults(kubectl: Kubectl, namespace: str, sample: Path) -> None:
+    """Every sample is admitted, and what the API server stores (with the CRD's defaults filled in) is exactly
+    the effective spec the operator's model reads: `kubectl get -o yaml` shows the values that apply."""
+    documents = in_namespace(sample, namespace)
+    stored = [item for item in dry_run(kubectl, documents) if item["kind"] == KIND]
+    sent = [doc for doc in documents if doc["kind"] == KIND]
+    assert len(stored) == len(sent) >= 1
+    for before, after in zip(sent, stored, strict=True):
+        effective = TorghutRolloutSpec.model_validate(before["spec"])
+        assert after["spec"] == effective.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def test_every_bad_sample_has_expected_words() -> None:
+    assert sorted(REJECTIONS) == sorted(path.name for path in BAD_SAMPLES.glob("*.yaml"))
+
+
+@pytest.mark.usefixtures("crd")
+@pytest.mark.parametrize(("name", "words"), sorted(REJECTIONS.items()), ids=sorted(REJECTIONS))
+def test_bad_sample_is_refused_with_a_message(kubectl: Kubectl, namespace: str, name: str, words: list[str]) -> None:
+    documents = in_namespace(BAD_SAMPLES / name, namespace)
+    with pytest.raises(KubectlError) as refused:
+        dry_run(kubectl, documents)
+    message = refused.value.detail
+    assert "error validating data" not in message, f"kubectl validated client-side: {message}"
+    assert "is invalid" in message or "BadRequest" in message, message
+    for word in words:
+        assert word in message, message
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize(
+    ("field", "description_path"),
+    [
+        ("spec.verify.checks.successCondition", "spec.verify.checks[].successCondition"),
+        ("spec.database.secretRef", "spec.database.secretRef"),
+        ("spec.target.kind", "spec.target.kind"),
+    ],
+)
+def test_kubectl_explain_documents_the_field(
+    kubectl: Kubectl, crd: dict[str, Any], field: str, description_path: str
+) -> None:
+    node = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for part in description_path.split("."):
+        node = node["properties"][part.removesuffix("[]")]
+        if part.endswith("[]"):
+            node = node["items"]
+    description = _flat(node["description"])
+    # The API server publishes a new CRD's OpenAPI a moment after it is Established.
+    explained = wait_for(
+        lambda: _flat(kubectl("explain", f"{PLURAL}.{field}")),
+        timeout=60,
+        what=f"kubectl explain {PLURAL}.{field}",
+        retry_on=(KubectlError,),
+    )
+    assert description in explained
+
+
+def full_status() -> TorghutRolloutStatus:
+    """A status with every field of every status model set to a non-default value."""
+    at = "2026-01-02T03:04:05Z"
+    return TorghutRolloutStatus(
+        phase=Phase.PROMOTING,
+        stage="promote",
+        message="verify: 2 of 3 measurements of route-null-rate judged",
+        observed_generation=3,
+        spec_hash="0123456789abcdef",
+        attempt=2,
+        image=IMAGE,
+        previous_image=IMAGE.replace("884bec35", "0927f669"),
+        started_at=at,
+        phase_started_at=at,
+        completed_at=at,
+        paused_from=Phase.DEPLOYING,
+        paused_by="verb",
+        aborted=True,
+        failed_stage="verify",
+        blocked_by="torghut-other-release",
+        awaiting_approval=True,
+        migration=MigrationStatus(
+            mode="sql",
+            job_name="torghut-release-migrate-1",
+            applied=[AppliedFile(name="0001_backfill_route_adapters.sql", checksum="ab" * 32, applied_at=at)],
+            message="applied 1 file",
+            completed_at=at,
+        ),
+        checks=[
+            CheckStatus(
+                name="route-null-rate",
+                stage="verify",
+                provider="postgres",
+                query="SELECT 0 AS value",
+                threshold="<= 0",
+                phase=Verdict.INCONCLUSIVE,
+                dry_run=True,
+                successful=2,
+                failed=1,
+                inconclusive=1,
+                errors=3,
+                consecutive_errors=1,
+                message="value 0.02 above max 0 (SELECT 0 AS value)",
+                approved=True,
+                measurements=[
+                    Measurement(phase=Verdict.FAILED, at=at, value="0.02", samples=57, message="above max 0")
+                ],
+            )
+        ],
+        promotion=PromotionStatus(
+            step=1,
+            step_name="live",
+            applied=True,
+            approved=True,
+            previous_env={"TRADING_MODE": "paper"},
+            previously_unset=["TRADING_CAPITAL_FRACTION"],
+            completed=["paper"],
+            message="live: waiting for the promote verb",
+        ),
+        next_measurement_at=at,
+        last_action=LastAction(verb="pause", at=at, result="paused at Verifying"),
+        conditions=[
+            Condition(
+                type="Ready",
+                status="False",
+                observed_generation=3,
+                last_transition_time=at,
+                reason="AwaitingApproval",
+                message="route-null-rate is Inconclusive",
+            )
+        ],
+    )
+
+
+def unset_fields(model: BaseModel, path: str = "status") -> list[str]:
+    """Fields left at their default anywhere in `model`: the round trip would not prove them."""
+    missing = [f"{path}.{name}" for name in type(model).model_fields if name not in model.model_fields_set]
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        for index, item in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(item, BaseModel):
+                missing += unset_fields(
+                    item, f"{path}.{name}[{index}]" if isinstance(value, list) else f"{path}.{name}"
+                )
+    return missing
+
+
+@pytest.fixture
+def rollout_with_status(kubectl: Kubectl, namespace: str, crd: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A TorghutRollout (the Deployment sample) whose status was written through the status subresource the
+    way the operator writes it: a merge patch of the model dumped by alias."""
+    (document,) = in_namespace(REPO / "manifests" / "samples" / "deployment-job-migration.yaml", namespace)
+    name = document["metadata"]["name"]
+    kubectl("create", "-f", "-", stdin=json.dumps(document))
+    status = full_status().model_dump(mode="json", by_alias=True)
+    kubectl(
+        "patch",
+        f"{PLURAL}/{name}",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+    return name, status
+
+
+def test_status_written_by_the_operator_survives_a_read_back(
+    kubectl: Kubectl, namespace: str, rollout_with_status: tuple[str, dict[str, Any]]
+) -> None:
+    assert unset_fields(full_status()) == []
+    name, written = rollout_with_status
+    stored = kubectl.json("get", f"{PLURAL}/{name}", "-n", namespace)
+    assert stored["status"] == written
+    assert TorghutRolloutStatus.model_validate(stored["status"]) == full_status()
+
+
+def test_variables_to_unset_on_rollback_survive_a_status_merge_patch(
+    kubectl: Kubectl, namespace: str, rollout_with_status: tuple[str, dict[str, Any]]
+) -> None:
+    """A merge patch deletes null values, so "was unset" is a list of names, never a null in previousEnv."""
+    name, _ = rollout_with_status
+    promotion = {"previousEnv": {"TRADING_MODE": "paper"}, "previouslyUnset": ["TRADING_AUTONOMY_ALLOW_LIVE_PROMOTION"]}
+    patch = {"status": {"promotion": promotion}}
+    kubectl(
+        "patch", f"{PLURAL}/{name}", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
+    )
+    stored = kubectl.json("get", f"{PLURAL}/{name}", "-n", namespace)
+    assert stored["status"]["promotion"]["previousEnv"] == {"TRADING_MODE": "paper"}
+    assert stored["status"]["promotion"]["previouslyUnset"] == ["TRADING_AUTONOMY_ALLOW_LIVE_PROMOTION"]
+
+
+def _table(output: str) -> list[dict[str, str]]:
+    header, *rows = output.splitlines()
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    ends = [*starts[1:], None]
+    names = header.split()
+    return [{n: row[s:e].strip() for n, s, e in zip(names, starts, ends, strict=True)} for row in rows]
+
+
+def test_printer_columns_short_names_and_categories(
+    kubectl: Kubectl, namespace: str, rollout_with_status: tuple[str, dict[str, Any]]
+) -> None:
+    name, _ = rollout_with_status
+    (row,) = _table(kubectl("get", PLURAL, "-n", namespace))
+    assert list(row) == ["NAME", "PHASE", "STAGE", "IMAGE", "READY", "AGE"]
+    assert row | {"AGE": ""} == {
+        "NAME": name,
+        "PHASE": "Promoting",
+        "STAGE": "promote",
+        "IMAGE": IMAGE,
+        "READY": "False",
+        "AGE": "",
+    }
+    assert re.fullmatch(r"\d+[smh]", row["AGE"])
+    (wide,) = _table(kubectl("get", PLURAL, "-n", namespace, "-o", "wide"))
+    assert wide["MESSAGE"] == "verify: 2 of 3 measurements of route-null-rate judged"
+    for alias in ("tr", "trollout", "torghut", f"{KIND.lower()}.{VERSION}.{GROUP}"):
+        assert name in kubectl("get", alias, "-n", namespace, "-o", "name"), alias
+    assert f"{KIND.lower()}.{GROUP}/{name}" in kubectl("get", "all", "-n", namespace, "-o", "name")
