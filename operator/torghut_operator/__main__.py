@@ -7,7 +7,12 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, help="Run the Torghut rollout operator.")
+app = typer.Typer(add_completion=False, help="The Torghut rollout operator.", no_args_is_help=True)
+
+
+@app.callback()
+def _commands() -> None:
+    """The Torghut rollout operator."""
 
 
 @app.command()
@@ -31,6 +36,7 @@ def run(
     kopf.configure(verbose=verbose, log_format=formats[log_format])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("celpy").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,
         clusterwide=not namespace,

@@ -15,6 +15,8 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from torghut_operator.api.durations import Duration
+from torghut_operator.gates.cel import compile_condition
+from torghut_operator.gates.jsonpath import parse_json_path
 
 GROUP = "torghut.proompteng.ai"
 VERSION = "v1alpha1"
@@ -199,6 +201,12 @@ class Check(ApiModel):
             raise ValueError(f"check {self.name!r}: use min/max or CEL conditions, not both")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"check {self.name!r}: min {self.min} is above max {self.max}")
+        # Typos surface in status before a rollout starts, not as Error measurements halfway through it.
+        for condition in (self.success_condition, self.failure_condition):
+            if condition is not None:
+                compile_condition(condition)
+        if self.http is not None and self.http.json_path is not None:
+            parse_json_path(self.http.json_path)
         return self
 
     @property
@@ -392,39 +400,50 @@ class TorghutRolloutSpec(ApiModel):
     rollback: Rollback = Field(default_factory=Rollback, description="What happens on failure.")
     paused: bool = Field(default=False, description="Pause the rollout where it stands (like the pause verb).")
 
+    def all_checks(self) -> list[Check]:
+        """Every check the spec names: verify, migrate expectations and promotion steps."""
+        expect = self.migrate.expect.checks if self.migrate and self.migrate.expect else []
+        steps = [c for step in self.promotion.steps for c in step.checks] if self.promotion else []
+        return [*self.verify.checks, *expect, *steps]
+
     @model_validator(mode="after")
     def _dependencies(self) -> Self:
-        needs_db = bool(self.migrate) or any(
-            c.postgres
-            for c in [
-                *self.verify.checks,
-                *(self.migrate.expect.checks if self.migrate and self.migrate.expect else []),
-            ]
-        )
-        if needs_db and self.database is None:
+        checks = self.all_checks()
+        if (self.migrate is not None or any(c.postgres for c in checks)) and self.database is None:
             raise ValueError("migrate and postgres checks need spec.database")
-        if any(c.prometheus for c in self.verify.checks) and self.prometheus is None:
+        if any(c.prometheus for c in checks) and self.prometheus is None:
             raise ValueError("prometheus checks need spec.prometheus")
         if "torghut-completion" in self.presets:
-            missing = [f for f in ("database", "prometheus", "service_url") if getattr(self, f) is None]
-            if missing:
-                raise ValueError(
-                    f"preset torghut-completion needs spec.{', spec.'.join(missing)}".replace(
-                        "service_url", "serviceUrl"
-                    )
+            missing = [
+                name
+                for name, value in (
+                    ("database", self.database),
+                    ("prometheus", self.prometheus),
+                    ("serviceUrl", self.service_url),
                 )
+                if value is None
+            ]
+            if missing:
+                raise ValueError(f"preset torghut-completion needs spec.{', spec.'.join(missing)}")
+        if len(set(self.presets)) != len(self.presets):
+            raise ValueError("presets must not repeat")
         if not self.verify.checks and not self.presets:
             raise ValueError("verify needs at least one check or preset: a rollout never passes without evidence")
+        lists = {"verify.checks": self.verify.checks}
+        if self.migrate and self.migrate.expect:
+            lists["migrate.expect.checks"] = self.migrate.expect.checks
         if self.promotion is not None:
             if self.database is None and any(s.required_promotion for s in self.promotion.steps):
                 raise ValueError("promotion steps with requiredPromotion need spec.database")
             steps = [s.name for s in self.promotion.steps]
             if len(set(steps)) != len(steps):
                 raise ValueError("promotion step names must be unique")
-        names = [c.name for c in self.verify.checks]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"verify.checks names must be unique: {', '.join(duplicates)}")
+            lists.update({f"promotion step {s.name} checks": s.checks for s in self.promotion.steps})
+        for where, items in lists.items():
+            names = [c.name for c in items]
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            if duplicates:
+                raise ValueError(f"{where} names must be unique: {', '.join(duplicates)}")
         return self
 
     def spec_hash(self) -> str:

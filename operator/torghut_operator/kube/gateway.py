@@ -84,7 +84,7 @@ class KubeGateway:
             {"op": "test", "path": f"/metadata/annotations/{key}", "value": value},
             {"op": "remove", "path": f"/metadata/annotations/{key}"},
         ]
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+        path = (GROUP, VERSION, namespace, PLURAL, name)
         # Gone, or a new verb was written meanwhile (the test op fails): leave it for the next turn.
         self._json_patch(path, patch, f"clear action on TorghutRollout {namespace}/{name}", ignore=(404, 409, 422))
 
@@ -157,27 +157,31 @@ class KubeGateway:
         self._json_patch(self._target_path(namespace, target), ops, what)
 
     @staticmethod
-    def _target_path(namespace: str, target: Target) -> str:
+    def _target_path(namespace: str, target: Target) -> tuple[str, ...]:
         if target.kind is TargetKind.DEPLOYMENT:
-            return f"/apis/apps/v1/namespaces/{namespace}/deployments/{target.name}"
-        return f"/apis/serving.knative.dev/v1/namespaces/{namespace}/services/{target.name}"
+            return ("deployments", namespace, target.name)
+        return ("serving.knative.dev", "v1", namespace, "services", target.name)
 
-    def _json_patch(self, path: str, ops: list[dict[str, Any]], what: str, *, ignore: tuple[int, ...] = ()) -> None:
+    def _json_patch(
+        self, path: tuple[str, ...], ops: list[dict[str, Any]], what: str, *, ignore: tuple[int, ...] = ()
+    ) -> None:
+        """A JSON patch of a Deployment (``("deployments", ns, name)``) or a custom object
+        (``(group, version, ns, plural, name)``); a failed test op means the object changed under us."""
+        json_patch = "application/json-patch+json"
         try:
-            self._custom.api_client.call_api(
-                path,
-                "PATCH",
-                header_params={"Content-Type": "application/json-patch+json", "Accept": "application/json"},
-                body=ops,
-                auth_settings=["BearerToken"],
-                _request_timeout=TIMEOUT,
-                _return_http_data_only=True,
-                response_type="object",
-            )
+            if path[0] == "deployments":
+                self._apps.patch_namespaced_deployment(
+                    path[2], path[1], ops, _content_type=json_patch, _request_timeout=TIMEOUT
+                )
+            else:
+                group, version, namespace, plural, name = path
+                self._custom.patch_namespaced_custom_object(
+                    group, version, namespace, plural, name, ops, _content_type=json_patch, _request_timeout=TIMEOUT
+                )
         except ApiException as exc:
             if exc.status in ignore:
                 return
-            if exc.status == 422:  # the test op failed: the object changed under us; retried next turn
+            if exc.status == 422:  # the test op failed: retried next turn
                 raise TemporaryError(f"{what}: changed concurrently") from None
             raise _api_error(what, exc) from exc
 

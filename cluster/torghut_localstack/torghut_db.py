@@ -1,0 +1,959 @@
+"""A Torghut-like database for tests and the demo: schema loader, route resolution and seeders.
+
+The schema (``torghut_schema.sql``) reproduces Torghut's tables as they stand *before* its migration
+0007: route-provenance columns present but never backfilled, the research ledger without any
+privilege for the runtime role ``torghut_app``, and an ``alembic_version`` holding several long heads.
+
+Everything here takes a SQLAlchemy :class:`~sqlalchemy.engine.Engine`; build one with
+:func:`make_engine`, which sets a connect timeout and a statement/lock timeout on every session.
+Importing this module starts nothing and connects nowhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from importlib import resources
+from typing import Any, Final, Literal
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, Engine, make_url
+
+__all__ = [
+    "ACTUAL_MARKERS",
+    "ADAPTERS",
+    "APP_ROLE",
+    "DEFAULT_HEADS",
+    "DEFAULT_MARKER_MIX",
+    "EXPECTED_MARKERS",
+    "GRANT_PRIVILEGES",
+    "NEXT_HEAD",
+    "RESEARCH_TABLES",
+    "ROUTE_MARKER_PRESETS",
+    "SYMBOLS",
+    "ResearchRunSeed",
+    "Route",
+    "alembic_heads",
+    "alpaca_order_payload",
+    "bulk_seed_executions",
+    "create_database",
+    "create_schema",
+    "drop_database",
+    "insert_execution",
+    "insert_trade_decision",
+    "make_engine",
+    "normalize_adapter",
+    "research_privileges",
+    "research_row_counts",
+    "resolve_route",
+    "schema_sql",
+    "seed_executions",
+    "seed_research_run",
+    "set_alembic_heads",
+    "sqlalchemy_url",
+    "temporary_database",
+]
+
+APP_ROLE: Final = "torghut_app"
+"""Torghut's runtime role (owner of the real database; here: no privilege on ``research_*``)."""
+
+RESEARCH_TABLES: Final[tuple[str, ...]] = (
+    "research_runs",
+    "research_candidates",
+    "research_fold_metrics",
+    "research_stress_metrics",
+    "research_promotions",
+)
+GRANT_PRIVILEGES: Final[tuple[str, ...]] = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+DEFAULT_HEADS: Final[tuple[str, ...]] = (
+    "0007_autonomy_permissions_backfill_routes",
+    "0008_order_feed_execution_events",
+)
+"""The Alembic heads :func:`create_schema` writes into ``alembic_version`` (several, long ids)."""
+
+NEXT_HEAD: Final = "0009_execution_tca_metrics"
+"""A head a newer image expects but this database lacks (the simulator's ``schema_not_current``)."""
+
+ADAPTERS: Final[tuple[str, ...]] = ("alpaca", "lean", "simulation")
+
+EXPECTED_MARKERS: Final[tuple[str, ...]] = ("_execution_route_expected", "execution_expected_adapter")
+"""Keys of ``raw_order`` naming the expected adapter, in precedence order."""
+ACTUAL_MARKERS: Final[tuple[str, ...]] = (
+    "_execution_route_actual",
+    "_execution_adapter",
+    "execution_actual_adapter",
+)
+"""Keys of ``raw_order`` naming the actual adapter, in precedence order."""
+
+ROUTE_MARKER_PRESETS: Final[Mapping[str, Mapping[str, str]]] = {
+    "alpaca": {"_execution_route_expected": "alpaca", "_execution_route_actual": "alpaca"},
+    "lean": {"_execution_route_expected": "lean", "_execution_route_actual": "lean"},
+    "lean_fallback": {"_execution_route_expected": "lean", "_execution_route_actual": "alpaca_fallback"},
+    "adapter_marker": {"_execution_adapter": "alpaca"},
+    "response_fields": {"execution_expected_adapter": "simulation", "execution_actual_adapter": "simulation"},
+    "none": {},
+}
+"""Named ``raw_order`` marker sets as Torghut writes them (``none``: a row from before route markers)."""
+
+DEFAULT_MARKER_MIX: Final[tuple[str, ...]] = (
+    "alpaca",
+    "alpaca",
+    "lean",
+    "lean_fallback",
+    "alpaca",
+    "adapter_marker",
+    "response_fields",
+    "none",
+)
+
+SYMBOLS: Final[tuple[str, ...]] = ("AAPL", "MSFT", "NVDA", "AMZN", "META", "GOOGL", "TSLA", "SPY")
+
+_ADAPTER_RE: Final = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
+_SCHEMA_RESOURCE: Final = "torghut_schema.sql"
+
+
+# --------------------------------------------------------------------------------------------------
+# Engines and databases
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """Return ``dsn`` with the psycopg 3 driver (``postgresql://`` and ``postgres://`` are accepted)."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if dsn.startswith(prefix):
+            return "postgresql+psycopg://" + dsn[len(prefix) :]
+    raise ValueError("expected a postgresql:// URL")
+
+
+def make_engine(
+    dsn: str,
+    *,
+    connect_timeout: float = 5.0,
+    statement_timeout_ms: int = 30_000,
+    lock_timeout_ms: int = 10_000,
+    pool_size: int = 2,
+) -> Engine:
+    """An engine whose every connection has a connect timeout and statement/lock timeouts."""
+    options = f"-c statement_timeout={int(statement_timeout_ms)} -c lock_timeout={int(lock_timeout_ms)}"
+    return create_engine(
+        sqlalchemy_url(dsn),
+        connect_args={"connect_timeout": max(1, round(connect_timeout)), "options": options},
+        pool_size=pool_size,
+        max_overflow=2,
+        pool_timeout=connect_timeout,
+        pool_pre_ping=True,
+    )
+
+
+def create_database(admin_dsn: str, name: str, *, connect_timeout: float = 5.0) -> str:
+    """Create database ``name`` (dropping any previous one) and return its SQLAlchemy URL."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ValueError(f"invalid database name {name!r}")
+    admin = make_engine(admin_dsn, connect_timeout=connect_timeout).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.dispose()
+    return make_url(sqlalchemy_url(admin_dsn)).set(database=name).render_as_string(hide_password=False)
+
+
+@contextmanager
+def temporary_database(admin_dsn: str, prefix: str = "torghut") -> Iterator[str]:
+    """A fresh, uniquely named database for the block; yields its SQLAlchemy URL, drops it after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    url = create_database(admin_dsn, name)
+    try:
+        yield url
+    finally:
+        drop_database(admin_dsn, name)
+
+
+def drop_database(admin_dsn: str, name: str, *, connect_timeout: float = 5.0) -> None:
+    """Drop database ``name`` if it exists, disconnecting its sessions."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ValueError(f"invalid database name {name!r}")
+    admin = make_engine(admin_dsn, connect_timeout=connect_timeout).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+
+
+def schema_sql() -> str:
+    """The text of ``torghut_schema.sql``."""
+    return resources.files(__package__ or "torghut_localstack").joinpath(_SCHEMA_RESOURCE).read_text("utf-8")
+
+
+def create_schema(
+    engine: Engine,
+    *,
+    heads: Sequence[str] = DEFAULT_HEADS,
+    with_adapter_columns: bool = True,
+    raw_order_type: Literal["jsonb", "json"] = "jsonb",
+) -> None:
+    """Load the pre-0007 Torghut schema into the (empty) database of ``engine``.
+
+    ``heads`` are written into ``alembic_version``. ``with_adapter_columns=False`` drops the four
+    route-provenance columns and their indexes (the shape from before migration 0006), and
+    ``raw_order_type="json"`` stores ``raw_order`` as ``json`` instead of ``jsonb`` (both exist in the
+    wild).
+    """
+    with engine.begin() as conn:
+        conn.exec_driver_sql(schema_sql())
+        if not with_adapter_columns:
+            conn.exec_driver_sql(
+                "ALTER TABLE executions"
+                " DROP COLUMN IF EXISTS execution_expected_adapter,"
+                " DROP COLUMN IF EXISTS execution_actual_adapter,"
+                " DROP COLUMN IF EXISTS execution_fallback_reason,"
+                " DROP COLUMN IF EXISTS execution_fallback_count"
+            )
+        if raw_order_type == "json":
+            conn.exec_driver_sql("ALTER TABLE executions ALTER COLUMN raw_order TYPE json USING raw_order::json")
+        _write_heads(conn, heads)
+
+
+def set_alembic_heads(engine: Engine, heads: Sequence[str]) -> None:
+    """Replace the rows of ``alembic_version`` by ``heads``."""
+    with engine.begin() as conn:
+        _write_heads(conn, heads)
+
+
+def _write_heads(conn: Connection, heads: Sequence[str]) -> None:
+    conn.execute(text("DELETE FROM alembic_version"))
+    for head in heads:
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": head})
+
+
+def alembic_heads(engine: Engine) -> list[str]:
+    """The rows of ``alembic_version``, sorted."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT version_num FROM alembic_version ORDER BY version_num"))
+        return [str(r[0]) for r in rows]
+
+
+def research_row_counts(engine: Engine) -> dict[str, int]:
+    """Row count of each ``research_*`` table."""
+    with engine.connect() as conn:
+        return {
+            table: int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()) for table in RESEARCH_TABLES
+        }
+
+
+def research_privileges(engine: Engine, role: str = APP_ROLE) -> dict[tuple[str, str], bool]:
+    """``has_table_privilege(role, table, privilege)`` for every research table and privilege."""
+    out: dict[tuple[str, str], bool] = {}
+    with engine.connect() as conn:
+        for table in RESEARCH_TABLES:
+            for privilege in GRANT_PRIVILEGES:
+                value = conn.execute(
+                    text("SELECT has_table_privilege(:role, :table, :priv)"),
+                    {"role": role, "table": f"public.{table}", "priv": privilege},
+                ).scalar_one()
+                out[(table, privilege)] = bool(value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Route provenance
+
+
+@dataclass(frozen=True)
+class Route:
+    """The route of one execution as Torghut records it."""
+
+    expected: str | None
+    actual: str | None
+    fallback_count: int = 0
+    fallback_reason: str | None = None
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.expected is not None and self.actual is not None and self.expected != self.actual
+
+
+def normalize_adapter(value: object) -> str | None:
+    """A valid adapter name (trimmed, lower-case), or ``None`` for missing/empty/``unknown``/junk.
+
+    Only strings matching ``[a-z][a-z0-9_.-]{0,31}`` (after trimming and lower-casing) count, which is
+    exactly what the SQL backfill accepts. ``alpaca_fallback`` is returned as is: see
+    :func:`resolve_route` for its normalization.
+    """
+    if not isinstance(value, str):
+        return None
+    name = value.strip().lower()
+    if name == "unknown" or not _ADAPTER_RE.fullmatch(name):
+        return None
+    return name
+
+
+def _first(raw: Mapping[str, object], keys: Iterable[str]) -> str | None:
+    for key in keys:
+        name = normalize_adapter(raw.get(key))
+        if name is not None:
+            return name
+    return None
+
+
+def resolve_route(
+    raw_order: Mapping[str, object] | None,
+    *,
+    expected_column: object = None,
+    actual_column: object = None,
+    fallback_count: int = 0,
+    fallback_reason: str | None = None,
+) -> Route:
+    """The route the backfill (``0002_route_provenance_backfill.sql``) derives for one row.
+
+    * a valid value already in a column wins over the markers;
+    * expected: first valid of ``_execution_route_expected``, ``execution_expected_adapter``;
+    * actual: first valid of ``_execution_route_actual``, ``_execution_adapter``,
+      ``execution_actual_adapter``;
+    * ``alpaca_fallback`` becomes ``alpaca``;
+    * no expected marker: expected = actual, unless the actual was ``alpaca_fallback`` (then the
+      expected adapter is unknown and stays ``None``);
+    * expected ≠ actual: count at least 1, reason (when empty) ``fallback_from_<expected>_to_<actual>``;
+    * nothing known: ``None`` (the backfill leaves such columns as they are).
+    """
+    raw: Mapping[str, object] = raw_order or {}
+    expected_raw = normalize_adapter(expected_column) or _first(raw, EXPECTED_MARKERS)
+    actual_raw = normalize_adapter(actual_column) or _first(raw, ACTUAL_MARKERS)
+    actual = "alpaca" if actual_raw == "alpaca_fallback" else actual_raw
+    if expected_raw == "alpaca_fallback":
+        expected: str | None = "alpaca"
+    elif expected_raw is not None:
+        expected = expected_raw
+    elif actual_raw != "alpaca_fallback":
+        expected = actual_raw
+    else:
+        expected = None
+    count = fallback_count
+    reason = fallback_reason
+    if expected is not None and actual is not None and expected != actual:
+        count = max(count, 1)
+        if reason is None or not reason.strip():
+            reason = f"fallback_from_{expected}_to_{actual}"
+    return Route(expected=expected, actual=actual, fallback_count=count, fallback_reason=reason)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows
+
+
+def _rng(seed: int | None) -> random.Random:
+    return random.Random(seed)  # noqa: S311 - fixture data, not security
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def alpaca_order_payload(
+    *,
+    order_id: str,
+    client_order_id: str,
+    symbol: str,
+    side: str,
+    qty: Decimal,
+    fill_price: Decimal | None,
+    status: str,
+    created_at: datetime,
+    account_label: str = "paper",
+    markers: Mapping[str, object] | None = None,
+) -> dict[str, Any]:
+    """A broker order payload shaped like Alpaca's REST order, plus Torghut's route ``markers``."""
+    filled = status in ("filled", "partially_filled")
+    filled_qty = qty if status == "filled" else (qty / 2 if filled else Decimal(0))
+    payload: dict[str, Any] = {
+        "id": order_id,
+        "client_order_id": client_order_id,
+        "created_at": _iso(created_at),
+        "updated_at": _iso(created_at + timedelta(milliseconds=350)),
+        "submitted_at": _iso(created_at),
+        "filled_at": _iso(created_at + timedelta(milliseconds=350)) if filled else None,
+        "expired_at": None,
+        "canceled_at": None,
+        "failed_at": None,
+        "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"alpaca:asset:{symbol}")),
+        "symbol": symbol,
+        "asset_class": "us_equity",
+        "qty": str(qty),
+        "notional": None,
+        "filled_qty": str(filled_qty),
+        "filled_avg_price": str(fill_price) if filled and fill_price is not None else None,
+        "order_class": "",
+        "order_type": "market",
+        "type": "market",
+        "side": side,
+        "time_in_force": "day",
+        "limit_price": None,
+        "stop_price": None,
+        "status": status,
+        "extended_hours": False,
+        "legs": None,
+        "account_label": account_label,
+    }
+    if markers:
+        payload.update(markers)
+    return payload
+
+
+_INSERT_EXECUTION = text(
+    """
+    INSERT INTO executions (
+        trade_decision_id, alpaca_account_label, alpaca_order_id, client_order_id, symbol, side,
+        order_type, time_in_force, submitted_qty, filled_qty, avg_fill_price, status,
+        execution_expected_adapter, execution_actual_adapter, execution_fallback_reason,
+        execution_fallback_count, execution_correlation_id, execution_idempotency_key, raw_order,
+        created_at, updated_at, last_update_at
+    ) VALUES (
+        CAST(:trade_decision_id AS uuid), :account_label, :order_id, :client_order_id, :symbol, :side,
+        'market', 'day', :qty, :filled_qty, :price, :status,
+        :expected, :actual, :reason, :count, :correlation_id, :idempotency_key, CAST(:raw_order AS jsonb),
+        :created_at, :created_at, :created_at
+    )
+    RETURNING id
+    """
+)
+
+_INSERT_EXECUTION_NO_ROUTE = text(
+    """
+    INSERT INTO executions (
+        trade_decision_id, alpaca_account_label, alpaca_order_id, client_order_id, symbol, side,
+        order_type, time_in_force, submitted_qty, filled_qty, avg_fill_price, status,
+        execution_correlation_id, execution_idempotency_key, raw_order, created_at, updated_at,
+        last_update_at
+    ) VALUES (
+        CAST(:trade_decision_id AS uuid), :account_label, :order_id, :client_order_id, :symbol, :side,
+        'market', 'day', :qty, :filled_qty, :price, :status,
+        :correlation_id, :idempotency_key, CAST(:raw_order AS jsonb), :created_at, :created_at,
+        :created_at
+    )
+    RETURNING id
+    """
+)
+
+
+def insert_execution(
+    conn: Connection,
+    *,
+    markers: Mapping[str, object] | None,
+    adapters: Literal["null", "unknown", "resolved"] = "resolved",
+    created_at: datetime | None = None,
+    symbol: str | None = None,
+    account_label: str = "paper",
+    trade_decision_id: str | None = None,
+    rng: random.Random | None = None,
+    with_route_columns: bool = True,
+) -> str:
+    """Insert one filled execution whose ``raw_order`` carries ``markers``; return its id.
+
+    ``adapters``: ``"resolved"`` fills the route columns as Torghut does at fill time (via
+    :func:`resolve_route`), ``"null"`` leaves them NULL (a historical row), ``"unknown"`` writes
+    ``'unknown'``. ``with_route_columns=False`` is for a table without those columns.
+    """
+    rnd = rng or _rng(None)
+    ts = created_at or datetime.now(UTC)
+    sym = symbol or rnd.choice(SYMBOLS)
+    side = rnd.choice(("buy", "sell"))
+    qty = Decimal(rnd.randint(1, 200))
+    price = Decimal(rnd.randint(5_000, 90_000)) / Decimal(100)
+    order_id = str(uuid.uuid4())
+    client_order_id = f"torghut-{uuid.uuid4().hex[:20]}"
+    payload = alpaca_order_payload(
+        order_id=order_id,
+        client_order_id=client_order_id,
+        symbol=sym,
+        side=side,
+        qty=qty,
+        fill_price=price,
+        status="filled",
+        created_at=ts,
+        account_label=account_label,
+        markers=markers,
+    )
+    if adapters == "resolved":
+        route = resolve_route(markers)
+    elif adapters == "unknown":
+        route = Route(expected="unknown", actual="unknown")
+    else:
+        route = Route(expected=None, actual=None)
+    params: dict[str, Any] = {
+        "trade_decision_id": trade_decision_id,
+        "account_label": account_label,
+        "order_id": order_id,
+        "client_order_id": client_order_id,
+        "symbol": sym,
+        "side": side,
+        "qty": qty,
+        "filled_qty": qty,
+        "price": price,
+        "status": "filled",
+        "expected": route.expected,
+        "actual": route.actual,
+        "reason": route.fallback_reason,
+        "count": route.fallback_count,
+        "correlation_id": f"corr-{uuid.uuid4().hex[:16]}",
+        "idempotency_key": hashlib.sha256(client_order_id.encode()).hexdigest()[:32],
+        "raw_order": json.dumps(payload),
+        "created_at": ts,
+    }
+    stmt = _INSERT_EXECUTION if with_route_columns else _INSERT_EXECUTION_NO_ROUTE
+    return str(conn.execute(stmt, params).scalar_one())
+
+
+def insert_trade_decision(
+    conn: Connection,
+    *,
+    symbol: str,
+    strategy_id: str = "intraday-momentum-v3",
+    status: str = "filled",
+    created_at: datetime | None = None,
+    rng: random.Random | None = None,
+) -> str:
+    """Insert one trade decision; return its id."""
+    rnd = rng or _rng(None)
+    ts = created_at or datetime.now(UTC)
+    decision = {
+        "symbol": symbol,
+        "action": rnd.choice(("buy", "sell")),
+        "qty": rnd.randint(1, 200),
+        "order_type": "market",
+        "time_in_force": "day",
+        "confidence": round(rnd.uniform(0.55, 0.95), 3),
+        "signal": {"name": "momentum_breakout", "timeframe": "1Min"},
+    }
+    body = json.dumps(decision, sort_keys=True)
+    row = conn.execute(
+        text(
+            """
+            INSERT INTO trade_decisions (strategy_id, alpaca_account_label, symbol, timeframe,
+                decision_json, rationale, decision_hash, status, created_at, executed_at)
+            VALUES (:strategy_id, 'paper', :symbol, '1Min', CAST(:decision AS json), :rationale,
+                :hash, :status, :ts, :executed_at)
+            RETURNING id
+            """
+        ),
+        {
+            "strategy_id": strategy_id,
+            "symbol": symbol,
+            "decision": body,
+            "rationale": "momentum breakout above VWAP with rising volume",
+            "hash": hashlib.sha256(body.encode()).hexdigest(),
+            "status": status,
+            "ts": ts,
+            "executed_at": ts if status == "filled" else None,
+        },
+    ).scalar_one()
+    return str(row)
+
+
+def _marker_cycle(
+    route_markers: Mapping[str, object] | Sequence[Mapping[str, object] | str] | str | None,
+) -> list[Mapping[str, object]]:
+    if route_markers is None:
+        return [ROUTE_MARKER_PRESETS[name] for name in DEFAULT_MARKER_MIX]
+    if isinstance(route_markers, str):
+        return [ROUTE_MARKER_PRESETS[route_markers]]
+    if isinstance(route_markers, Mapping):
+        return [route_markers]
+    out: list[Mapping[str, object]] = []
+    for item in route_markers:
+        out.append(ROUTE_MARKER_PRESETS[item] if isinstance(item, str) else item)
+    if not out:
+        raise ValueError("route_markers must not be empty")
+    return out
+
+
+def seed_executions(
+    engine: Engine,
+    n: int,
+    *,
+    route_markers: Mapping[str, object] | Sequence[Mapping[str, object] | str] | str | None = None,
+    null_adapters: bool | Literal["unknown"] = True,
+    created_at: datetime | None = None,
+    step: timedelta = timedelta(seconds=1),
+    symbol: str | None = None,
+    account_label: str = "paper",
+    with_decisions: bool = False,
+    with_route_columns: bool = True,
+    seed: int | None = None,
+) -> list[str]:
+    """Insert ``n`` filled executions with realistic ``raw_order`` payloads; return their ids.
+
+    ``route_markers``: the markers put into ``raw_order`` — a mapping (every row), a preset name of
+    :data:`ROUTE_MARKER_PRESETS`, or a sequence of either, cycled over the rows; ``None`` cycles
+    :data:`DEFAULT_MARKER_MIX`. ``null_adapters``: ``True`` leaves the route columns NULL (rows
+    written before route provenance), ``"unknown"`` writes ``'unknown'``, ``False`` fills them as
+    Torghut does at fill time. Row ``i`` is created at ``created_at - i * step`` (default now), so the
+    first id is the newest. ``with_decisions`` links each execution to a new trade decision.
+    """
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    cycle = _marker_cycle(route_markers)
+    rnd = _rng(seed)
+    base = created_at or datetime.now(UTC)
+    adapters: Literal["null", "unknown", "resolved"]
+    if null_adapters is True:
+        adapters = "null"
+    elif null_adapters == "unknown":
+        adapters = "unknown"
+    else:
+        adapters = "resolved"
+    ids: list[str] = []
+    with engine.begin() as conn:
+        for i in range(n):
+            ts = base - i * step
+            sym = symbol or rnd.choice(SYMBOLS)
+            decision_id = insert_trade_decision(conn, symbol=sym, created_at=ts, rng=rnd) if with_decisions else None
+            ids.append(
+                insert_execution(
+                    conn,
+                    markers=cycle[i % len(cycle)],
+                    adapters=adapters,
+                    created_at=ts,
+                    symbol=sym,
+                    account_label=account_label,
+                    trade_decision_id=decision_id,
+                    rng=rnd,
+                    with_route_columns=with_route_columns,
+                )
+            )
+    return ids
+
+
+# --------------------------------------------------------------------------------------------------
+# Research ledger
+
+
+@dataclass(frozen=True)
+class ResearchRunSeed:
+    """What :func:`seed_research_run` wrote."""
+
+    run_id: str
+    candidate_ids: tuple[str, ...]
+    promoted_candidate_id: str | None
+    rows: Mapping[str, int] = field(default_factory=dict)
+
+
+def seed_research_run(
+    engine_or_conn: Engine | Connection,
+    *,
+    run_id: str | None = None,
+    status: str = "completed",
+    strategy_id: str = "intraday-momentum-v3",
+    candidates: int = 2,
+    folds: int = 3,
+    stress_cases: Sequence[str] = ("spread_widening", "latency_spike"),
+    decision_action: str = "promote",
+    approved_mode: Literal["paper", "live"] = "paper",
+    requested_mode: Literal["paper", "live"] | None = None,
+    created_at: datetime | None = None,
+    code_commit: str = "5d1c0f2a9b7e",
+    seed: int | None = None,
+) -> ResearchRunSeed:
+    """Write one autonomous lane run into the research ledger: the run, its candidates, fold and
+    stress metrics, and one promotion row per candidate.
+
+    The first candidate gets ``decision_action`` (``promote``: ``approved_mode`` set with an approve
+    reason and a paper candidate patch ref; anything else: a deny reason and no approved mode); the
+    other candidates are ``hold`` with a deny reason. ``candidates=0`` writes only the run row.
+    Accepts an engine (own transaction) or a connection (caller's transaction).
+    """
+    kwargs: dict[str, Any] = {
+        "run_id": run_id,
+        "status": status,
+        "strategy_id": strategy_id,
+        "candidates": candidates,
+        "folds": folds,
+        "stress_cases": stress_cases,
+        "decision_action": decision_action,
+        "approved_mode": approved_mode,
+        "requested_mode": requested_mode,
+        "created_at": created_at,
+        "code_commit": code_commit,
+        "seed": seed,
+    }
+    if isinstance(engine_or_conn, Engine):
+        with engine_or_conn.begin() as conn:
+            return _seed_research_run(conn, **kwargs)
+    return _seed_research_run(engine_or_conn, **kwargs)
+
+
+def _seed_research_run(
+    conn: Connection,
+    *,
+    run_id: str | None,
+    status: str,
+    strategy_id: str,
+    candidates: int,
+    folds: int,
+    stress_cases: Sequence[str],
+    decision_action: str,
+    approved_mode: str,
+    requested_mode: str | None,
+    created_at: datetime | None,
+    code_commit: str,
+    seed: int | None,
+) -> ResearchRunSeed:
+    rnd = _rng(seed)
+    ts = created_at or datetime.now(UTC)
+    rid = run_id or f"run-{ts.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    day = ts.replace(hour=0, minute=0, second=0, microsecond=0)
+    conn.execute(
+        text(
+            """
+            INSERT INTO research_runs (run_id, status, strategy_id, strategy_name, strategy_type,
+                strategy_version, code_commit, feature_version, dataset_version, dataset_from,
+                dataset_to, runner_version, created_at, updated_at)
+            VALUES (:run_id, :status, :strategy_id, 'Intraday momentum', 'momentum', 'v3',
+                :code_commit, 'features-v5', 'bars-1min-2026q4', :dataset_from, :dataset_to,
+                'autonomy-lane-1.4.2', :ts, :ts)
+            """
+        ),
+        {
+            "run_id": rid,
+            "status": status,
+            "strategy_id": strategy_id,
+            "code_commit": code_commit,
+            "dataset_from": day - timedelta(days=90),
+            "dataset_to": day,
+            "ts": ts,
+        },
+    )
+    rows = {table: 0 for table in RESEARCH_TABLES}
+    rows["research_runs"] = 1
+    candidate_ids: list[str] = []
+    promoted: str | None = None
+    for c in range(candidates):
+        cid = f"{rid}-c{c + 1:02d}"
+        candidate_ids.append(cid)
+        params = {"lookback": rnd.choice((15, 30, 60)), "threshold_bps": rnd.choice((8, 12, 20))}
+        decisions = rnd.randint(40, 400)
+        conn.execute(
+            text(
+                """
+                INSERT INTO research_candidates (run_id, candidate_id, candidate_hash, parameter_set,
+                    decision_count, trade_count, promotion_target, created_at, updated_at)
+                VALUES (:run_id, :cid, :hash, CAST(:params AS jsonb), :decisions, :trades, :target,
+                    :ts, :ts)
+                """
+            ),
+            {
+                "run_id": rid,
+                "cid": cid,
+                "hash": hashlib.sha256(f"{cid}{params}".encode()).hexdigest(),
+                "params": json.dumps(params),
+                "decisions": decisions,
+                "trades": decisions // 2,
+                "target": approved_mode if c == 0 else "paper",
+                "ts": ts,
+            },
+        )
+        rows["research_candidates"] += 1
+        for f in range(folds):
+            train_start = day - timedelta(days=90 - 20 * f)
+            gross = Decimal(rnd.randint(-5_000, 25_000)) / Decimal(10)
+            conn.execute(
+                text(
+                    """
+                    INSERT INTO research_fold_metrics (candidate_id, fold_name, fold_order,
+                        train_start, train_end, test_start, test_end, decision_count, trade_count,
+                        gross_pnl, net_pnl, max_drawdown, cost_bps, created_at, updated_at)
+                    VALUES (:cid, :name, :ord, :ts0, :ts1, :ts1, :ts2, :decisions, :trades, :gross,
+                        :net, :dd, :cost, :ts, :ts)
+                    """
+                ),
+                {
+                    "cid": cid,
+                    "name": f"walk-forward-{f + 1}",
+                    "ord": f,
+                    "ts0": train_start,
+                    "ts1": train_start + timedelta(days=15),
+                    "ts2": train_start + timedelta(days=20),
+                    "decisions": decisions // max(folds, 1),
+                    "trades": decisions // max(folds, 1) // 2,
+                    "gross": gross,
+                    "net": gross - Decimal(rnd.randint(50, 400)) / Decimal(10),
+                    "dd": Decimal(rnd.randint(100, 2_000)) / Decimal(10),
+                    "cost": Decimal(rnd.randint(5, 40)) / Decimal(10),
+                    "ts": ts,
+                },
+            )
+            rows["research_fold_metrics"] += 1
+        for case in stress_cases:
+            delta = -Decimal(rnd.randint(10, 900)) / Decimal(10)
+            conn.execute(
+                text(
+                    """
+                    INSERT INTO research_stress_metrics (candidate_id, stress_case, metric_bundle,
+                        pessimistic_pnl_delta, created_at, updated_at)
+                    VALUES (:cid, :case, CAST(:bundle AS jsonb), :delta, :ts, :ts)
+                    """
+                ),
+                {
+                    "cid": cid,
+                    "case": case,
+                    "bundle": json.dumps({"net_pnl_delta": float(delta), "sharpe_delta": -0.12}),
+                    "delta": delta,
+                    "ts": ts,
+                },
+            )
+            rows["research_stress_metrics"] += 1
+        action = decision_action if c == 0 else "hold"
+        promote = action == "promote"
+        if promote:
+            promoted = cid
+        conn.execute(
+            text(
+                """
+                INSERT INTO research_promotions (candidate_id, requested_mode, approved_mode,
+                    approver, approver_role, approve_reason, deny_reason, paper_candidate_patch_ref,
+                    effective_time, decision_action, decision_rationale, evidence_bundle, created_at,
+                    updated_at)
+                VALUES (:cid, :requested, :approved, 'torghut-autonomy', 'system', :approve_reason,
+                    :deny_reason, :patch_ref, :effective, :action, :rationale,
+                    CAST(:evidence AS jsonb), :ts, :ts)
+                """
+            ),
+            {
+                "cid": cid,
+                "requested": requested_mode or approved_mode,
+                "approved": approved_mode if promote else None,
+                "approve_reason": "walk_forward_and_stress_gates_passed" if promote else None,
+                "deny_reason": None if promote else "insufficient_fold_stability",
+                "patch_ref": f"autonomy/patches/{cid}.yaml" if promote else None,
+                "effective": ts if promote else None,
+                "action": action,
+                "rationale": "all folds net positive, stress delta within budget"
+                if promote
+                else "fold net pnl dispersion above limit",
+                "evidence": json.dumps({"folds": folds, "stress_cases": list(stress_cases)}),
+                "ts": ts,
+            },
+        )
+        rows["research_promotions"] += 1
+    return ResearchRunSeed(run_id=rid, candidate_ids=tuple(candidate_ids), promoted_candidate_id=promoted, rows=rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bulk seeding for EXPLAIN benchmarks
+
+_BULK_INSERT = """
+INSERT INTO executions (
+    alpaca_account_label, alpaca_order_id, client_order_id, symbol, side, order_type, time_in_force,
+    submitted_qty, filled_qty, avg_fill_price, status,
+    execution_expected_adapter, execution_actual_adapter, execution_fallback_reason,
+    execution_fallback_count, execution_correlation_id, execution_idempotency_key, raw_order,
+    created_at, updated_at, last_update_at
+)
+SELECT
+    'paper', o.order_id, 'torghut-' || o.order_id, o.symbol, o.side, 'market', 'day',
+    o.qty, o.qty, o.price, 'filled',
+    CASE WHEN o.is_null THEN NULL ELSE o.expected END,
+    CASE WHEN o.is_null THEN NULL ELSE o.actual END,
+    CASE WHEN NOT o.is_null AND o.expected <> o.actual
+        THEN 'fallback_from_' || o.expected || '_to_' || o.actual END,
+    CASE WHEN NOT o.is_null AND o.expected <> o.actual THEN 1 ELSE 0 END,
+    'corr-' || o.order_id, md5(o.order_id),
+    jsonb_build_object(
+        'id', o.order_id, 'client_order_id', 'torghut-' || o.order_id, 'symbol', o.symbol,
+        'side', o.side, 'qty', o.qty::text, 'filled_qty', o.qty::text,
+        'filled_avg_price', o.price::text, 'status', 'filled', 'type', 'market',
+        'order_type', 'market', 'time_in_force', 'day', 'asset_class', 'us_equity',
+        'created_at', o.ts, 'filled_at', o.ts
+    ) || CASE
+        WHEN o.is_null AND mod(o.g, 10) = 0 THEN '{}'::jsonb
+        ELSE jsonb_build_object(
+            '_execution_route_expected', o.expected,
+            '_execution_route_actual', CASE WHEN o.expected <> o.actual THEN 'alpaca_fallback'
+                ELSE o.actual END)
+    END,
+    o.ts, o.ts, o.ts
+FROM (
+    SELECT
+        g,
+        CAST(:prefix AS text) || '-' || g AS order_id,
+        (ARRAY['AAPL','MSFT','NVDA','AMZN','META','GOOGL','TSLA','SPY'])[1 + mod(g, 8)] AS symbol,
+        CASE WHEN mod(g, 2) = 0 THEN 'buy' ELSE 'sell' END AS side,
+        (1 + mod(g * 7, 200))::numeric(20, 8) AS qty,
+        (50 + mod(g * 13, 900) + mod(g, 100) / 100.0)::numeric(20, 8) AS price,
+        CASE WHEN mod(g, 1000) < :lean_permille THEN 'lean' ELSE 'alpaca' END AS expected,
+        CASE WHEN mod(g, 1000) < :fallback_permille THEN 'alpaca'
+             WHEN mod(g, 1000) < :lean_permille THEN 'lean' ELSE 'alpaca' END AS actual,
+        mod(g * 7919, 1000) < :null_permille AS is_null,
+        :start + (g - 1) * :step AS ts
+    FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g
+) AS o
+"""
+
+
+def bulk_seed_executions(
+    engine: Engine,
+    n: int,
+    *,
+    null_fraction: float = 0.02,
+    lean_fraction: float = 0.3,
+    fallback_fraction: float = 0.05,
+    start: datetime | None = None,
+    span: timedelta = timedelta(days=30),
+    batch_size: int = 250_000,
+    statement_timeout_ms: int = 600_000,
+    analyze: bool = True,
+) -> int:
+    """Insert ``n`` executions with ``INSERT ... SELECT generate_series`` (≈1M rows in well under a
+    minute), spread evenly over ``span`` starting at ``start`` (default: ``now() - span``).
+
+    ``lean_fraction`` of the rows expect ``lean``; ``fallback_fraction`` of all rows fell back from
+    lean to alpaca (raw marker ``alpaca_fallback``); ``null_fraction`` have NULL route columns (one in
+    ten of those without any marker). Batches of ``batch_size`` rows, one transaction each, with a
+    local statement timeout of ``statement_timeout_ms``. Returns the number of rows inserted.
+    """
+    if n <= 0:
+        return 0
+    lean_permille = round(lean_fraction * 1000)
+    fallback_permille = min(round(fallback_fraction * 1000), lean_permille)
+    begin = start or (datetime.now(UTC) - span)
+    step = span / n
+    prefix = f"bulk-{uuid.uuid4().hex[:10]}"
+    inserted = 0
+    stmt = text(_BULK_INSERT)
+    for lo in range(1, n + 1, batch_size):
+        hi = min(n, lo + batch_size - 1)
+        with engine.begin() as conn:
+            conn.execute(text(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}"))
+            conn.execute(text("SET LOCAL synchronous_commit = off"))
+            result = conn.execute(
+                stmt,
+                {
+                    "prefix": prefix,
+                    "lean_permille": lean_permille,
+                    "fallback_permille": fallback_permille,
+                    "null_permille": round(null_fraction * 1000),
+                    "start": begin,
+                    "step": step,
+                    "lo": lo,
+                    "hi": hi,
+                },
+            )
+            inserted += result.rowcount
+    if analyze:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"SET statement_timeout = {int(statement_timeout_ms)}"))
+            conn.execute(text("ANALYZE executions"))
+    return inserted

@@ -1,0 +1,604 @@
+"""The evidence report: one Markdown document a reviewer pastes into the release PR.
+
+:func:`render_report` is pure and deterministic (same input, same text): the rollout's header, a verdict table of
+every check, the timeline of stage decisions, every measurement of the current run from the ledger, the Torghut
+facts the owners' checklist asks for (route null rate, research table writes, the first lane runs with their gate
+decisions and patch artifacts) and the full text of every query.
+
+:func:`collect_torghut_facts` gathers those facts from the Torghut database, read-only: one REPEATABLE READ, READ
+ONLY transaction (one snapshot), a statement timeout on every query, each fact behind its own savepoint. A missing
+table or column, a timeout or an unreachable database makes that fact "unavailable: <reason>", never an exception.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
+
+import sqlalchemy as sa
+
+from torghut_operator.api.spec import TorghutRolloutSpec
+from torghut_operator.api.status import CheckStatus, Measurement, TorghutRolloutStatus, Verdict
+from torghut_operator.evidence.ledger import DecisionRecord, LedgerMeasurement, MeasurementRecord, query_hash
+from torghut_operator.migrate.sqlfiles import describe_db_error, pg_engine, redact, set_local_timeouts
+from torghut_operator.presets import effective_checks
+from torghut_operator.timefmt import parse_time, utcnow
+
+RESEARCH_TABLES = (
+    "research_runs",
+    "research_candidates",
+    "research_fold_metrics",
+    "research_stress_metrics",
+    "research_promotions",
+)
+LANE_RUNS = 3
+"""Lane runs shown: the checklist asks for the first three after the release."""
+
+EMPTY = "—"
+QUERY_CHARS = 72
+VALUE_CHARS = 40
+MESSAGE_CHARS = 160
+MAX_MEASUREMENT_ROWS = 200
+"""Measurements listed (the newest); the ledger keeps them all."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Torghut facts
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A fact that could not be collected, and why (no DSN or password in ``reason``)."""
+
+    reason: str
+
+    def __str__(self) -> str:
+        return f"unavailable: {self.reason}"
+
+
+@dataclass(frozen=True)
+class RouteNullRate:
+    """Executions created in the window, and those whose expected or actual adapter is NULL, empty or 'unknown'."""
+
+    executions: int
+    unset: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.unset / self.executions if self.executions else None
+
+
+@dataclass(frozen=True)
+class TableWrites:
+    """Rows of one research_* table created in the window, and in total."""
+
+    table: str
+    in_window: int
+    total: int
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """A candidate of a lane run and its research_promotions row (``decision_action`` None: no row)."""
+
+    candidate_id: str
+    decision_action: str | None = None
+    requested_mode: str | None = None
+    approved_mode: str | None = None
+    approve_reason: str | None = None
+    deny_reason: str | None = None
+    patch_ref: str | None = None
+
+    @property
+    def reason(self) -> str | None:
+        return self.approve_reason or self.deny_reason
+
+
+@dataclass(frozen=True)
+class LaneRun:
+    run_id: str
+    status: str
+    strategy_id: str | None
+    created_at: datetime
+    decisions: tuple[GateDecision, ...] = ()
+
+
+@dataclass(frozen=True)
+class TorghutFacts:
+    since: datetime
+    collected_at: datetime
+    route_null_rate: RouteNullRate | Unavailable
+    research_writes: tuple[TableWrites | Unavailable, ...] | Unavailable
+    """One entry per table of :data:`RESEARCH_TABLES`, in that order (a missing table: Unavailable)."""
+    lane_runs: tuple[LaneRun, ...] | Unavailable
+    """The first lane runs created in the window, oldest first."""
+
+
+_UNSET = "COALESCE(NULLIF({col}, ''), 'unknown') = 'unknown'"
+ROUTE_NULL_RATE_SQL = f"""
+SELECT count(*) AS executions,
+       count(*) FILTER (WHERE {_UNSET.format(col="execution_expected_adapter")}
+                           OR {_UNSET.format(col="execution_actual_adapter")}) AS unset
+FROM executions
+WHERE created_at >= :since
+""".strip()
+TABLE_WRITES_SQL = "SELECT count(*) FILTER (WHERE created_at >= :since), count(*) FROM {table}"
+LANE_RUNS_SQL = """
+SELECT run_id, status, strategy_id, created_at FROM research_runs
+WHERE created_at >= :since ORDER BY created_at, run_id LIMIT :limit
+""".strip()
+GATE_DECISIONS_SQL = """
+SELECT c.run_id, c.candidate_id, p.decision_action, p.requested_mode, p.approved_mode, p.approve_reason,
+       p.deny_reason, p.paper_candidate_patch_ref
+FROM research_candidates c LEFT JOIN research_promotions p ON p.candidate_id = c.candidate_id
+WHERE c.run_id = ANY(:runs)
+ORDER BY c.run_id, c.candidate_id, p.created_at, p.id
+""".strip()
+
+_T = TypeVar("_T")
+
+
+def collect_torghut_facts(
+    dsn: str,
+    *,
+    since: datetime,
+    connect_timeout: float = 5,
+    statement_timeout: float = 10,
+    lane_runs: int = LANE_RUNS,
+) -> TorghutFacts:
+    """The checklist's evidence artifacts since ``since`` (timezone-aware), read-only; never raises for database
+    trouble: what could not be read is :class:`Unavailable`."""
+    if since.tzinfo is None:
+        raise ValueError("since must be timezone-aware")
+    collected_at = utcnow()
+    engine = pg_engine(
+        dsn,
+        connect_timeout=connect_timeout,
+        statement_timeout=statement_timeout,
+        lock_timeout=statement_timeout,
+        application_name="torghut-rollout report",
+    )
+    try:
+        with engine.connect() as conn:
+            tx = conn.begin()
+            try:
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                set_local_timeouts(conn, statement_timeout=statement_timeout, lock_timeout=statement_timeout)
+                route = _fact(conn, dsn, lambda: _route_null_rate(conn, since))
+                writes = tuple(_fact(conn, dsn, partial(_table_writes, conn, t, since)) for t in RESEARCH_TABLES)
+                runs = _fact(conn, dsn, lambda: _lane_runs(conn, since, lane_runs))
+            finally:
+                tx.rollback()
+    except sa.exc.DBAPIError as exc:
+        error = describe_db_error(exc, dsn)
+        down = Unavailable(f"database not reachable: {error.sqlstate or 'error'} {error.message}")
+        return TorghutFacts(since, collected_at, down, down, down)
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        down = Unavailable(f"database not reachable: {type(exc).__name__}: {redact(str(exc), dsn)}")
+        return TorghutFacts(since, collected_at, down, down, down)
+    finally:
+        engine.dispose()
+    return TorghutFacts(since, collected_at, route, writes, runs)
+
+
+def _fact(conn: sa.Connection, dsn: str, read: Callable[[], _T]) -> _T | Unavailable:
+    """``read()`` behind a savepoint, so a failing fact leaves the transaction usable for the next."""
+    try:
+        with conn.begin_nested():
+            return read()
+    except sa.exc.DBAPIError as exc:
+        if conn.invalidated:
+            raise
+        error = describe_db_error(exc, dsn)
+        return Unavailable(f"{error.message} ({error.sqlstate})" if error.sqlstate else error.message)
+
+
+def _route_null_rate(conn: sa.Connection, since: datetime) -> RouteNullRate:
+    executions, unset = conn.execute(sa.text(ROUTE_NULL_RATE_SQL), {"since": since}).one()
+    return RouteNullRate(executions=int(executions), unset=int(unset))
+
+
+def _table_writes(conn: sa.Connection, table: str, since: datetime) -> TableWrites:
+    in_window, total = conn.execute(sa.text(TABLE_WRITES_SQL.format(table=table)), {"since": since}).one()
+    return TableWrites(table=table, in_window=int(in_window), total=int(total))
+
+
+def _lane_runs(conn: sa.Connection, since: datetime, limit: int) -> tuple[LaneRun, ...]:
+    runs = conn.execute(sa.text(LANE_RUNS_SQL), {"since": since, "limit": limit}).all()
+    decisions: dict[str, list[GateDecision]] = {str(r.run_id): [] for r in runs}
+    if runs:
+        for row in conn.execute(sa.text(GATE_DECISIONS_SQL), {"runs": list(decisions)}):
+            decisions[str(row.run_id)].append(
+                GateDecision(
+                    candidate_id=row.candidate_id,
+                    decision_action=row.decision_action,
+                    requested_mode=row.requested_mode,
+                    approved_mode=row.approved_mode,
+                    approve_reason=row.approve_reason,
+                    deny_reason=row.deny_reason,
+                    patch_ref=row.paper_candidate_patch_ref,
+                )
+            )
+    return tuple(
+        LaneRun(
+            run_id=str(r.run_id),
+            status=str(r.status),
+            strategy_id=r.strategy_id,
+            created_at=r.created_at,
+            decisions=tuple(decisions[str(r.run_id)]),
+        )
+        for r in runs
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+_TAG_LIKE = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def cell(text: str | None, limit: int = MESSAGE_CHARS) -> str:
+    """Plain text for a table cell: one line, shortened, ``|`` escaped, nothing that reads as an HTML tag."""
+    if text is None or not text.strip():
+        return EMPTY
+    return _TAG_LIKE.sub("&lt;", shorten(text, limit)).replace("|", "\\|")
+
+
+def code(text: str | None, limit: int | None = None, *, in_table: bool = True) -> str:
+    """``text`` as a code span (one line, shortened to ``limit``); in a table cell ``|`` is escaped as GFM wants
+    even inside code spans."""
+    if text is None or text == "":
+        return EMPTY
+    flat = " ".join(text.split()) if limit is None else shorten(text, limit)
+    if in_table:
+        flat = flat.replace("|", "\\|")
+    ticks = "`" * (max((len(run) for run in re.findall(r"`+", flat)), default=0) + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{ticks}{pad}{flat}{pad}{ticks}"
+
+
+def _value(value: str | None) -> str:
+    """A measured value: none is "—", an empty string (a real value, e.g. no missing grants) is *empty*."""
+    return "*empty*" if value == "" else code(value, VALUE_CHARS)
+
+
+def _fence(text: str, language: str = "") -> str:
+    ticks = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{ticks}{language}\n{text.rstrip()}\n{ticks}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _time(moment: datetime | str | None) -> str:
+    if moment is None:
+        return EMPTY
+    value = parse_time(moment) if isinstance(moment, str) else moment
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _verdict(check: CheckStatus) -> str:
+    text = check.phase.value
+    if check.phase is Verdict.INCONCLUSIVE and check.approved:
+        text += " (approved)"
+    if check.dry_run:
+        text += " (dry run)"
+    return text
+
+
+def render_report(
+    *,
+    name: str,
+    namespace: str,
+    spec: TorghutRolloutSpec | None,
+    status: TorghutRolloutStatus,
+    measurements: Sequence[MeasurementRecord],
+    decisions: Sequence[DecisionRecord],
+    facts: TorghutFacts | None,
+) -> str:
+    """The evidence report of the rollout ``namespace/name`` as Markdown.
+
+    ``measurements`` and ``decisions`` come from the ledger (any order, any run); the report shows the measurements
+    of the current run (status' spec hash and attempt) and the decisions of the current spec (every attempt).
+    ``facts`` None: not collected."""
+    current = [
+        r
+        for r in measurements
+        if r.rollout.attempt == status.attempt and r.rollout.spec_hash == (status.spec_hash or r.rollout.spec_hash)
+    ]
+    current.sort(key=lambda r: (r.measurement.measured_at, r.measurement.check_name))
+    timeline = [r for r in decisions if r.rollout.spec_hash == (status.spec_hash or r.rollout.spec_hash)]
+    timeline.sort(key=lambda r: r.decision.decided_at)
+    checks = _check_rows(spec, status, current)
+
+    lines = [f"# TorghutRollout evidence: {namespace}/{name}", ""]
+    lines += _header(name, namespace, spec, status)
+    lines += ["", "## Verdicts", ""]
+    lines += _verdicts(checks, current)
+    lines += ["", "## Timeline", ""]
+    lines += _timeline(timeline, len(decisions) - len(timeline))
+    lines += ["", "## Measurements", ""]
+    lines += _measurements(current, len(measurements) - len(current), status)
+    lines += ["", "## Torghut facts", ""]
+    lines += _facts(facts)
+    if checks:
+        lines += ["", "## Queries", ""]
+        lines += _queries(checks)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+@dataclass(frozen=True)
+class _CheckRow:
+    check: CheckStatus
+    from_ledger: bool = False
+    """Only the ledger knows this check (its stage has left status): counts and verdict are its measurements'."""
+
+
+def _check_rows(
+    spec: TorghutRolloutSpec | None, status: TorghutRolloutStatus, current: Sequence[MeasurementRecord]
+) -> list[_CheckRow]:
+    """Every check of the run, by stage: those of earlier stages (promotion steps replace the checks in status)
+    from the ledger, then those in status, then the spec's verify checks never measured (Pending)."""
+    in_status = {(c.stage, c.name) for c in status.checks}
+    ledger: dict[tuple[str, str], list[LedgerMeasurement]] = {}
+    for r in current:
+        ledger.setdefault((r.measurement.stage, r.measurement.check_name), []).append(r.measurement)
+    rows = [_CheckRow(_from_ledger(ms), True) for key, ms in ledger.items() if key not in in_status]
+    rows += [_CheckRow(c) for c in status.checks]
+    if spec is not None:
+        known = in_status | set(ledger)
+        rows += [
+            _CheckRow(
+                CheckStatus(
+                    name=c.name,
+                    stage="verify",
+                    provider=c.provider,
+                    query=c.query_text,
+                    threshold=c.threshold_text,
+                    dry_run=c.dry_run,
+                )
+            )
+            for c in effective_checks(spec)
+            if ("verify", c.name) not in known
+        ]
+    return rows
+
+
+def _from_ledger(measurements: Sequence[LedgerMeasurement]) -> CheckStatus:
+    last = measurements[-1]
+    verdicts = [m.verdict for m in measurements]
+    return CheckStatus(
+        name=last.check_name,
+        stage=last.stage,
+        provider=last.provider,
+        query=last.query,
+        threshold=last.threshold,
+        phase=Verdict(last.verdict),
+        successful=verdicts.count(Verdict.SUCCESSFUL.value),
+        failed=verdicts.count(Verdict.FAILED.value),
+        inconclusive=verdicts.count(Verdict.INCONCLUSIVE.value),
+        errors=verdicts.count(Verdict.ERROR.value),
+    )
+
+
+def _header(name: str, namespace: str, spec: TorghutRolloutSpec | None, status: TorghutRolloutStatus) -> list[str]:
+    target = EMPTY
+    if spec is not None:
+        t = spec.target
+        target = f"{t.kind.value} {code(t.name)}, container {code(t.container)}"
+    rows = [
+        ["Rollout", code(f"{namespace}/{name}")],
+        ["Target", target],
+        ["Image", code(status.image or (spec.target.image if spec is not None else None))],
+        ["Previous image", code(status.previous_image)],
+        ["Phase", f"**{status.phase.value}**"],
+        ["Stage", cell(status.stage)],
+        ["Attempt", str(status.attempt)],
+        ["Spec hash", code(status.spec_hash)],
+        ["Started", _time(status.started_at)],
+        ["Completed", _time(status.completed_at)],
+        ["Message", cell(status.message, 400)],
+    ]
+    if status.failed_stage:
+        rows.append(["Failed stage", cell(status.failed_stage)])
+    if status.migration is not None:
+        m = status.migration
+        applied = ", ".join(f"{f.name} ({f.checksum[:12]})" for f in m.applied)
+        parts = [m.mode or EMPTY, m.job_name and f"Job {m.job_name}", m.message, applied and f"applied: {applied}"]
+        rows.append(["Migration", cell("; ".join(p for p in parts if p), 400)])
+    if status.promotion is not None and spec is not None and spec.promotion is not None:
+        p = status.promotion
+        steps = " → ".join(step.name for step in spec.promotion.steps)
+        done = " → ".join(p.completed) or "none"
+        rows.append(
+            [
+                "Promotion",
+                cell(f"step {p.step + 1}/{len(spec.promotion.steps)} {p.step_name} of {steps}; passed: {done}"),
+            ]
+        )
+    return _table(["Field", "Value"], rows)
+
+
+def _last(check: CheckStatus, records: Sequence[MeasurementRecord]) -> Measurement | None:
+    """The newest measurement of ``check``, from status or from its ``records`` in the ledger."""
+    newest = [r.measurement for r in records]
+    in_status = check.measurements[-1] if check.measurements else None
+    if newest and (in_status is None or newest[-1].measured_at > parse_time(in_status.at)):
+        m = newest[-1]
+        return Measurement(phase=Verdict(m.verdict), at=_time(m.measured_at), value=m.value, message=m.message)
+    return in_status
+
+
+def _verdicts(rows: Sequence[_CheckRow], current: Sequence[MeasurementRecord]) -> list[str]:
+    if not rows:
+        return ["No checks."]
+    lines = []
+    for row in rows:
+        c = row.check
+        mine = [r for r in current if r.measurement.check_name == c.name and r.measurement.stage == c.stage]
+        last = _last(c, mine)
+        counts = f"{c.successful} ok / {c.failed} failed / {c.inconclusive} inconclusive / {c.errors} error"
+        if mine and not row.from_ledger:
+            counts += f" ({len(mine)} in ledger)"
+        lines.append(
+            [
+                c.name,
+                cell(c.stage),
+                c.provider,
+                f"{c.phase.value} (last measurement)" if row.from_ledger else _verdict(c),
+                _value(last.value) if last is not None else EMPTY,
+                code(c.threshold),
+                counts,
+                code(c.query, QUERY_CHARS),
+            ]
+        )
+    return _table(["Check", "Stage", "Provider", "Verdict", "Last value", "Threshold", "Measurements", "Query"], lines)
+
+
+def _timeline(records: Sequence[DecisionRecord], omitted: int) -> list[str]:
+    lines: list[str] = []
+    if records:
+        rows = [
+            [
+                _time(r.decision.decided_at),
+                str(r.rollout.attempt),
+                f"{r.decision.from_phase} → {r.decision.to_phase}",
+                cell(r.decision.stage),
+                cell(r.decision.reason),
+                cell(r.decision.message),
+            ]
+            for r in records
+        ]
+        lines += _table(["Time", "Attempt", "Transition", "Stage", "Reason", "Message"], rows)
+    else:
+        lines.append("No stage decisions recorded in the ledger.")
+    if omitted:
+        lines += ["", f"{omitted} decision(s) of earlier specs are not shown."]
+    return lines
+
+
+def _measurements(records: Sequence[MeasurementRecord], other_runs: int, status: TorghutRolloutStatus) -> list[str]:
+    lines = [f"Attempt {status.attempt}, spec {code(status.spec_hash, in_table=False)}:", ""]
+    if not records:
+        lines.append("No measurements recorded in the ledger for this run.")
+    else:
+        shown = records[-MAX_MEASUREMENT_ROWS:]
+        if len(records) > len(shown):
+            lines += [f"The {len(records) - len(shown)} oldest measurement(s) are not shown (see the ledger).", ""]
+        rows = [
+            [
+                _time(r.measurement.measured_at),
+                r.measurement.check_name,
+                r.measurement.verdict,
+                _value(r.measurement.value),
+                cell(r.measurement.message),
+            ]
+            for r in shown
+        ]
+        lines += _table(["Time", "Check", "Verdict", "Value", "Message"], rows)
+    if other_runs:
+        lines += ["", f"{other_runs} measurement(s) of other attempts or specs are not shown."]
+    return lines
+
+
+def _facts(facts: TorghutFacts | None) -> list[str]:
+    if facts is None:
+        return ["Not collected."]
+    lines = [f"Window: since {_time(facts.since)} (collected {_time(facts.collected_at)}).", ""]
+    route = facts.route_null_rate
+    if isinstance(route, Unavailable):
+        text = str(route)
+    elif route.rate is None:
+        text = "no executions in the window (no data, not a pass)"
+    else:
+        text = (
+            f"**{route.rate:.2%}** ({route.unset} of {route.executions} executions without an expected or actual "
+            "adapter)"
+        )
+    lines += [f"- Execution route null rate: {text}", ""]
+
+    lines += ["### Research table writes", ""]
+    if isinstance(facts.research_writes, Unavailable):
+        lines.append(str(facts.research_writes))
+    else:
+        rows = []
+        for table, writes in zip(RESEARCH_TABLES, facts.research_writes, strict=False):
+            if isinstance(writes, Unavailable):
+                rows.append([table, cell(str(writes)), EMPTY])
+            else:
+                rows.append([writes.table, str(writes.in_window), str(writes.total)])
+        lines += _table(["Table", "Rows in window", "Rows in total"], rows)
+
+    lines += ["", f"### First {LANE_RUNS} lane runs", ""]
+    runs = facts.lane_runs
+    if isinstance(runs, Unavailable):
+        lines.append(str(runs))
+    elif not runs:
+        lines.append("No lane run in the window.")
+    else:
+        rows = []
+        for run in runs:
+            first = [code(run.run_id), _time(run.created_at), cell(run.status), cell(run.strategy_id)]
+            if not run.decisions:
+                rows.append([*first, "no candidates", EMPTY, EMPTY, EMPTY, EMPTY])
+            for d in run.decisions:
+                rows.append(
+                    [
+                        *first,
+                        code(d.candidate_id),
+                        cell(d.decision_action or "no promotion row"),
+                        cell(d.approved_mode),
+                        cell(d.reason),
+                        code(d.patch_ref),
+                    ]
+                )
+        lines += _table(
+            [
+                "Run",
+                "Created",
+                "Status",
+                "Strategy",
+                "Candidate",
+                "Decision",
+                "Approved mode",
+                "Reason",
+                "Patch artifact",
+            ],
+            rows,
+        )
+    return lines
+
+
+def _queries(rows: Sequence[_CheckRow]) -> list[str]:
+    lines: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for row in rows:
+        c = row.check
+        digest = query_hash(c.query)
+        if (c.name, digest) in seen:
+            continue
+        seen.add((c.name, digest))
+        language = {"postgres": "sql", "prometheus": "promql"}.get(c.provider, "")
+        lines += [
+            f"<details><summary>{c.name} ({c.provider}, sha256 {digest[:12]})</summary>",
+            "",
+            _fence(c.query, language),
+            "",
+            "</details>",
+            "",
+        ]
+    return lines

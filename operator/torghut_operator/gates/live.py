@@ -1,0 +1,185 @@
+"""The live implementation of the reconciler's ``Gates`` seam: resolves Secrets, builds gateways, measures,
+migrates and checks postconditions against the real database, Prometheus and HTTP endpoints."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from torghut_operator.api.durations import parse_duration
+from torghut_operator.api.spec import Check, TorghutRolloutSpec
+from torghut_operator.api.status import Measurement, Verdict
+from torghut_operator.gates.http import HttpGateway
+from torghut_operator.gates.measure import Provider, take_measurement
+from torghut_operator.gates.postgres import PostgresGateway
+from torghut_operator.gates.prometheus import PrometheusGateway
+from torghut_operator.gates.reading import ProviderError
+from torghut_operator.kube.gateway import KubeGateway
+from torghut_operator.migrate.expect import ExpectationResult, run_expectations
+from torghut_operator.migrate.sqlfiles import SqlMigrator
+from torghut_operator.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
+from torghut_operator.timefmt import utcnow
+
+EXPLAIN_LIMIT = 8
+"""Series of an explainQuery quoted in a verdict message."""
+
+PROMOTION_EVIDENCE_SQL = """
+SELECT COUNT(*) AS value
+FROM research_promotions
+WHERE approved_mode = :mode AND COALESCE(deny_reason, '') = ''
+""".strip()
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Cache(Generic[K, V]):
+    """A small LRU of gateways, so engines and HTTP clients are reused across turns."""
+
+    def __init__(self, size: int, close: Callable[[V], None]) -> None:
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._size = size
+        self._close = close
+        self._lock = threading.Lock()
+
+    def get(self, key: K, build: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            value = self._items[key] = build()
+            while len(self._items) > self._size:
+                _, old = self._items.popitem(last=False)
+                self._close(old)
+            return value
+
+
+class LiveGates:
+    def __init__(self, kube: KubeGateway) -> None:
+        self._kube = kube
+        self._postgres: _Cache[tuple[str, float, float], PostgresGateway] = _Cache(32, PostgresGateway.close)
+        self._prometheus: _Cache[tuple[str, str | None, float], PrometheusGateway] = _Cache(32, PrometheusGateway.close)
+        self._http: _Cache[float, HttpGateway] = _Cache(8, HttpGateway.close)
+
+    # --- connections ---
+
+    def _dsn(self, spec: TorghutRolloutSpec, namespace: str) -> str:
+        if spec.database is None:
+            raise ProviderError("spec.database is not set")
+        ref = spec.database.secret_ref
+        return self._kube.read_secret_value(namespace, ref.name, ref.key)
+
+    def _postgres_gateway(self, spec: TorghutRolloutSpec, namespace: str) -> PostgresGateway:
+        assert spec.database is not None
+        dsn = self._dsn(spec, namespace)
+        statement = parse_duration(spec.database.statement_timeout)
+        connect = parse_duration(spec.database.connect_timeout)
+        return self._postgres.get(
+            (dsn, statement, connect),
+            lambda: PostgresGateway(dsn, statement_timeout=statement, connect_timeout=connect),
+        )
+
+    def _provider(self, check: Check, spec: TorghutRolloutSpec, namespace: str) -> Provider:
+        timeout = parse_duration(check.timeout)
+        if check.postgres is not None:
+            return self._postgres_gateway(spec, namespace)
+        if check.prometheus is not None:
+            return self._prometheus_gateway(spec, namespace, timeout)
+        return self._http.get(timeout, lambda: HttpGateway(timeout=timeout))
+
+    def _prometheus_gateway(self, spec: TorghutRolloutSpec, namespace: str, timeout: float) -> PrometheusGateway:
+        if spec.prometheus is None:
+            raise ProviderError("spec.prometheus is not set")
+        token = None
+        if spec.prometheus.bearer_token_secret_ref is not None:
+            ref = spec.prometheus.bearer_token_secret_ref
+            token = self._kube.read_secret_value(namespace, ref.name, ref.key)
+        url = spec.prometheus.url
+        return self._prometheus.get(
+            (url, token, timeout), lambda: PrometheusGateway(url, bearer_token=token, timeout=timeout)
+        )
+
+    # --- the Gates seam ---
+
+    def measure(self, check: Check, spec: TorghutRolloutSpec, namespace: str, previous: Any | None) -> Measurement:
+        now = utcnow()
+        try:
+            provider = self._provider(check, spec, namespace)
+        except Exception as exc:  # noqa: BLE001 (fail closed: no provider is an Error measurement)
+            return Measurement(phase=Verdict.ERROR, at=_at(now), message=f"{check.name}: {exc}")
+        measurement = take_measurement(check, provider, previous=previous, now=now)
+        explain = check.prometheus.explain_query if check.prometheus is not None else None
+        if explain and measurement.phase is not Verdict.SUCCESSFUL:
+            assert isinstance(provider, PrometheusGateway)
+            measurement = measurement.model_copy(
+                update={"message": f"{measurement.message}; {self._explain(provider, explain)}"}
+            )
+        return measurement
+
+    @staticmethod
+    def _explain(provider: PrometheusGateway, query: str) -> str:
+        try:
+            series = provider.series(query, limit=EXPLAIN_LIMIT)
+        except ProviderError as exc:
+            return f"explain: {exc}"
+        if not series:
+            return "explain: no series"
+        return "explain: " + ", ".join(f"{labels} {value}" for labels, value in series)
+
+    def apply_sql(self, spec: TorghutRolloutSpec, namespace: str, rollout: str) -> SqlOutcome:
+        assert spec.migrate is not None
+        assert spec.migrate.sql is not None
+        assert spec.database is not None
+        files = self._kube.read_config_map(namespace, spec.migrate.sql.config_map_ref.name)
+        migrator = SqlMigrator(
+            self._dsn(spec, namespace),
+            connect_timeout=parse_duration(spec.database.connect_timeout),
+            lock_timeout=60.0,
+            statement_timeout=None,
+        )
+        result = migrator.apply(files, rollout=f"{namespace}/{rollout}")
+        error = result.error
+        return SqlOutcome(
+            applied=tuple(r.as_status() for r in result.applied),
+            skipped=tuple(r.name for r in result.skipped),
+            error=None if error is None else error.message,
+            retryable=error is not None and error.retryable,
+        )
+
+    def check_expectations(self, spec: TorghutRolloutSpec, namespace: str) -> tuple[ExpectationOutcome, ...]:
+        assert spec.migrate is not None
+        assert spec.migrate.expect is not None
+        assert spec.database is not None
+        dsn = self._dsn(spec, namespace)
+
+        def run_check(check: Check) -> ExpectationResult:
+            m = self.measure(check, spec, namespace, None)
+            return ExpectationResult(check.name, m.phase is Verdict.SUCCESSFUL, m.message, m.phase is Verdict.ERROR)
+
+        results = run_expectations(
+            dsn,
+            spec.migrate.expect,
+            connect_timeout=parse_duration(spec.database.connect_timeout),
+            statement_timeout=parse_duration(spec.database.statement_timeout),
+            run_check=run_check,
+        )
+        return tuple(ExpectationOutcome(r.name, r.passed, r.message, r.error) for r in results)
+
+    def promotion_evidence(self, spec: TorghutRolloutSpec, namespace: str, mode: str) -> PromotionEvidence:
+        try:
+            rows = self._postgres_gateway(spec, namespace).query_rows(PROMOTION_EVIDENCE_SQL, {"mode": mode})
+        except ProviderError as exc:
+            return PromotionEvidence(False, f"could not read research_promotions: {exc}")
+        count = int(rows[0]["value"]) if rows else 0
+        if count == 0:
+            return PromotionEvidence(False, f"no approved research_promotions row for mode {mode}")
+        return PromotionEvidence(True, f"{count} approved research_promotions row(s) for mode {mode}")
+
+
+def _at(now: Any) -> str:
+    from torghut_operator.timefmt import format_time  # noqa: PLC0415
+
+    return format_time(now)

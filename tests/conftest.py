@@ -1,0 +1,188 @@
+"""Shared fixtures: a Kubernetes cluster, Postgres and Prometheus, all real, started lazily.
+
+`E2E_CLUSTER` picks the cluster for e2e tests:
+- unset or `local`: the embedded control plane (etcd, kube-apiserver, controller-manager,
+  scheduler, kwok) from `torghut_localstack`, binaries built from Go modules into a cache;
+- `kind`: a kind cluster from `kind-config.yaml` (needs Docker), deleted afterwards;
+- `existing`: whatever `$KUBECONFIG` points at.
+
+A cluster that can't start makes the e2e tests ERROR with the reason; they never skip (under
+`CI`, a skipped e2e test is turned into a failure).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from torghut_localstack import workloads
+from torghut_localstack.binaries import ensure_binaries, ensure_kind
+from torghut_localstack.cluster import LocalCluster
+from torghut_localstack.kubectl import Kubectl
+from torghut_localstack.postgres import PostgresServer
+from torghut_localstack.prometheus import PrometheusServer
+
+REPO = Path(__file__).resolve().parents[1]
+KIND_CONFIG = REPO / "kind-config.yaml"
+CLUSTER_MODES = ("local", "kind", "existing")
+
+_binaries_key = pytest.StashKey["Path | BaseException"]()
+
+
+@dataclass(frozen=True)
+class ClusterHandle:
+    """The cluster under test: `kubeconfig` for clients, `env` for subprocesses (the operator)."""
+
+    mode: str
+    kubeconfig: Path
+    bin_dir: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(self) -> Kubectl:
+        return Kubectl(self.bin_dir / "kubectl", self.kubeconfig)
+
+
+def _cluster_mode() -> str:
+    mode = os.environ.get("E2E_CLUSTER") or "local"
+    if mode not in CLUSTER_MODES:
+        raise pytest.UsageError(f"E2E_CLUSTER={mode!r}: use one of {', '.join(CLUSTER_MODES)}")
+    return mode
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (`timeout`, a cancelled CI job) ends the run like Ctrl-C, so session fixtures
+    # still tear down and stop their servers. (If pytest is SIGKILLed, the kernel kills them.)
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection, so only selected tests count
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Build or verify the binaries before any test runs when an e2e test is selected.
+
+    Done here, not in a fixture, so a cold build (minutes) doesn't eat a test's timeout. A
+    failure is kept and raised by the `binaries` fixture, so every e2e test errors with it.
+    """
+    if config.option.collectonly or not any(item.get_closest_marker("e2e") for item in items):
+        return
+    _cluster_mode()
+    capture = config.pluginmanager.getplugin("capturemanager")
+
+    def show(line: str) -> None:
+        if line.endswith(" cached"):
+            return
+        with capture.global_and_fixture_disabled():
+            sys.stdout.write(f"{line}\n")
+            sys.stdout.flush()
+
+    try:
+        config.stash[_binaries_key] = ensure_binaries(on_line=show)
+    except (subprocess.SubprocessError, OSError, RuntimeError) as error:
+        config.stash[_binaries_key] = error
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.skipped and os.environ.get("CI") and item.get_closest_marker("e2e") and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"e2e tests must not skip in CI, but {item.nodeid} skipped: {report.longrepr}"
+    return report
+
+
+@pytest.fixture(scope="session")
+def binaries(pytestconfig: pytest.Config) -> Path:
+    """The folder with etcd, kube-apiserver, ..., kubectl and kwok."""
+    found = pytestconfig.stash.get(_binaries_key, None)
+    if found is None:
+        found = ensure_binaries()
+    if isinstance(found, BaseException):
+        raise RuntimeError(f"the control-plane binaries could not be built: {found}") from found
+    return found
+
+
+@pytest.fixture(scope="session")
+def cluster(binaries: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]:
+    """The cluster chosen by E2E_CLUSTER, up and with a Ready node."""
+    mode = _cluster_mode()
+    if mode == "local":
+        # Under pytest's basetemp, so the logs of the last runs stay for a post-mortem.
+        with LocalCluster(binaries, tmp_path_factory.mktemp("local-cluster")) as local:
+            yield ClusterHandle(mode, local.kubeconfig, binaries)
+    elif mode == "kind":
+        yield from _kind_cluster(binaries, tmp_path_factory.mktemp("kind"))
+    else:
+        kubeconfig = os.environ.get("KUBECONFIG", "")
+        if not kubeconfig or not Path(kubeconfig).is_file():
+            raise RuntimeError(f"E2E_CLUSTER=existing needs KUBECONFIG to name a file (it is {kubeconfig!r})")
+        handle = ClusterHandle(mode, Path(kubeconfig), binaries)
+        handle.kubectl()("get", "--raw", "/readyz", timeout=30)
+        yield handle
+
+
+def _kind_cluster(binaries: Path, workdir: Path) -> Iterator[ClusterHandle]:
+    kind = ensure_kind(binaries)
+    name = workloads.unique_name("torghut-e2e")
+    kubeconfig = workdir / "kubeconfig"
+    create = [str(kind), "create", "cluster", "--name", name, "--config", str(KIND_CONFIG)]
+    create += ["--kubeconfig", str(kubeconfig), "--wait", "180s"]
+    try:
+        done = subprocess.run(create, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"kind create cluster failed ({done.returncode}):\n{done.stderr.strip()}")
+        yield ClusterHandle("kind", kubeconfig, binaries)
+    finally:
+        subprocess.run(
+            [str(kind), "delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig)],
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: ClusterHandle) -> Kubectl:
+    """`kubectl(*args, stdin=None, timeout=None) -> stdout` against the cluster; raises KubectlError."""
+    return cluster.kubectl()
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test (with its default ServiceAccount), deleted afterwards."""
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = workloads.unique_name(f"e2e-{stem}")
+    kubectl.apply(workloads.namespace(name))
+    workloads.wait_for_service_account(kubectl, name)
+    yield name
+    kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=false")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL 15 server for the session (superuser `postgres`, trust auth on 127.0.0.1)."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> Iterator[PrometheusServer]:
+    """A Prometheus for the session scraping every 1 s; add targets with `set_targets`."""
+    with PrometheusServer() as server:
+        yield server
