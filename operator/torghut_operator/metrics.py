@@ -30,10 +30,20 @@ CHECK_VERDICT = Gauge(
 )
 
 
+GATE_VALUE = Gauge(
+    "torghut_rollout_gate_value",
+    "Last numeric value measured by each check (route null rate, fallback ratio, signal throughput...).",
+    ["namespace", "name", "check"],
+)
+
+
 def observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> None:
     for phase in Phase:
         PHASE.labels(namespace=namespace, name=name, phase=phase.value).set(1 if status.phase is phase else 0)
     for check in status.checks:
+        value = _number(check.measurements[-1].value) if check.measurements else None
+        if value is not None:
+            GATE_VALUE.labels(namespace=namespace, name=name, check=check.name).set(value)
         for verdict in Verdict:
             value = 1 if check.phase is verdict else 0
             CHECK_VERDICT.labels(namespace=namespace, name=name, check=check.name, verdict=verdict.value).set(value)
@@ -44,3 +54,10 @@ def forget(namespace: str, name: str) -> None:
     for phase in Phase:
         with contextlib.suppress(KeyError):
             PHASE.remove(namespace, name, phase.value)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None

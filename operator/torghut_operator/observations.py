@@ -46,6 +46,9 @@ class Peer:
 @dataclass(frozen=True)
 class SqlOutcome:
     applied: tuple[AppliedFile, ...] = ()
+    """Every file of the ConfigMap recorded as applied, whenever it was."""
+    applied_now: tuple[str, ...] = ()
+    """The files this call applied."""
     skipped: tuple[str, ...] = ()
     error: str | None = None
     retryable: bool = False

@@ -441,8 +441,8 @@ def _migrating(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
         if obs.sql.error is not None:
             _fail(b, spec, "migrate", "MigrationFailed", obs.sql.error, condition="Migrated")
             return
-        applied = [*migration.applied, *obs.sql.applied]
-        text = f"{len(obs.sql.applied)} SQL file(s) applied, {len(obs.sql.skipped)} already applied"
+        applied = list(obs.sql.applied)
+        text = f"{len(obs.sql.applied_now)} SQL file(s) applied, {len(obs.sql.skipped)} already applied"
         b.update(
             migration=migration.model_copy(update={"applied": applied, "completed_at": b.now_text, "message": text})
         )

@@ -22,6 +22,7 @@ from torghut_operator import metrics
 from torghut_operator.api.spec import Check, TargetKind, TorghutRolloutSpec
 from torghut_operator.api.status import Measurement, Phase, TorghutRolloutStatus, Verdict
 from torghut_operator.errors import OperatorError, PermanentError
+from torghut_operator.evidence.ledger import RolloutRef
 from torghut_operator.kube.builders import (
     ACTION_ANNOTATION,
     deployment_state,
@@ -29,7 +30,7 @@ from torghut_operator.kube.builders import (
     knative_state,
     migration_job,
 )
-from torghut_operator.kube.gateway import KubeGateway
+from torghut_operator.kube.gateway import KubeGateway, report_name
 from torghut_operator.observations import (
     ExpectationOutcome,
     Observations,
@@ -76,6 +77,20 @@ class Gates(Protocol):
     def check_expectations(self, spec: TorghutRolloutSpec, namespace: str) -> tuple[ExpectationOutcome, ...]: ...
 
     def promotion_evidence(self, spec: TorghutRolloutSpec, namespace: str, mode: str) -> PromotionEvidence: ...
+
+    def record_evidence(
+        self,
+        spec: TorghutRolloutSpec,
+        namespace: str,
+        rollout: RolloutRef,
+        before: TorghutRolloutStatus,
+        after: TorghutRolloutStatus,
+        events: tuple[Event, ...],
+    ) -> None: ...
+
+    def report(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
+    ) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,7 @@ class Reconciler:
                 if fresh is None:
                     return None
                 resource_version = fresh["metadata"]["resourceVersion"]
+                await self._evidence(body, spec, namespace, status, result)
             if result.verb_handled and verb_value is not None:
                 await asyncio.to_thread(self._kube.clear_action, namespace, name, verb_value)
                 verb_value = None
@@ -153,6 +169,28 @@ class Reconciler:
         assert result is not None
         metrics.observe_status(namespace, name, result.status)
         return Turn(result.status.phase.value, result.requeue_after)
+
+    async def _evidence(
+        self, body: dict[str, Any], spec: TorghutRolloutSpec, namespace: str, before: TorghutRolloutStatus, result: Plan
+    ) -> None:
+        """Record the step in the ledger and, when a run ends, publish the evidence report. Status is the source
+        of truth and is already written; a ledger that is down is reported and caught up on the next change
+        (every measurement still in status is recorded again, idempotently)."""
+        after = result.status
+        meta = body["metadata"]
+        ref = RolloutRef(meta["uid"], meta["name"], namespace, after.attempt, after.spec_hash or "")
+        if spec.database is not None:
+            try:
+                await asyncio.to_thread(self._gates.record_evidence, spec, namespace, ref, before, after, result.events)
+            except Exception as exc:  # noqa: BLE001 (reported, retried on the next change)
+                self._emit(body, Event("Warning", "LedgerWriteFailed", f"evidence ledger: {_secret_free(exc)}"))
+        if after.phase.terminal and not before.phase.terminal:
+            try:
+                report = await asyncio.to_thread(self._gates.report, spec, namespace, ref, after)
+                await asyncio.to_thread(self._kube.publish_report, namespace, meta["name"], meta["uid"], report)
+                self._emit(body, Event("Normal", "EvidenceReport", f"report in ConfigMap {report_name(meta['name'])}"))
+            except Exception as exc:  # noqa: BLE001 (the report can be rendered again by the plugin)
+                self._emit(body, Event("Warning", "EvidenceReportFailed", _secret_free(exc)))
 
     async def _invalid_spec(self, body: dict[str, Any], exc: Exception) -> None:
         meta = body["metadata"]
@@ -279,6 +317,11 @@ class Reconciler:
             self._events(body, event.type, event.reason, event.message[:1024])
         except Exception:  # an event is a courtesy; the status already says it
             log.exception("could not post event %s", event.reason)
+
+
+def _secret_free(exc: Exception) -> str:
+    """Our own errors are written secret-free; anything else is named by type only."""
+    return str(exc) if isinstance(exc, OperatorError) else type(exc).__name__
 
 
 def _previous_value(measurements: list[Measurement]) -> Any | None:

@@ -35,6 +35,16 @@ def healthy_checks(world: World) -> list[dict[str, Any]]:
     ]
 
 
+def run_sql(world: World, *statements: str) -> None:
+    engine = torghut_db.make_engine(world.postgres.dsn(world.database))
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
 
@@ -145,11 +155,8 @@ def test_empty_promql_result_is_inconclusive_and_waits_for_a_human(world: World)
 
 
 def test_pause_resume_abort_and_retry(world: World) -> None:
-    check = {
-        "name": "fixture-run",
-        "postgres": {"query": "SELECT COUNT(*) AS value FROM research_runs WHERE run_id = 'e2e-fixture'"},
-        "min": 1,
-    }
+    run_sql(world, "CREATE TABLE e2e_gate (ok int)", f"GRANT SELECT ON e2e_gate TO {torghut_db.APP_ROLE}")
+    check = {"name": "gate-open", "postgres": {"query": "SELECT COUNT(*) AS value FROM e2e_gate"}, "min": 1}
     world.apply(rollout_manifest("verbs", world, verify={"interval": "2s", "count": 1, "checks": [check]}))
     annotate = ["annotate", "--overwrite", "torghutrollout/verbs", "-n", world.namespace]
     world.kubectl(*annotate, "torghut.proompteng.ai/action=pause")
@@ -160,12 +167,7 @@ def test_pause_resume_abort_and_retry(world: World) -> None:
     failed = world.wait_phase("verbs", "RolledBack")
     assert failed["status"]["lastAction"]["verb"] in ("resume", "pause")
     assert world.deployment_image() == OLD_IMAGE
-    engine = torghut_db.make_engine(world.postgres.dsn(world.database))
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO research_runs (id, run_id) VALUES (gen_random_uuid(), 'e2e-fixture')"))
-    finally:
-        engine.dispose()
+    run_sql(world, "INSERT INTO e2e_gate VALUES (1)")
     world.kubectl(*annotate, "torghut.proompteng.ai/action=retry")
     done = world.wait_phase("verbs", "Succeeded")
     assert done["status"]["attempt"] == 2

@@ -54,8 +54,13 @@ EXPECTED_CLUSTER_RULES: set[tuple[str, str, str]] = {
 """(apiGroup, resource, verb) the operator uses cluster-wide: Kopf's watches, finalizer and annotations, the
 reconciler's Jobs and targets, status writes, events, and the liveness probe's cluster-wide list."""
 
-EXPECTED_NAMESPACE_RULES: set[tuple[str, str, str]] = {("", "secrets", "get"), ("", "configmaps", "get")}
-"""What it reads, by name, only in namespaces where TorghutRollouts run."""
+EXPECTED_NAMESPACE_RULES: set[tuple[str, str, str]] = {
+    ("", "secrets", "get"),
+    ("", "configmaps", "get"),
+    ("", "configmaps", "create"),
+    ("", "configmaps", "update"),
+}
+"""What it reads (and the evidence report it writes), only in namespaces where TorghutRollouts run."""
 
 
 # --- rendering ---------------------------------------------------------------------------------------------------

@@ -352,6 +352,9 @@ class Ledger:
     def __repr__(self) -> str:
         return f"Ledger({redact(self._dsn, self._dsn)})"
 
+    def close(self) -> None:
+        self._engine.dispose()
+
     # -- schema ---------------------------------------------------------------------------------------------------
 
     def ensure_schema(self) -> None:

@@ -10,7 +10,16 @@ from typing import Any, Generic, TypeVar
 
 from torghut_operator.api.durations import parse_duration
 from torghut_operator.api.spec import Check, TorghutRolloutSpec
-from torghut_operator.api.status import Measurement, Verdict
+from torghut_operator.api.status import Measurement, TorghutRolloutStatus, Verdict
+from torghut_operator.evidence.ledger import (
+    DecisionRecord,
+    Ledger,
+    MeasurementRecord,
+    RolloutRef,
+    status_measurements,
+    transitions,
+)
+from torghut_operator.evidence.report import TorghutFacts, collect_torghut_facts, render_report
 from torghut_operator.gates.http import HttpGateway
 from torghut_operator.gates.measure import Provider, take_measurement
 from torghut_operator.gates.postgres import PostgresGateway
@@ -20,7 +29,8 @@ from torghut_operator.kube.gateway import KubeGateway
 from torghut_operator.migrate.expect import ExpectationResult, run_expectations
 from torghut_operator.migrate.sqlfiles import SqlMigrator
 from torghut_operator.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
-from torghut_operator.timefmt import utcnow
+from torghut_operator.planner import Event
+from torghut_operator.timefmt import parse_time, utcnow
 
 EXPLAIN_LIMIT = 8
 """Series of an explainQuery quoted in a verdict message."""
@@ -63,6 +73,7 @@ class LiveGates:
         self._postgres: _Cache[tuple[str, float, float], PostgresGateway] = _Cache(32, PostgresGateway.close)
         self._prometheus: _Cache[tuple[str, str | None, float], PrometheusGateway] = _Cache(32, PrometheusGateway.close)
         self._http: _Cache[float, HttpGateway] = _Cache(8, HttpGateway.close)
+        self._ledgers: _Cache[str, Ledger] = _Cache(32, Ledger.close)
 
     # --- connections ---
 
@@ -143,7 +154,8 @@ class LiveGates:
         result = migrator.apply(files, rollout=f"{namespace}/{rollout}")
         error = result.error
         return SqlOutcome(
-            applied=tuple(r.as_status() for r in result.applied),
+            applied=tuple(result.status_files()),
+            applied_now=tuple(r.name for r in result.applied),
             skipped=tuple(r.name for r in result.skipped),
             error=None if error is None else error.message,
             retryable=error is not None and error.retryable,
@@ -177,6 +189,59 @@ class LiveGates:
         if count == 0:
             return PromotionEvidence(False, f"no approved research_promotions row for mode {mode}")
         return PromotionEvidence(True, f"{count} approved research_promotions row(s) for mode {mode}")
+
+    # --- evidence ---
+
+    def _ledger(self, spec: TorghutRolloutSpec, namespace: str) -> Ledger:
+        assert spec.database is not None
+        dsn = self._dsn(spec, namespace)
+        return self._ledgers.get(
+            dsn,
+            lambda: Ledger(
+                dsn,
+                connect_timeout=parse_duration(spec.database.connect_timeout) if spec.database else 5.0,
+                statement_timeout=parse_duration(spec.database.statement_timeout) if spec.database else 10.0,
+            ),
+        )
+
+    def record_evidence(
+        self,
+        spec: TorghutRolloutSpec,
+        namespace: str,
+        rollout: RolloutRef,
+        before: TorghutRolloutStatus,
+        after: TorghutRolloutStatus,
+        events: tuple[Event, ...],
+    ) -> None:
+        ledger = self._ledger(spec, namespace)
+        ledger.ensure_schema()
+        ledger.record(rollout, measurements=status_measurements(after), decisions=transitions(before, after, events))
+
+    def report(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
+    ) -> str:
+        measurements: list[MeasurementRecord] = []
+        decisions: list[DecisionRecord] = []
+        facts: TorghutFacts | None = None
+        if spec.database is not None:
+            ledger = self._ledger(spec, namespace)
+            measurements, decisions = ledger.measurements(rollout.uid), ledger.decisions(rollout.uid)
+            since = parse_time(status.started_at) if status.started_at else utcnow()
+            facts = collect_torghut_facts(
+                self._dsn(spec, namespace),
+                since=since,
+                connect_timeout=parse_duration(spec.database.connect_timeout),
+                statement_timeout=parse_duration(spec.database.statement_timeout),
+            )
+        return render_report(
+            name=rollout.name,
+            namespace=namespace,
+            spec=spec,
+            status=status,
+            measurements=measurements,
+            decisions=decisions,
+            facts=facts,
+        )
 
 
 def _at(now: Any) -> str:

@@ -14,10 +14,15 @@ from kubernetes.client.exceptions import ApiException
 
 from torghut_operator.api.spec import GROUP, PLURAL, VERSION, Target, TargetKind
 from torghut_operator.errors import PermanentError, TemporaryError
-from torghut_operator.kube.builders import ACTION_ANNOTATION
+from torghut_operator.kube.builders import ACTION_ANNOTATION, MANAGED_BY, ROLLOUT_LABEL, owner_reference
 
 TIMEOUT = (5.0, 20.0)
 """(connect, read) seconds for every call."""
+
+
+def report_name(rollout: str) -> str:
+    """The ConfigMap holding a rollout's evidence report (key report.md)."""
+    return f"torghut-evidence-{rollout}"[:253]
 
 
 def as_dict(value: object) -> dict[str, Any]:
@@ -184,6 +189,32 @@ class KubeGateway:
             if exc.status == 422:  # the test op failed: retried next turn
                 raise TemporaryError(f"{what}: changed concurrently") from None
             raise _api_error(what, exc) from exc
+
+    # --- evidence ---
+
+    def publish_report(self, namespace: str, rollout: str, uid: str, report: str) -> None:
+        """The Markdown evidence report as a ConfigMap owned by the rollout (deleted with it)."""
+        name = report_name(rollout)
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {**MANAGED_BY, ROLLOUT_LABEL: rollout},
+                "ownerReferences": [owner_reference(rollout, uid)],
+            },
+            "data": {"report.md": report},
+        }
+        try:
+            self._core.create_namespaced_config_map(namespace, cast(Any, body), _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _api_error(f"create ConfigMap {namespace}/{name}", exc) from exc
+            try:
+                self._core.replace_namespaced_config_map(name, namespace, cast(Any, body), _request_timeout=TIMEOUT)
+            except ApiException as again:
+                raise _api_error(f"replace ConfigMap {namespace}/{name}", again) from again
 
     # --- configuration ---
 
