@@ -12,9 +12,11 @@ help:
 	@echo "make cluster-up    start the local control plane (prints KUBECONFIG); cluster-down stops it"
 	@echo "make cluster-smoke check the running cluster (Deployment Available, Job Complete); cluster-status"
 	@echo "make bench         benchmark stage-advance latency and operator overhead"
+	@echo "make bench-sql     EXPLAIN and time the preset's SQL on a million executions"
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
+	@test -x .venv/bin/pip || $(PY) -m ensurepip --upgrade >/dev/null
 	@.venv/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
 	@.venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
 	@rm -f .venv/.installed-*; touch $@
@@ -29,8 +31,9 @@ lint: install
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
+# Every test carries a tier marker (unit, integration or e2e); an unmarked test is a collection error.
 test: lint binaries
-	$(PY) -m pytest -m "unit or integration or e2e"
+	$(PY) -m pytest
 
 test-unit: install
 	$(PY) -m pytest -m unit
@@ -40,6 +43,9 @@ test-integration: install
 
 test-e2e: install binaries
 	$(PY) -m pytest -m e2e
+
+bench-sql: install
+	$(PY) -m torghut_localstack.bench_sql
 
 bench: install binaries
 	$(PY) -m torghut_localstack.bench

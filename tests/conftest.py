@@ -34,6 +34,7 @@ from torghut_localstack.prometheus import PrometheusServer
 REPO = Path(__file__).resolve().parents[1]
 KIND_CONFIG = REPO / "kind-config.yaml"
 CLUSTER_MODES = ("local", "kind", "existing")
+TIERS = ("unit", "integration", "e2e")
 
 _binaries_key = pytest.StashKey["Path | BaseException"]()
 
@@ -78,6 +79,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     Done here, not in a fixture, so a cold build (minutes) doesn't eat a test's timeout. A
     failure is kept and raised by the `binaries` fixture, so every e2e test errors with it.
     """
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(t) for t in TIERS)]
+    if untiered:
+        raise pytest.UsageError(f"tests without a tier marker ({', '.join(TIERS)}): {', '.join(untiered[:5])}")
     if config.option.collectonly or not any(item.get_closest_marker("e2e") for item in items):
         return
     _cluster_mode()

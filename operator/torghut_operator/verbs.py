@@ -90,3 +90,12 @@ def parse_action(value: str) -> tuple[str, str | None]:
 def action_value(verb: str, now: datetime) -> str:
     """The annotation value requesting ``verb`` with a nonce (the time), so repeating a verb is a new request."""
     return f"{verb}:{format_time(now)}"
+
+
+_REFUSALS = ("unknown verb ", "nothing to ", "nothing awaits ", "already ", "a rollback is not ", "spec.paused is ")
+
+
+def is_refusal(result: str) -> bool:
+    """Whether a ``status.lastAction.result`` says the verb changed nothing (a text of :func:`verb_applies`, or
+    of the planner's own refusals)."""
+    return result.startswith(_REFUSALS)

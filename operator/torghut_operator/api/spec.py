@@ -272,6 +272,13 @@ class SqlMigration(ApiModel):
     config_map_ref: ConfigMapRef = Field(
         description="ConfigMap whose keys ending in .sql are applied in lexical order."
     )
+    secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "DSN used to apply the files, when they need more than spec.database's role (e.g. GRANTs: "
+            "torghut-db-superuser/uri). Defaults to spec.database.secretRef."
+        ),
+    )
 
 
 class GrantExpectation(ApiModel):

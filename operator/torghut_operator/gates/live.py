@@ -145,8 +145,9 @@ class LiveGates:
         assert spec.migrate.sql is not None
         assert spec.database is not None
         files = self._kube.read_config_map(namespace, spec.migrate.sql.config_map_ref.name)
+        ref = spec.migrate.sql.secret_ref or spec.database.secret_ref
         migrator = SqlMigrator(
-            self._dsn(spec, namespace),
+            self._kube.read_secret_value(namespace, ref.name, ref.key),
             connect_timeout=parse_duration(spec.database.connect_timeout),
             lock_timeout=60.0,
             statement_timeout=None,

@@ -29,6 +29,7 @@ from torghut_operator.api.status import Measurement, Verdict
 from torghut_operator.gates.http import UnexpectedStatus
 from torghut_operator.gates.judge import format_number, judge, judgement_text, query_part, shorten, to_json
 from torghut_operator.gates.reading import ProviderError, Reading
+from torghut_operator.timefmt import format_time
 
 VALUE_TEXT_LIMIT = 256
 _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
@@ -153,8 +154,9 @@ def previous_value(measurement: Measurement | None) -> Any | None:
 
 
 def rfc3339(moment: dt.datetime) -> str:
-    """``2025-01-02T03:04:05Z`` (UTC, whole seconds, like metav1.Time)."""
-    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``2025-01-02T03:04:05.678Z`` (UTC, milliseconds: two measurements of a check a second apart must never
+    share a time, which is their identity in the evidence ledger)."""
+    return format_time(_utc(moment))
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:

@@ -113,8 +113,17 @@ def deployment_state(deployment: dict[str, Any] | None, container: str) -> Targe
                 detail += f" ({cond.get('message', '')})"
     rolled_out = observed and updated >= want and available >= want and total == updated
     return TargetState(
-        exists=True, image=found.get("image"), rolled_out=rolled_out, failed_reason=failed, detail=detail
+        exists=True,
+        image=found.get("image"),
+        rolled_out=rolled_out,
+        failed_reason=failed,
+        detail=detail,
+        env=_plain_env(found),
     )
+
+
+def _plain_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env") or [] if "valueFrom" not in e}
 
 
 def knative_state(service: dict[str, Any] | None, container: str) -> TargetState:
@@ -141,5 +150,10 @@ def knative_state(service: dict[str, Any] | None, container: str) -> TargetState
         detail += f": {ready.get('message', '')}"
     rolled_out = observed and ready.get("status") == "True" and created is not None and created == latest_ready
     return TargetState(
-        exists=True, image=found.get("image"), rolled_out=rolled_out, failed_reason=failed, detail=detail
+        exists=True,
+        image=found.get("image"),
+        rolled_out=rolled_out,
+        failed_reason=failed,
+        detail=detail,
+        env=_plain_env(found),
     )

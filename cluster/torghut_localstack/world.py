@@ -1,0 +1,642 @@
+"""A whole Torghut world on one machine, for the demo and the benchmark.
+
+    with World(log=print) as world:           # or World(cluster="kind")
+        world.kubectl.apply(rollout, namespace=world.namespace)
+
+`start()` brings up, in order (each step timed in `timings`):
+
+1. the cluster: the embedded control plane (`local`, default) or a kind cluster from `kind-config.yaml`
+   (`kind`, needs a container engine: without one the start fails at once with one line);
+2. PostgreSQL 15 with a Torghut-like database `torghut`: the pre-0007 schema, owned by the runtime role
+   `torghut_app` as CloudNativePG sets it up, with the 0007 bug still in place (no privilege of `torghut_app`
+   on `research_*`) and a day-old history of fills whose route columns were never backfilled;
+3. Prometheus;
+4. the CRD (server-side apply, waited Established), namespace `torghut` with the Secret `torghut-db-app`
+   (key `uri`: the app DSN), the Deployment `torghut` (container `torghut`, `OLD_IMAGE`, env
+   `TRADING_MODE=paper`) and the route/grant SQL pack ConfigMap;
+5. the Torghut simulator, writing as `torghut_app` and following the Deployment, scraped by Prometheus;
+6. the operator as a process (`python -m torghut_operator run --liveness ...`), as it runs in a cluster.
+
+`stop()` (or leaving the `with` block, Ctrl-C included) stops everything in reverse order; every child
+process also gets a kernel signal should this process die, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, TypeVar
+
+from psycopg import sql
+
+from torghut_localstack import sql_pack, torghut_db, workloads
+from torghut_localstack.binaries import ensure_binaries, ensure_kind
+from torghut_localstack.cluster import LocalCluster
+from torghut_localstack.kubectl import Kubectl, KubectlError
+from torghut_localstack.ports import HOST, free_port
+from torghut_localstack.postgres import PostgresServer
+from torghut_localstack.procs import ManagedProcess, start_process
+from torghut_localstack.prometheus import PrometheusServer
+from torghut_localstack.simulator import FollowTarget, TorghutSimulator
+from torghut_localstack.wait import WaitTimeout, wait_for
+
+__all__ = [
+    "APP_SECRET_KEY",
+    "APP_SECRET_NAME",
+    "CRD",
+    "DATABASE",
+    "KIND_CONFIG",
+    "NAMESPACE",
+    "NEW_IMAGE",
+    "OLD_IMAGE",
+    "ClusterMode",
+    "OperatorProcess",
+    "World",
+    "WorldError",
+    "target_deployment",
+]
+
+REPO: Final = Path(__file__).resolve().parents[2]
+CRD: Final = REPO / "crds" / "torghutrollouts.yaml"
+CRD_NAME: Final = "torghutrollouts.torghut.proompteng.ai"
+KIND_CONFIG: Final = REPO / "kind-config.yaml"
+
+NAMESPACE: Final = "torghut"
+TARGET: Final = "torghut"
+CONTAINER: Final = "torghut"
+DATABASE: Final = "torghut"
+APP_SECRET_NAME: Final = "torghut-db-app"  # noqa: S105 - a Secret's name, not a password
+APP_SECRET_KEY: Final = "uri"  # noqa: S105 - a key name
+
+OLD_IMAGE: Final = workloads.PAUSE_IMAGE_PREVIOUS
+"""What the Deployment runs before a rollout: a real, small image, so kind runs the same world."""
+PAUSE_DIGEST: Final = "sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a"
+NEW_IMAGE: Final = f"{workloads.PAUSE_IMAGE}@{PAUSE_DIGEST}"
+"""The image a rollout deploys, pinned by digest as a Torghut release is (registry.k8s.io/pause:3.10)."""
+
+HISTORY_FILLS: Final = 120
+"""Fills from before route provenance (route columns NULL, markers in raw_order), a day old."""
+
+_T = TypeVar("_T")
+
+ClusterMode = Literal["local", "kind"]
+CLUSTER_MODES: Final[tuple[str, ...]] = ("local", "kind")
+
+
+class WorldError(RuntimeError):
+    """The world could not be built; the message is one line a user can act on."""
+
+
+def _ignore(_line: str) -> None:
+    pass
+
+
+def target_deployment(
+    image: str = OLD_IMAGE, *, name: str = TARGET, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Torghut's Deployment: container `torghut` running `image`, in paper trading mode by default."""
+    deployment = workloads.deployment(name, image=image)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["name"] = CONTAINER
+    container["env"] = [{"name": k, "value": v} for k, v in (env or {"TRADING_MODE": "paper"}).items()]
+    return deployment
+
+
+def crd_established(crd: Mapping[str, Any] | None) -> bool:
+    found = workloads.condition(crd, "Established") if crd is not None else None
+    return found is not None and found.get("status") == "True"
+
+
+def app_secret(dsn: str) -> dict[str, Any]:
+    """The CloudNativePG-style app Secret; the operator reads key `uri` and never logs it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": APP_SECRET_NAME},
+        "type": "Opaque",
+        "stringData": {APP_SECRET_KEY: dsn},
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The operator process
+
+
+class OperatorProcess:
+    """`python -m torghut_operator run` as a child process with its liveness endpoint and metrics port.
+
+    Restartable (`start` after `stop`/`kill`); each start logs to `operator-<n>.log` in `log_dir`.
+    """
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_dir: Path,
+        *,
+        verbose: bool = False,
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = 90.0,
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_dir = log_dir
+        self.verbose = verbose
+        self.extra_env = dict(env or {})
+        self.start_timeout = start_timeout
+        self.liveness_port = 0
+        self.metrics_port = 0
+        self._process: ManagedProcess | None = None
+        self._starts = 0
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("operator not started")
+        return self._process.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"operator-{self._starts}.log"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.metrics_port}/metrics"
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.running()
+
+    def start(self) -> OperatorProcess:
+        if self.running():
+            raise RuntimeError("operator already running")
+        self._starts += 1
+        self.liveness_port, self.metrics_port = free_port(), free_port()
+        liveness = f"http://{HOST}:{self.liveness_port}/healthz"
+        argv = [sys.executable, "-m", "torghut_operator", "run", "--liveness", liveness, "--log-format", "full"]
+        if self.verbose:
+            argv.append("--verbose")
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "KUBECONFIG": str(self.kubeconfig),
+            "TORGHUT_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        process = self._process = start_process("torghut-operator", argv, log_path=self.log_path, env=env)
+
+        def healthy() -> bool:
+            if not process.running():
+                raise WorldError(f"the operator exited with code {process.popen.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(liveness, timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        try:
+            wait_for(
+                healthy, timeout=self.start_timeout, interval=0.25, what=f"operator liveness {liveness}", retry_on=()
+            )
+        except WaitTimeout as error:
+            self.stop()
+            raise WorldError(
+                f"the operator did not become live within {self.start_timeout:.0f}s; see {self.log_path}"
+            ) from error
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (Kopf stops its daemons), SIGKILL after 20 s. Safe to call twice."""
+        if self._process is not None:
+            self._process.stop(timeout=20.0)
+
+    def kill(self) -> None:
+        """SIGKILL, as when a node dies."""
+        if self._process is not None and self._process.running():
+            self._process.stop_signal = signal.SIGKILL
+            self._process.stop(timeout=10.0)
+
+    def peak_rss_kib(self) -> int | None:
+        """VmHWM of the process (its peak resident memory), in KiB; None if it is gone."""
+        return _proc_status_kib(self.pid, "VmHWM")
+
+    def rss_kib(self) -> int | None:
+        return _proc_status_kib(self.pid, "VmRSS")
+
+    def tail(self, lines: int = 40) -> str:
+        return self._process.tail(lines) if self._process is not None else ""
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+
+
+def _proc_status_kib(pid: int, field: str) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Watching the API
+
+
+WATCH_REQUEST_TIMEOUT: Final = (5.0, 75.0)
+"""(connect, read) seconds of a list or watch request; the read bound exceeds a watch's own timeout."""
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One object as a watch delivered it: `at` is `time.time()` when it was received."""
+
+    at: float
+    type: str
+    """ADDED, MODIFIED, DELETED, or EXISTING for the objects of the initial list."""
+    obj: dict[str, Any]
+
+
+def kube_client(kubeconfig: Path) -> Any:
+    """A `kubernetes.client.ApiClient` for `kubeconfig` (close it when done)."""
+    from kubernetes import config  # noqa: PLC0415 - heavy; only watchers need it
+
+    loader: Any = config.new_client_from_config  # the client's own annotations are partial
+    return loader(config_file=str(kubeconfig))
+
+
+def watch(
+    api_client: Any, list_fn: Callable[..., Any], *args: Any, deadline: float, **kwargs: Any
+) -> Iterator[WatchEvent]:
+    """List, then watch from that list's resourceVersion until `deadline` (`time.monotonic()`).
+
+    `list_fn` is a list method of the `kubernetes` client (e.g. `CoreV1Api(c).list_namespaced_config_map`) and
+    `args`/`kwargs` its arguments (namespace, selectors). Objects come as the API's JSON (camelCase dicts). A
+    watch that expires (410 Gone) lists again and yields the current objects as EXISTING.
+    """
+    from kubernetes import watch as k8s_watch  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    watch_class: Any = k8s_watch.Watch  # the client's own annotations are partial
+    while time.monotonic() < deadline:
+        listing = api_client.sanitize_for_serialization(
+            list_fn(*args, _request_timeout=WATCH_REQUEST_TIMEOUT, **kwargs)
+        )
+        received = time.time()
+        version = str(listing["metadata"]["resourceVersion"])
+        for item in listing.get("items") or []:
+            yield WatchEvent(received, "EXISTING", item)
+        expired = False
+        while not expired and (remaining := deadline - time.monotonic()) > 0:
+            stream: Any = watch_class()
+            try:
+                for event in stream.stream(
+                    list_fn,
+                    *args,
+                    resource_version=version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=max(1, min(60, int(remaining))),
+                    _request_timeout=WATCH_REQUEST_TIMEOUT,
+                    **kwargs,
+                ):
+                    obj = event["raw_object"]
+                    version = str(obj.get("metadata", {}).get("resourceVersion") or version)
+                    if event["type"] != "BOOKMARK":
+                        yield WatchEvent(time.time(), str(event["type"]), obj)
+                    if time.monotonic() >= deadline:
+                        return
+            except ApiException as error:
+                if error.status != 410:
+                    raise
+                expired = True
+            finally:
+                stream.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# kind
+
+
+def _container_engine_problem() -> str | None:
+    """Why kind can't create a cluster here, or None when its container engine answers."""
+    provider = os.environ.get("KIND_EXPERIMENTAL_PROVIDER") or "docker"
+    binary = shutil.which(provider)
+    if binary is None:
+        return f"kind needs a container engine, but `{provider}` is not on PATH"
+    try:
+        done = subprocess.run([binary, "info"], capture_output=True, text=True, timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        return f"kind needs a container engine, but `{provider} info` did not answer within 20s"
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"kind needs a running container engine, but `{provider} info` failed: {detail}"
+    return None
+
+
+@contextmanager
+def kind_cluster(bin_dir: Path, workdir: Path, *, log: Callable[[str], None] = _ignore) -> Iterator[Path]:
+    """A kind cluster from kind-config.yaml for the block; yields its kubeconfig, deletes it afterwards."""
+    problem = _container_engine_problem()
+    if problem is not None:
+        raise WorldError(f"{problem}; run without --cluster kind to use the embedded control plane")
+    kind = ensure_kind(bin_dir, on_line=log)
+    name = workloads.unique_name("torghut-demo")
+    kubeconfig = workdir / "kind-kubeconfig"
+    create = [str(kind), "create", "cluster", "--name", name, "--config", str(KIND_CONFIG)]
+    create += ["--kubeconfig", str(kubeconfig), "--wait", "180s"]
+    try:
+        done = subprocess.run(create, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise WorldError(f"kind create cluster failed ({done.returncode}): {detail}")
+        yield kubeconfig
+    finally:
+        subprocess.run(
+            [str(kind), "delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig)],
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# The world
+
+
+@dataclass(frozen=True)
+class Database:
+    """The Torghut database: `admin_dsn` (superuser, for fixtures) and `app_dsn` (torghut_app, in the Secret)."""
+
+    name: str
+    admin_dsn: str
+    app_dsn: str
+    app_password: str
+
+
+class World:
+    """Cluster, Postgres, Prometheus, the simulator and the operator; see the module docstring.
+
+    `workdir`: None → a temp dir, removed on a clean `stop()` and kept (for its logs) after a failure.
+    `namespace`: where the Torghut target lives. `tick_seconds`: the simulator's trading-loop period.
+    `operator_env`: extra environment for the operator process.
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster: ClusterMode = "local",
+        workdir: Path | None = None,
+        namespace: str = NAMESPACE,
+        tick_seconds: float = 0.5,
+        operator_verbose: bool = False,
+        operator_env: Mapping[str, str] | None = None,
+        log: Callable[[str], None] = _ignore,
+    ) -> None:
+        if cluster not in CLUSTER_MODES:
+            raise WorldError(f"unknown cluster {cluster!r}: use one of {', '.join(CLUSTER_MODES)}")
+        self.cluster_mode: ClusterMode = cluster
+        self.namespace = namespace
+        self.tick_seconds = tick_seconds
+        self.operator_verbose = operator_verbose
+        self.operator_env = dict(operator_env or {})
+        self._log = log
+        self._workdir = workdir
+        self._owns_workdir = workdir is None
+        self._stack: ExitStack | None = None
+        self.timings: dict[str, float] = {}
+        self._kubeconfig: Path | None = None
+        self._kubectl: Kubectl | None = None
+        self._postgres: PostgresServer | None = None
+        self._prometheus: PrometheusServer | None = None
+        self._simulator: TorghutSimulator | None = None
+        self._operator: OperatorProcess | None = None
+        self._database: Database | None = None
+
+    # -- accessors (valid after start) -------------------------------------------------------
+    @property
+    def workdir(self) -> Path:
+        if self._workdir is None:
+            raise WorldError("the world has no work dir until start()")
+        return self._workdir
+
+    @property
+    def kept_workdir(self) -> Path | None:
+        """The work dir (logs of every component) while it exists: after a failed start or `stop(keep_workdir=True)`."""
+        return self._workdir
+
+    @property
+    def kubeconfig(self) -> Path:
+        return _started(self._kubeconfig)
+
+    @property
+    def kubectl(self) -> Kubectl:
+        return _started(self._kubectl)
+
+    @property
+    def postgres(self) -> PostgresServer:
+        return _started(self._postgres)
+
+    @property
+    def prometheus(self) -> PrometheusServer:
+        return _started(self._prometheus)
+
+    @property
+    def simulator(self) -> TorghutSimulator:
+        return _started(self._simulator)
+
+    @property
+    def operator(self) -> OperatorProcess:
+        return _started(self._operator)
+
+    @property
+    def database(self) -> Database:
+        return _started(self._database)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> World:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop(keep_workdir=exc is not None)
+
+    def start(self) -> World:
+        if self._stack is not None:
+            raise WorldError("already started")
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="torghut-world-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._stack = ExitStack()
+        started = time.monotonic()
+        try:
+            self._start()
+        except BaseException:
+            self.stop(keep_workdir=True)
+            raise
+        self.timings["total"] = time.monotonic() - started
+        return self
+
+    def stop(self, *, keep_workdir: bool = False) -> None:
+        """Stop everything started, newest first. Safe to call twice."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+        if self._owns_workdir and self._workdir is not None and not keep_workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def _step(self, what: str, action: Callable[[], None]) -> None:
+        started = time.monotonic()
+        action()
+        self.timings[what] = time.monotonic() - started
+        self._log(f"{what} in {self.timings[what]:.1f}s")
+
+    def _start(self) -> None:
+        bin_dir = Path()
+
+        def show(line: str) -> None:
+            if not line.endswith(" cached"):
+                self._log(line)
+
+        def binaries() -> None:
+            nonlocal bin_dir
+            bin_dir = ensure_binaries(on_line=show)
+
+        self._step("binaries", binaries)
+        self._step("cluster", lambda: self._start_cluster(bin_dir))
+        self._step("postgres", self._start_postgres)
+        self._step("prometheus", self._start_prometheus)
+        self._step("CRD and Torghut workload", self._install)
+        self._step("simulator", self._start_simulator)
+        self._step("operator", self._start_operator)
+
+    def _enter(self, cm: Any) -> Any:
+        assert self._stack is not None
+        return self._stack.enter_context(cm)
+
+    def _start_cluster(self, bin_dir: Path) -> None:
+        if self.cluster_mode == "local":
+            cluster: LocalCluster = self._enter(LocalCluster(bin_dir, self.workdir / "cluster"))
+            self._kubeconfig = cluster.kubeconfig
+        else:
+            self._kubeconfig = self._enter(kind_cluster(bin_dir, self.workdir, log=self._log))
+        self._kubectl = Kubectl(bin_dir / "kubectl", self.kubeconfig)
+
+    def _start_postgres(self) -> None:
+        postgres: PostgresServer = self._enter(PostgresServer())
+        self._postgres = postgres
+        postgres.create_database(DATABASE)
+        engine = torghut_db.make_engine(postgres.dsn(DATABASE))
+        try:
+            torghut_db.create_schema(engine)
+            torghut_db.seed_executions(
+                engine,
+                HISTORY_FILLS,
+                null_adapters=True,
+                created_at=datetime.now(UTC) - timedelta(days=1),
+                step=timedelta(minutes=5),
+                seed=7,
+            )
+        finally:
+            engine.dispose()
+        password = secrets.token_urlsafe(18)
+        role = sql.Identifier(torghut_db.APP_ROLE)
+        postgres.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(role, sql.Literal(password)))
+        postgres.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(DATABASE), role))
+        # As CloudNativePG and Alembic leave it: the runtime role owns the tables (so it may migrate them) ...
+        postgres.execute(
+            sql.SQL(
+                "DO $$ DECLARE t text; BEGIN FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "LOOP EXECUTE format('ALTER TABLE public.%I OWNER TO {}', t); END LOOP; END $$"
+            ).format(role),
+            DATABASE,
+        )
+        # ... but, the bug Torghut's migration 0007 fixes, holds no privilege on the research ledger.
+        tables = sql.SQL(", ").join(sql.Identifier("public", t) for t in torghut_db.RESEARCH_TABLES)
+        postgres.execute(sql.SQL("REVOKE ALL PRIVILEGES ON TABLE {} FROM {}").format(tables, role), DATABASE)
+        self._database = Database(
+            name=DATABASE,
+            admin_dsn=postgres.dsn(DATABASE),
+            app_dsn=postgres.dsn(DATABASE, user=torghut_db.APP_ROLE, password=password),
+            app_password=password,
+        )
+
+    def _start_prometheus(self) -> None:
+        self._prometheus = self._enter(PrometheusServer())
+
+    def _install(self) -> None:
+        kubectl = self.kubectl
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD), timeout=60)
+        # Not `kubectl wait`: right after the apply the CRD may have no status yet, and kubectl wait then fails
+        # ("status.conditions accessor error") instead of waiting.
+        wait_for(
+            lambda: crd_established(kubectl.get("crd", CRD_NAME)),
+            timeout=60,
+            what=f"CRD {CRD_NAME} Established",
+            retry_on=(KubectlError,),
+        )
+        self.add_target(self.namespace)
+
+    def add_target(
+        self, namespace: str, *, env: Mapping[str, str] | None = None, sql_pack_configmap: bool = True
+    ) -> None:
+        """Namespace `namespace` with the app Secret, Torghut's Deployment (Available) and the SQL pack."""
+        kubectl = self.kubectl
+        kubectl.apply(workloads.namespace(namespace))
+        workloads.wait_for_service_account(kubectl, namespace, timeout=60)
+        docs = [app_secret(self.database.app_dsn), target_deployment(env=env)]
+        if sql_pack_configmap:
+            docs.append(sql_pack.configmap_manifest())
+        kubectl.apply(*docs, namespace=namespace)
+        workloads.wait_for_rollout(kubectl, TARGET, namespace=namespace, timeout=180)
+
+    def _start_simulator(self) -> None:
+        # The simulator's own log goes to a file: its warnings (research writes denied before the grant
+        # migration, which is the point) are the app's business, not the terminal's.
+        logger = logging.getLogger("torghut_localstack.simulator")
+        handler = logging.FileHandler(self.workdir / "simulator.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        assert self._stack is not None
+        self._stack.callback(logger.removeHandler, handler)
+        self._stack.callback(handler.close)
+        simulator = TorghutSimulator(
+            dsn=self.database.app_dsn,
+            image=OLD_IMAGE,
+            follow=FollowTarget.parse(f"{self.namespace}/{TARGET}/{CONTAINER}"),
+            kubeconfig=str(self.kubeconfig),
+            tick_seconds=self.tick_seconds,
+        )
+        self._simulator = self._enter(simulator)
+        self.prometheus.set_targets(self.namespace, [f"{HOST}:{simulator.port}"])
+        self.prometheus.wait_for_targets(self.namespace, timeout=60)
+
+    def _start_operator(self) -> None:
+        operator = OperatorProcess(
+            self.kubeconfig, self.workdir / "operator", verbose=self.operator_verbose, env=self.operator_env
+        )
+        assert self._stack is not None
+        self._stack.callback(operator.stop)
+        self._operator = operator.start()
+
+
+def _started(value: _T | None) -> _T:
+    if value is None:
+        raise WorldError("the world is not started")
+    return value

@@ -1,0 +1,643 @@
+"""The kubectl plugin without a cluster: which verbs apply in which phase (and that the planner agrees), what a
+user reads in `status`, `list` and `history`, and every way to fail that needs no API server - each one line on
+stderr with an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner, Result
+
+from torghut_operator import cli
+from torghut_operator.api.spec import TorghutRolloutSpec
+from torghut_operator.api.status import TERMINAL_PHASES, Phase, PromotionStatus, TorghutRolloutStatus
+from torghut_operator.kube.builders import ACTION_ANNOTATION
+from torghut_operator.observations import Observations
+from torghut_operator.planner import plan
+from torghut_operator.presets import effective_checks
+from torghut_operator.timefmt import format_time
+from torghut_operator.verbs import VERBS, action_value, is_refusal, parse_action, verb_applies
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+NAME = "release-42"
+NAMESPACE = "trading"
+SPEC: dict[str, Any] = {
+    "target": {"name": "torghut", "container": "torghut", "image": "registry/torghut:v42"},
+    "database": {"secretRef": {"name": "torghut-db-app", "key": "uri"}},
+    "prometheus": {"url": "http://prometheus:9090"},
+    "migrate": {"job": {"command": ["alembic", "upgrade", "heads"]}},
+    "verify": {
+        "count": 3,
+        "checks": [
+            {"name": "decisions-flowing", "prometheus": {"query": "sum(decisions)"}, "successCondition": "result > 0"},
+            {"name": "error-rate", "prometheus": {"query": "sum(rate(errors[5m]))"}, "max": 0.01},
+        ],
+    },
+    "promotion": {
+        "steps": [
+            {"name": "paper", "env": {"TRADING_MODE": "paper"}},
+            {"name": "canary", "env": {"TRADING_MODE": "live", "LIVE_CAP": "0.10"}, "requiresApproval": True},
+            {"name": "live", "env": {"TRADING_MODE": "live", "LIVE_CAP": "1"}, "requiresApproval": True},
+        ]
+    },
+}
+PARSED = TorghutRolloutSpec.model_validate(SPEC)
+
+
+def ago(minutes: float) -> str:
+    return format_time(NOW - timedelta(minutes=minutes))
+
+
+def rollout_object(status: dict[str, Any], *, spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
+    body = spec if spec is not None else SPEC
+    try:
+        spec_hash = TorghutRolloutSpec.model_validate(body).spec_hash()
+    except ValueError:
+        spec_hash = "0123456789abcdef"
+    return {
+        "apiVersion": "torghut.proompteng.ai/v1alpha1",
+        "kind": "TorghutRollout",
+        "metadata": {
+            "name": NAME,
+            "namespace": NAMESPACE,
+            "uid": "uid-1",
+            "resourceVersion": "7",
+            "creationTimestamp": ago(30),
+            **meta,
+        },
+        "spec": body,
+        "status": {"specHash": spec_hash, **status},
+    }
+
+
+AWAITING_CANARY: dict[str, Any] = {
+    "phase": "Promoting",
+    "stage": "promote:canary",
+    "message": "step canary awaits approval: promote to apply it",
+    "image": "registry/torghut:v42",
+    "previousImage": "registry/torghut:v41",
+    "attempt": 2,
+    "startedAt": ago(30),
+    "awaitingApproval": True,
+    "promotion": {"step": 1, "stepName": "canary", "completed": ["paper"]},
+    "checks": [
+        {
+            "name": "decisions-flowing",
+            "stage": "promote:paper",
+            "provider": "prometheus",
+            "query": "sum(decisions)",
+            "threshold": "success: result > 0",
+            "phase": "Successful",
+            "successful": 3,
+            "message": "3/3 measurements successful; last: [value 412] > 0",
+            "measurements": [
+                {"phase": "Successful", "at": ago(5), "value": "400"},
+                {"phase": "Successful", "at": ago(4), "value": "405"},
+                {"phase": "Successful", "at": ago(3), "value": "412", "samples": 1200, "message": "412 > 0"},
+            ],
+        },
+        {
+            "name": "error-rate",
+            "stage": "promote:paper",
+            "provider": "prometheus",
+            "query": "sum(rate(errors[5m]))",
+            "threshold": "<= 0.01",
+            "phase": "Inconclusive",
+            "successful": 2,
+            "inconclusive": 1,
+            "approved": True,
+            "message": "1 inconclusive measurement(s) (limit 0): empty vector: no data",
+            "measurements": [{"phase": "Inconclusive", "at": ago(3), "message": "empty vector: no data"}],
+        },
+    ],
+    "lastAction": {"verb": "promote", "at": ago(2), "result": "promoted: Inconclusive verdicts accepted"},
+    "conditions": [
+        {
+            "type": "Ready",
+            "status": "False",
+            "lastTransitionTime": ago(30),
+            "reason": "AwaitingApproval",
+            "message": "step canary awaits approval",
+        },
+        {"type": "Verified", "status": "True", "lastTransitionTime": ago(10), "reason": "ChecksPassed"},
+    ],
+}
+
+
+def render(renderable: Any) -> str:
+    console = Console(record=True, width=120, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+# --- which verbs apply ------------------------------------------------------------------------------------------
+
+RUNNING = [p for p in Phase if p not in TERMINAL_PHASES]
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_abort_applies_until_the_rollout_is_finished(phase: Phase) -> None:
+    refusal = verb_applies("abort", TorghutRolloutStatus(phase=phase), subject=NAME)
+    if phase.terminal:
+        assert refusal == (
+            f"nothing to abort: {NAME} is {phase.value} (abort applies while a rollout runs or is paused, "
+            "not once it is Succeeded, Failed, RolledBack or Aborted)"
+        )
+    else:
+        assert refusal is None
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_retry_applies_only_to_a_failed_rolled_back_or_aborted_rollout(phase: Phase) -> None:
+    refusal = verb_applies("retry", TorghutRolloutStatus(phase=phase), subject=NAME)
+    if phase in (Phase.FAILED, Phase.ROLLED_BACK, Phase.ABORTED):
+        assert refusal is None
+    else:
+        assert refusal == f"nothing to retry: {NAME} is {phase.value} (retry applies to Failed, RolledBack or Aborted)"
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_pause_applies_while_running_but_not_to_a_rollback(phase: Phase) -> None:
+    refusal = verb_applies("pause", TorghutRolloutStatus(phase=phase, paused_by="verb"), subject=NAME)
+    if phase.terminal:
+        assert refusal is not None
+        assert refusal.startswith("nothing to pause: release-42 is")
+    elif phase is Phase.PAUSED:
+        assert refusal == "already paused: release-42 is Paused (by the pause verb)"
+    elif phase is Phase.ROLLING_BACK:
+        assert refusal == "a rollback is not paused: it restores the previous image"
+    else:
+        assert refusal is None
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_resume_applies_only_to_a_rollout_paused_by_the_verb(phase: Phase) -> None:
+    status = TorghutRolloutStatus(phase=phase)
+    refusal = verb_applies("resume", status, subject=NAME)
+    if phase is Phase.PAUSED:
+        assert refusal is None
+        assert verb_applies("resume", status, spec_paused=True) == "spec.paused is true: set it to false to resume"
+    else:
+        assert refusal == f"nothing to resume: {NAME} is {phase.value} (resume applies to a Paused rollout)"
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_promote_applies_only_when_something_awaits_approval(phase: Phase) -> None:
+    assert verb_applies("promote", TorghutRolloutStatus(phase=phase, awaiting_approval=True)) is None
+    refusal = verb_applies("promote", TorghutRolloutStatus(phase=phase), subject=NAME)
+    assert refusal is not None
+    assert refusal.startswith(f"nothing awaits approval: {NAME} is {phase.value} (promote accepts Inconclusive")
+
+
+def test_an_unknown_verb_names_the_verbs() -> None:
+    assert verb_applies("undo", TorghutRolloutStatus()) == (
+        "unknown verb 'undo'; use one of abort, retry, promote, pause, resume"
+    )
+
+
+def _status_in(phase: Phase, *, awaiting: bool) -> TorghutRolloutStatus:
+    extra: dict[str, Any] = {}
+    if phase is Phase.PAUSED:
+        extra = {"paused_from": Phase.VERIFYING, "paused_by": "verb"}
+    if phase is Phase.PROMOTING:
+        extra = {"promotion": PromotionStatus(step=1, step_name="canary", completed=["paper"])}
+    return TorghutRolloutStatus(
+        phase=phase,
+        spec_hash=PARSED.spec_hash(),
+        image="registry/torghut:v42",
+        previous_image="registry/torghut:v41",
+        started_at=format_time(NOW),
+        phase_started_at=format_time(NOW),
+        awaiting_approval=awaiting,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize("spec_paused", [False, True])
+@pytest.mark.parametrize("awaiting", [False, True])
+@pytest.mark.parametrize("phase", list(Phase))
+@pytest.mark.parametrize("verb", [*VERBS, "undo"])
+def test_the_plugin_refuses_exactly_what_the_planner_refuses(
+    verb: str, phase: Phase, awaiting: bool, spec_paused: bool
+) -> None:
+    """The plugin's client-side check and the operator's planner must never disagree."""
+    spec = PARSED.model_copy(update={"paused": spec_paused})
+    status = _status_in(phase, awaiting=awaiting)
+    refusal = verb_applies(verb, status, spec_paused=spec_paused)
+    result = plan(spec, effective_checks(spec), status, Observations(now=NOW, verb=verb), name=NAME)
+    action = result.status.last_action
+    assert action is not None
+    assert action.verb == verb
+    assert is_refusal(action.result) == (refusal is not None), (action.result, refusal)
+    if refusal is not None:
+        assert action.result.split(":")[0] == refusal.split(":")[0]
+
+
+def test_the_action_annotation_carries_a_nonce_the_operator_strips() -> None:
+    value = action_value("retry", NOW)
+    assert value == "retry:2026-11-24T12:00:00.000Z"
+    assert parse_action(value) == ("retry", "2026-11-24T12:00:00.000Z")
+    assert parse_action(" Pause ") == ("pause", None)
+
+
+def test_a_spec_the_operator_has_not_seen_yet_means_the_verb_meets_a_new_run() -> None:
+    obj = rollout_object({"phase": "Succeeded"})
+    obj["status"]["specHash"] = "an-older-spec"
+    r = cli.Rollout.from_object(obj)
+    assert r.refusal("abort") is None  # the operator starts the new run first: Pending, abortable
+    assert r.refusal("retry") == f"nothing to retry: {NAME} is Pending (retry applies to Failed, RolledBack or Aborted)"
+
+
+def test_no_verb_applies_to_a_rollout_whose_spec_is_invalid() -> None:
+    broken = {**SPEC, "verify": {"checks": []}}
+    r = cli.Rollout.from_object(rollout_object({"phase": "Failed", "message": "invalid spec"}, spec=broken))
+    refusal = r.refusal("retry")
+    assert refusal is not None
+    assert refusal.startswith(f"retry does not apply: the spec of {NAME} is invalid (")
+    assert r.applicable_verbs() == []
+
+
+# --- what `status` shows ----------------------------------------------------------------------------------------
+
+
+def test_status_shows_phase_images_checks_measurements_steps_and_last_action() -> None:
+    r = cli.Rollout.from_object(rollout_object(AWAITING_CANARY))
+    text = render(cli.render_status(r, now=NOW))
+    lines = text.splitlines()
+
+    def line(label: str) -> str:
+        return next(x for x in lines if x.startswith(label)).rstrip()
+
+    assert line("Name") == "Name               trading/release-42"
+    assert line("Phase").endswith("Promoting")
+    assert line("Stage").endswith("promote:canary")
+    assert line("Image").endswith("registry/torghut:v42")
+    assert line("Previous image").endswith("registry/torghut:v41")
+    assert line("Attempt").endswith("2")
+    assert line("Message").endswith("step canary awaits approval: promote to apply it")
+    assert line("Blocked by").endswith("—")
+    assert "yes: kubectl torghut promote release-42 -n trading" in line("Awaiting approval")
+    assert line("Started").endswith("2026-11-24 11:30:00Z (30m ago)")
+    assert line("Verbs now").endswith("abort, promote, pause")
+    # conditions, checks, measurements
+    assert any(x.split()[:3] == ["Ready", "False", "AwaitingApproval"] for x in lines)
+    assert "Checks (stage promote:paper; counts: successful/failed/inconclusive/errors)" in text
+    flowing = next(x for x in lines if x.lstrip().startswith("decisions-flowing") and "Successful " in x)
+    assert flowing.split()[:5] == ["decisions-flowing", "prometheus", "Successful", "3/0/0/0", "412"]
+    assert "3/3 measurements successful; last:" in text
+    assert "[value 412] > 0" in text  # messages are text, never rich markup
+    assert "Inconclusive (approved)" in text
+    assert "Measurements (last 3 per check)" in text
+    assert sum(1 for x in lines if x.lstrip().startswith("decisions-flowing") and " ago " in x) == 3
+    assert "empty vector: no data" in text
+    # promotion steps
+    step = {x.split()[1]: x for x in lines if x.strip()[:1].isdigit() and len(x.split()) > 2}
+    assert "done" in step["paper"]
+    assert "current: awaiting approval" in step["canary"]
+    assert "pending" in step["live"]
+    assert "LIVE_CAP=0.10, TRADING_MODE=live" in step["canary"]
+    assert "promote 2026-11-24 11:58:00Z (2m ago): promoted: Inconclusive verdicts accepted" in text
+
+
+def test_status_of_a_new_rollout_says_nothing_happened_yet() -> None:
+    r = cli.Rollout.from_object(rollout_object({}))
+    text = render(cli.render_status(r, now=NOW))
+    assert "Pending" in text
+    assert "none measured yet" in text
+    assert "Last action\nnone" in text
+
+
+def test_status_shows_a_pending_request_and_the_failed_stage() -> None:
+    obj = rollout_object(
+        {"phase": "Failed", "failedStage": "verify", "message": "verify failed (GateFailed): error-rate Failed"},
+        annotations={ACTION_ANNOTATION: "retry:2026-11-24T11:59:00.00Z"},
+    )
+    text = render(cli.render_status(cli.Rollout.from_object(obj), now=NOW))
+    assert "Failed stage       verify" in text
+    assert "Pending action     retry (requested; the operator has not handled it yet)" in text
+    assert "Verbs now          retry" in text
+
+
+def test_a_status_this_plugin_cannot_read_is_one_clear_error() -> None:
+    with pytest.raises(cli.CliError, match=r"the status of torghutrollout \"release-42\" is not readable"):
+        cli.Rollout.from_object(rollout_object({"phase": "Exploded"}))
+
+
+def test_list_rows_come_from_the_raw_objects() -> None:
+    rows = [
+        cli.rollout_row(rollout_object(AWAITING_CANARY), NOW),
+        cli.rollout_row({"metadata": {"name": "fresh", "namespace": "ops", "creationTimestamp": ago(0.5)}}, NOW),
+    ]
+    assert rows[0]["ready"] == "False"
+    assert rows[1]["phase"] == ""
+    text = render(cli.render_list(rows, all_namespaces=True))
+    header, first, second = text.splitlines()[:3]
+    assert header.split() == ["NAMESPACE", "NAME", "PHASE", "STAGE", "IMAGE", "READY", "AGE"]
+    assert first.split() == [
+        "trading",
+        "release-42",
+        "Promoting",
+        "promote:canary",
+        "registry/torghut:v42",
+        "False",
+        "30m",
+    ]
+    assert second.split() == ["ops", "fresh", "—", "—", "—", "—", "30s"]
+
+
+def test_history_merges_events_conditions_and_the_last_verb_oldest_first() -> None:
+    r = cli.Rollout.from_object(rollout_object(AWAITING_CANARY))
+    events: list[dict[str, Any]] = [
+        {"type": "Normal", "reason": "Verifying", "message": "Deploying -> Verifying", "lastTimestamp": ago(20)},
+        {"type": "Warning", "reason": "AwaitingApproval", "message": "step canary", "eventTime": ago(1), "count": 3},
+    ]
+    entries = cli.history(r, events)
+    assert [(e.source, e.reason) for e in entries] == [
+        ("condition", "AwaitingApproval"),
+        ("event", "Verifying"),
+        ("condition", "ChecksPassed"),
+        ("action", "promote"),
+        ("event", "AwaitingApproval"),
+    ]
+    text = render(cli.render_history(entries, NOW))
+    assert "step canary (x3)" in text
+    assert "2026-11-24 11:40:00Z" in text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(5, "5s"), (119, "119s"), (150, "2m30s"), (600, "10m"), (3 * 3600, "3h"), (3 * 86400, "3d")]
+)
+def test_ages_read_like_kubectl(seconds: int, shown: str) -> None:
+    assert cli.age(format_time(NOW - timedelta(seconds=seconds)), NOW) == shown
+
+
+# --- commands without a cluster ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str, env: dict[str, str] | None = None) -> Result:
+    result = runner.invoke(cli.app, list(args), env=env)
+    assert "Traceback" not in result.output + result.stderr
+    return result
+
+
+def one_line(result: Result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_missing_kubeconfig_file_is_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    result = invoke(runner, "status", NAME, "--kubeconfig", str(tmp_path / "nope"))
+    assert result.exit_code == 1
+    assert one_line(result) == f"error: kubeconfig {tmp_path / 'nope'} not found (--kubeconfig)"
+
+    result = invoke(runner, "list", env={"KUBECONFIG": str(tmp_path / "gone")})
+    assert result.exit_code == 1
+    assert one_line(result) == f"error: kubeconfig {tmp_path / 'gone'} not found (KUBECONFIG)"
+
+
+def test_no_kubeconfig_at_all_is_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    result = invoke(runner, "list", env={"KUBECONFIG": "", "HOME": str(tmp_path), "KUBERNETES_SERVICE_HOST": ""})
+    assert result.exit_code == 1
+    assert one_line(result).startswith(f"error: no kubeconfig: {tmp_path}/.kube/config not found")
+
+
+def kubeconfig(path: Path, server: str, **context: str) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+                "users": [{"name": "u", "user": {"token": "s3cr3t-token"}}],
+                "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u", **context}}],
+                "current-context": "ctx",
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port nothing listens on (bound, never listened: connections are refused)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_an_unreachable_cluster_is_one_line_and_quick(runner: CliRunner, tmp_path: Path, closed_port: int) -> None:
+    config = kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{closed_port}")
+    for args in (["status", NAME], ["list", "-A"], ["retry", NAME], ["history", NAME], ["report", NAME]):
+        result = invoke(runner, *args, "--kubeconfig", str(config))
+        assert result.exit_code == 1, args
+        line = one_line(result)
+        assert line.startswith(f"error: cannot reach the Kubernetes API server at https://127.0.0.1:{closed_port}: ")
+        assert "s3cr3t-token" not in result.output + result.stderr
+
+
+def test_global_options_work_before_and_after_the_command(runner: CliRunner, tmp_path: Path, closed_port: int) -> None:
+    config = str(kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{closed_port}"))
+    before = invoke(runner, "--kubeconfig", config, "-n", "x", "status", NAME)
+    after = invoke(runner, "status", NAME, "-n", "x", "--kubeconfig", config)
+    assert before.exit_code == after.exit_code == 1
+    assert one_line(before) == one_line(after)
+
+
+def test_a_broken_kubeconfig_or_unknown_context_is_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.write_text("clusters: [\n")
+    result = invoke(runner, "list", "--kubeconfig", str(bad))
+    assert result.exit_code == 1
+    assert one_line(result).startswith(f"error: kubeconfig {bad} is not valid YAML")
+
+    config = kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:1")
+    result = invoke(runner, "list", "--kubeconfig", str(config), "--context", "prod")
+    assert result.exit_code == 1
+    assert one_line(result) == f"error: context 'prod' not found in kubeconfig {config}"
+
+
+def test_usage_errors_are_one_line_with_exit_code_2(runner: CliRunner) -> None:
+    for args, expected in (
+        (["undo", NAME], "error: No such command 'undo'. See 'kubectl torghut --help'."),
+        (["status"], "error: Missing argument 'name'. See 'kubectl torghut status --help'."),
+        (["status", NAME, "-o", "yaml"], "error: unknown output format 'yaml': use -o json"),
+        (["retry", NAME, "--timeout", "soon"], "error: --timeout 'soon' is not a duration such as 60s, 5m or 1h30m"),
+    ):
+        result = invoke(runner, *args)
+        assert result.exit_code == 2, args
+        assert one_line(result) == expected
+
+
+def test_version_needs_no_cluster(runner: CliRunner) -> None:
+    result = invoke(runner, "version")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("kubectl-torghut ")
+    assert "torghut.proompteng.ai/v1alpha1" in result.stdout
+
+
+class FakeSession(cli.Session):
+    """A session whose API answers are canned: the verb flow without an API server."""
+
+    def __init__(self, obj: dict[str, Any] | None) -> None:
+        super().__init__(api=None, namespace=NAMESPACE, server="https://fake")  # type: ignore[arg-type]
+        self.obj = obj
+        self.patches: list[tuple[str, str, str]] = []
+
+    def get_rollout(self, name: str) -> dict[str, Any]:
+        if self.obj is None:
+            raise cli.CliError(f'torghutrollout "{name}" not found in namespace "{self.namespace}"')
+        return self.obj
+
+    def patch_annotation(self, name: str, key: str, value: str) -> dict[str, Any]:
+        self.patches.append((name, key, value))
+        assert self.obj is not None
+        return self.obj
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSession:
+    session = FakeSession(rollout_object(AWAITING_CANARY))
+    monkeypatch.setattr(cli, "connect", lambda *_: session)
+    return session
+
+
+def test_a_verb_that_does_not_apply_is_refused_before_anything_is_written(runner: CliRunner, fake: FakeSession) -> None:
+    fake.obj = rollout_object({"phase": "Succeeded"})
+    result = invoke(runner, "retry", NAME)
+    assert result.exit_code == 2
+    assert one_line(result) == f"nothing to retry: {NAME} is Succeeded (retry applies to Failed, RolledBack or Aborted)"
+    assert fake.patches == []
+
+
+def test_a_verb_that_applies_sets_the_action_annotation_with_a_nonce(runner: CliRunner, fake: FakeSession) -> None:
+    result = invoke(runner, "promote", NAME, "--no-wait")
+    assert result.exit_code == 0, result.stderr
+    [(name, key, value)] = fake.patches
+    assert (name, key) == (NAME, ACTION_ANNOTATION)
+    assert parse_action(value)[0] == "promote"
+    assert parse_action(value)[1]
+    assert result.stdout.startswith(f"promote requested for torghutrollout {NAMESPACE}/{NAME}")
+
+
+def test_an_unknown_rollout_is_one_line(runner: CliRunner, fake: FakeSession) -> None:
+    fake.obj = None
+    for args in (["status", "nope"], ["abort", "nope"], ["report", "nope"]):
+        result = invoke(runner, *args)
+        assert result.exit_code == 1
+        assert one_line(result) == f'error: torghutrollout "nope" not found in namespace "{NAMESPACE}"'
+
+
+def test_status_json_is_the_status_document(runner: CliRunner, fake: FakeSession) -> None:
+    result = invoke(runner, "status", NAME, "-o", "json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["phase"] == "Promoting"
+
+
+def test_an_unexpected_failure_is_still_one_line(
+    runner: CliRunner, fake: FakeSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(name: str) -> dict[str, Any]:
+        raise RuntimeError("boom at https://admin:hunter2@example.com")
+
+    monkeypatch.setattr(fake, "get_rollout", boom)
+    result = invoke(runner, "status", NAME)
+    assert result.exit_code == 1
+    assert one_line(result) == "error: unexpected RuntimeError: boom at https://***@example.com"
+
+
+class StubApiServer:
+    """An HTTP server answering every request as the API server does in one situation (status, body)."""
+
+    def __init__(self, status: int, body: str, content_type: str = "application/json") -> None:
+        answer = (status, body.encode(), content_type)
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                code, payload, kind = answer
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_PATCH = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> StubApiServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def status_body(code: int, reason: str, message: str) -> str:
+    return json.dumps(
+        {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code}
+    )
+
+
+def test_a_missing_crd_is_one_line_that_says_so(runner: CliRunner, tmp_path: Path) -> None:
+    # What kube-apiserver answers for a group/resource it does not serve (recorded from a real one).
+    with StubApiServer(404, "404 page not found\n", "text/plain; charset=utf-8") as api:
+        config = kubeconfig(tmp_path / "kubeconfig", api.url)
+        for args in (["status", NAME], ["list"], ["list", "-A"], ["pause", NAME]):
+            result = invoke(runner, *args, "--kubeconfig", str(config))
+            assert result.exit_code == 1, args
+            assert one_line(result) == (
+                "error: the TorghutRollout CRD (torghutrollouts.torghut.proompteng.ai, v1alpha1) is not installed "
+                f"in the cluster at {api.url}; apply crds/torghutrollouts.yaml"
+            )
+
+
+def test_forbidden_and_unauthorized_are_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    forbidden = 'torghutrollouts.torghut.proompteng.ai "release-42" is forbidden: User "dev" cannot get resource'
+    with StubApiServer(403, status_body(403, "Forbidden", forbidden)) as api:
+        result = invoke(runner, "status", NAME, "--kubeconfig", str(kubeconfig(tmp_path / "a", api.url)))
+        assert result.exit_code == 1
+        assert one_line(result) == f"error: get torghutrollout {NAME}: {forbidden}"
+    with StubApiServer(401, status_body(401, "Unauthorized", "Unauthorized")) as api:
+        result = invoke(runner, "list", "--kubeconfig", str(kubeconfig(tmp_path / "b", api.url)))
+        assert result.exit_code == 1
+        assert one_line(result) == (
+            "error: list torghutrollouts: the API server rejected the kubeconfig's credentials (401 Unauthorized)"
+        )
+        assert "s3cr3t-token" not in result.output + result.stderr
+
+
+def test_the_namespace_defaults_to_the_kubeconfig_contexts(runner: CliRunner, tmp_path: Path) -> None:
+    not_found = status_body(404, "NotFound", 'torghutrollouts.torghut.proompteng.ai "x" not found')
+    body = json.loads(not_found)
+    body["details"] = {"name": "x", "group": "torghut.proompteng.ai", "kind": "torghutrollouts"}
+    with StubApiServer(404, json.dumps(body)) as api:
+        config = kubeconfig(tmp_path / "kubeconfig", api.url, namespace="team-a")
+        result = invoke(runner, "status", "x", "--kubeconfig", str(config))
+        assert one_line(result) == 'error: torghutrollout "x" not found in namespace "team-a"'
+        result = invoke(runner, "status", "x", "--kubeconfig", str(config), "-n", "team-b")
+        assert one_line(result) == 'error: torghutrollout "x" not found in namespace "team-b"'
