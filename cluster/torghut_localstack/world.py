@@ -308,7 +308,7 @@ def watch(
                     *args,
                     resource_version=version,
                     allow_watch_bookmarks=True,
-                    timeout_seconds=max(1, min(60, int(remaining))),
+                    timeout_seconds=max(1, int(min(60.0, remaining))),
                     _request_timeout=WATCH_REQUEST_TIMEOUT,
                     **kwargs,
                 ):
@@ -391,6 +391,7 @@ class World:
 
     `workdir`: None → a temp dir, removed on a clean `stop()` and kept (for its logs) after a failure.
     `namespace`: where the Torghut target lives. `tick_seconds`: the simulator's trading-loop period.
+    `target_env`: the env of Torghut's container (default `TRADING_MODE=paper`).
     `operator_env`: extra environment for the operator process.
     """
 
@@ -401,6 +402,7 @@ class World:
         workdir: Path | None = None,
         namespace: str = NAMESPACE,
         tick_seconds: float = 0.5,
+        target_env: Mapping[str, str] | None = None,
         operator_verbose: bool = False,
         operator_env: Mapping[str, str] | None = None,
         log: Callable[[str], None] = _ignore,
@@ -410,6 +412,7 @@ class World:
         self.cluster_mode: ClusterMode = cluster
         self.namespace = namespace
         self.tick_seconds = tick_seconds
+        self.target_env = dict(target_env or {"TRADING_MODE": "paper"})
         self.operator_verbose = operator_verbose
         self.operator_env = dict(operator_env or {})
         self._log = log
@@ -598,7 +601,7 @@ class World:
         kubectl = self.kubectl
         kubectl.apply(workloads.namespace(namespace))
         workloads.wait_for_service_account(kubectl, namespace, timeout=60)
-        docs = [app_secret(self.database.app_dsn), target_deployment(env=env)]
+        docs = [app_secret(self.database.app_dsn), target_deployment(env=env or self.target_env)]
         if sql_pack_configmap:
             docs.append(sql_pack.configmap_manifest())
         kubectl.apply(*docs, namespace=namespace)

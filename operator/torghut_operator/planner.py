@@ -31,8 +31,8 @@ from torghut_operator.api.status import (
 )
 from torghut_operator.observations import Observations
 from torghut_operator.timefmt import format_time, parse_time
+from torghut_operator.verbs import verb_applies
 
-VERBS = ("abort", "retry", "promote", "pause", "resume")
 POLL_SECONDS = 5.0
 """How soon to look again while waiting on something a watch may not announce (a peer, a Job, a target)."""
 
@@ -259,52 +259,32 @@ def _new_run(b: _Builder, spec: TorghutRolloutSpec, spec_hash: str) -> None:
 
 
 def _apply_verb(b: _Builder, spec: TorghutRolloutSpec, verb: str) -> None:
-    phase = b.status.phase
-    if verb not in VERBS:
-        result = f"unknown verb {verb!r}; use one of {', '.join(VERBS)}"
+    refusal = verb_applies(verb, b.status, spec_paused=spec.paused)
+    if refusal is not None:
+        result = refusal
     elif verb == "pause":
-        if phase.terminal:
-            result = f"nothing to pause: the rollout is {phase.value}"
-        elif phase is Phase.PAUSED:
-            result = "already paused"
-        elif phase is Phase.ROLLING_BACK:
-            result = "a rollback is not paused: it restores the previous image"
-        else:
-            _pause(b, by="verb")
-            result = "paused"
+        _pause(b, by="verb")
+        result = "paused"
     elif verb == "resume":
-        if phase is not Phase.PAUSED:
-            result = f"nothing to resume: the rollout is {phase.value}"
-        elif spec.paused:
-            result = "spec.paused is true: set it to false to resume"
-        else:
-            _resume(b)
-            result = "resumed"
+        _resume(b)
+        result = "resumed"
     elif verb == "abort":
-        if phase.terminal:
-            result = f"nothing to abort: the rollout is {phase.value}"
-        else:
-            _abort(b)
-            result = "aborted"
+        _abort(b)
+        result = "aborted"
     elif verb == "retry":
-        if phase in (Phase.FAILED, Phase.ROLLED_BACK, Phase.ABORTED):
-            _retry(b, spec)
-            result = f"retrying (attempt {b.status.attempt})"
-        else:
-            result = f"nothing to retry: the rollout is {phase.value}"
-    elif b.status.awaiting_approval and b.status.phase is Phase.PROMOTING and _step_awaits_approval(b.status):
+        _retry(b, spec)
+        result = f"retrying (attempt {b.status.attempt})"
+    elif b.status.phase is Phase.PROMOTING and _step_awaits_approval(b.status):
         assert b.status.promotion is not None
         b.update(promotion=b.status.promotion.model_copy(update={"approved": True}), awaiting_approval=False)
         result = f"step {b.status.promotion.step_name} approved"
-    elif b.status.awaiting_approval:
+    else:  # promote, with Inconclusive verdicts awaiting approval
         checks = [
             c.model_copy(update={"approved": True}) if c.phase is Verdict.INCONCLUSIVE and not c.dry_run else c
             for c in b.status.checks
         ]
         b.update(checks=checks, awaiting_approval=False)
         result = "promoted: Inconclusive verdicts accepted"
-    else:
-        result = "nothing awaits approval"
     b.update(last_action=LastAction(verb=verb, at=b.now_text, result=result))
     b.event("Normal", "Verb", f"{verb}: {result}")
 

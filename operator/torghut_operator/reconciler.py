@@ -149,16 +149,17 @@ class Reconciler:
                     _dump_status(result.status),
                     resource_version,
                 )
-                if not written:  # someone else changed the object: start the turn over soon
+                if written is None:  # someone else changed the object: start the turn over soon
                     return Turn(status.phase.value, 0.5)
-                fresh = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
-                if fresh is None:
-                    return None
-                resource_version = fresh["metadata"]["resourceVersion"]
+                resource_version = written
                 await self._evidence(body, spec, namespace, status, result)
             if result.verb_handled and verb_value is not None:
                 await asyncio.to_thread(self._kube.clear_action, namespace, name, verb_value)
                 verb_value = None
+                fresh = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+                if fresh is None:
+                    return None
+                resource_version = fresh["metadata"]["resourceVersion"]
             for event in result.events:
                 self._emit(body, event)
             status = result.status

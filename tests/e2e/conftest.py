@@ -33,14 +33,18 @@ CRD = REPO / "crds" / "torghutrollouts.yaml"
 OLD_IMAGE = workloads.PAUSE_IMAGE_PREVIOUS
 NEW_IMAGE = workloads.PAUSE_IMAGE
 APP_PASSWORD = "app-secret-pw"
+SERVICE_ACCOUNT = "torghut-rollout-operator"
+OPERATOR_NAMESPACE = "torghut-rollout-system"
 
 
 class OperatorProcess:
-    """The operator as a separate process, as it runs in a cluster; restartable and killable."""
+    """The operator as a separate process, as it runs in a cluster; restartable and killable. It runs with the
+    identity of the ServiceAccount from manifests/, so a permission missing from the RBAC fails a test."""
 
-    def __init__(self, cluster: ClusterHandle, log_dir: Path) -> None:
+    def __init__(self, cluster: ClusterHandle, log_dir: Path, kubeconfig: Path) -> None:
         self._env = {
             **cluster.env,
+            "KUBECONFIG": str(kubeconfig),
             "TORGHUT_OPERATOR_METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
         }
@@ -106,8 +110,41 @@ def crd(kubectl: Kubectl) -> None:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: ClusterHandle, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
+def operator_kubeconfig(
+    cluster: ClusterHandle, kubectl: Kubectl, crd: None, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A kubeconfig for the operator's ServiceAccount, installed from manifests/overlays/local (the same base
+    and RBAC a real install uses)."""
+    kubectl.apply(workloads.namespace("torghut"))  # the overlay's rollout namespace
+    kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "overlays" / "local"))
+    token = kubectl("create", "token", SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=24h").strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    cluster_entry = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster_entry],
+        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster_entry["name"], "user": SERVICE_ACCOUNT}}],
+        "current-context": "operator",
+    }
+    path = tmp_path_factory.mktemp("operator-identity") / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def grant_rollout_namespace(kubectl: Kubectl, namespace: str) -> None:
+    """The Role a real install binds in each namespace where rollouts run (manifests/base/rollout-namespace)."""
+    rendered = kubectl("kustomize", str(REPO / "manifests" / "base" / "rollout-namespace"))
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=rendered)
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: ClusterHandle, crd: None, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), operator_kubeconfig)
     proc.start()
     yield proc
     proc.stop()
@@ -199,6 +236,7 @@ def world(
     operator: OperatorProcess,
     cluster: ClusterHandle,
 ) -> Iterator[World]:
+    grant_rollout_namespace(kubectl, namespace)
     database = namespace.replace("-", "_")[:60]
     postgres.create_database(database)
     engine = torghut_db.make_engine(postgres.dsn(database))

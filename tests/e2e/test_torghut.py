@@ -14,7 +14,6 @@ from kubernetes import config
 from tests.conftest import ClusterHandle
 from tests.e2e.conftest import NEW_IMAGE, OLD_IMAGE, World, rollout_manifest
 from torghut_localstack import knative, sql_pack, torghut_db
-from torghut_localstack.simulator import FollowTarget, TorghutSimulator
 from torghut_localstack.wait import NotYet, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -273,44 +272,35 @@ def knative_service(world: World, cluster: ClusterHandle) -> Iterator[knative.Kn
 
 
 def test_the_same_release_on_a_knative_service_target(
-    world: World, knative_service: knative.KnativeStatusDriver, cluster: ClusterHandle
+    world: World, knative_service: knative.KnativeStatusDriver
 ) -> None:
-    follower = TorghutSimulator(
-        dsn=world.postgres.dsn(world.database),
-        follow=FollowTarget.parse(f"{world.namespace}/torghut/user-container", "Service"),
-        kubeconfig=str(cluster.kubeconfig),
-        tick_seconds=0.5,
-    ).start()
-    try:
-        check = {
-            "name": "build",
-            "http": {"url": f"{follower.url}/trading/metrics", "jsonPath": "$.build.active_revision"},
-            "successCondition": 'result == "torghut-00002"',
-        }
-        manifest = rollout_manifest(
-            "knative",
-            world,
-            target={"kind": "Service", "name": "torghut", "container": "user-container", "image": NEW_IMAGE},
-            verify={"interval": "1s", "count": 2, "checks": [check]},
-        )
-        world.apply(manifest)
-        obj = world.wait_phase("knative", "Succeeded", "Failed", "RolledBack", timeout=120)
-        assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
-        svc = world.kubectl.get("services.serving.knative.dev", "torghut", namespace=world.namespace)
-        assert svc is not None
-        assert svc["spec"]["template"]["spec"]["containers"][0]["image"] == NEW_IMAGE
-        assert svc["status"]["latestReadyRevisionName"] == "torghut-00002"
-        # A revision that fails to become ready is rolled back to the previous image.
-        knative_service.fail_next_revision()
-        bad = yaml.safe_load(yaml.safe_dump(manifest))
-        bad["metadata"]["name"] = "knative-bad"
-        bad["spec"]["target"]["image"] = OLD_IMAGE.replace("3.9", "3.8")
-        world.apply(bad)
-        rolled = world.wait_phase("knative-bad", "RolledBack", "Failed", timeout=120)
-        assert rolled["status"]["phase"] == "RolledBack", rolled["status"]["message"]
-        assert "RevisionFailed" in rolled["status"]["message"]
-        svc = world.kubectl.get("services.serving.knative.dev", "torghut", namespace=world.namespace)
-        assert svc is not None
-        assert svc["spec"]["template"]["spec"]["containers"][0]["image"] == NEW_IMAGE
-    finally:
-        follower.stop()
+    check = {
+        "name": "healthz",
+        "http": {"url": f"{world.simulator.url}/healthz", "jsonPath": "$.status"},
+        "successCondition": 'result == "ok"',
+    }
+    manifest = rollout_manifest(
+        "knative",
+        world,
+        target={"kind": "Service", "name": "torghut", "container": "user-container", "image": NEW_IMAGE},
+        verify={"interval": "1s", "count": 2, "checks": [check]},
+    )
+    world.apply(manifest)
+    obj = world.wait_phase("knative", "Succeeded", "Failed", "RolledBack", timeout=120)
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
+    svc = world.kubectl.get("services.serving.knative.dev", "torghut", namespace=world.namespace)
+    assert svc is not None
+    assert svc["spec"]["template"]["spec"]["containers"][0]["image"] == NEW_IMAGE
+    assert svc["status"]["latestReadyRevisionName"] == "torghut-00002"
+    # A revision that fails to become ready is rolled back to the previous image.
+    knative_service.fail_next_revision()
+    bad = yaml.safe_load(yaml.safe_dump(manifest))
+    bad["metadata"]["name"] = "knative-bad"
+    bad["spec"]["target"]["image"] = OLD_IMAGE.replace("3.9", "3.8")
+    world.apply(bad)
+    rolled = world.wait_phase("knative-bad", "RolledBack", "Failed", timeout=120)
+    assert rolled["status"]["phase"] == "RolledBack", rolled["status"]["message"]
+    assert "RevisionFailed" in rolled["status"]["message"]
+    svc = world.kubectl.get("services.serving.knative.dev", "torghut", namespace=world.namespace)
+    assert svc is not None
+    assert svc["spec"]["template"]["spec"]["containers"][0]["image"] == NEW_IMAGE

@@ -69,18 +69,23 @@ class KubeGateway:
             raise _api_error(f"list TorghutRollouts in {namespace}", exc) from exc
         return list(result.get("items", []))
 
-    def patch_rollout_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str) -> bool:
-        """Write the whole status, only if the object is still at ``resource_version``. False on a conflict."""
+    def patch_rollout_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str
+    ) -> str | None:
+        """Write the whole status, only if the object is still at ``resource_version``. Returns the new
+        resourceVersion, or None on a conflict (someone else changed the object: plan again)."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": status}
         try:
-            self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=TIMEOUT
+            written = as_dict(
+                self._custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=TIMEOUT
+                )
             )
         except ApiException as exc:
             if exc.status == 409:
-                return False
+                return None
             raise _api_error(f"patch status of TorghutRollout {namespace}/{name}", exc) from exc
-        return True
+        return str(written["metadata"]["resourceVersion"])
 
     def clear_action(self, namespace: str, name: str, value: str) -> None:
         """Remove the verb annotation, but only if it still holds the verb that was handled."""

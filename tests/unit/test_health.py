@@ -1,0 +1,43 @@
+"""Liveness fails only when the watch stopped delivering what the API server has, for longer than the grace."""
+
+from __future__ import annotations
+
+import pytest
+
+from torghut_operator.health import WatchFreshness
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_change_not_delivered_within_the_grace_makes_the_watch_stale() -> None:
+    clock = Clock()
+    fresh = WatchFreshness(dict, grace_seconds=90, clock=clock)
+    fresh.saw("a", "10")
+    assert fresh.compare({"a": "10"}) == []
+    assert fresh.compare({"a": "11"}) == [], "a change in flight is not staleness"
+    clock.now = 60
+    assert fresh.compare({"a": "11"}) == []
+    clock.now = 91
+    assert fresh.compare({"a": "11"}) == ["a"]
+    fresh.saw("a", "11")
+    assert fresh.compare({"a": "11"}) == [], "delivered at last: fresh again"
+
+
+def test_an_object_the_watch_never_announced_counts_and_deleted_ones_are_forgotten() -> None:
+    clock = Clock()
+    fresh = WatchFreshness(dict, grace_seconds=10, clock=clock)
+    assert fresh.compare({"new": "1"}) == []
+    clock.now = 11
+    assert fresh.compare({"new": "1"}) == ["new"]
+    assert fresh.compare({}) == []
+    fresh.saw("gone", "5")
+    fresh.forget("gone")
+    assert fresh.compare({}) == []
