@@ -32,6 +32,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
@@ -57,9 +58,10 @@ from torghut_operator.api.spec import GROUP, KIND, PLURAL, VERSION
 from torghut_operator.kube.builders import MANAGED_BY
 
 TERMINAL: Final = frozenset({"Succeeded", "Failed", "RolledBack", "Aborted"})
-VERIFY: Final = {"initialDelay": "0s", "interval": "1s", "count": 2}
-VERIFY_WAIT_SECONDS: Final = 0.0 + (2 - 1) * 1.0
-"""initialDelay + (count - 1) x interval of VERIFY: the time verify must take whatever the operator does."""
+VERIFY_INITIAL_DELAY, VERIFY_INTERVAL, VERIFY_COUNT = 0, 1, 2
+VERIFY: Final = {"initialDelay": f"{VERIFY_INITIAL_DELAY}s", "interval": f"{VERIFY_INTERVAL}s", "count": VERIFY_COUNT}
+VERIFY_WAIT_SECONDS: Final = float(VERIFY_INITIAL_DELAY + (VERIFY_COUNT - 1) * VERIFY_INTERVAL)
+"""initialDelay + (count - 1) x interval: the time verify takes whatever the operator does."""
 MIGRATE_JOB: Final = {
     "image": workloads.BUSYBOX_IMAGE,
     "command": ["sh", "-c", "echo migrated"],
@@ -113,7 +115,9 @@ class Recorder:
                     raise TimeoutError(f"gave up after {timeout - remaining:.0f}s waiting for {what} ({problems})")
                 self.changed.wait(remaining)
 
-    def follow(self, kind: str, kubeconfig: Any, make_list: Callable[[Any], Callable[..., Any]], **kwargs: Any) -> None:
+    def follow(
+        self, kind: str, kubeconfig: Path, make_list: Callable[[Any], Callable[..., Any]], **kwargs: Any
+    ) -> None:
         """Start a daemon thread recording every `kind` object cluster-wide until `stopping` is set."""
 
         def run() -> None:
@@ -363,31 +367,29 @@ def percentile(values: Sequence[float], q: float) -> float:
 class Row:
     label: str
     values: list[float]
-    unit: str  # "ms", "s", "%"
+    unit: str
+    """ms, s or %"""
 
     def cells(self) -> list[str]:
         if not self.values:
-            return [self.label, "0", "—", "—", "—"]
+            return [self.label, self.unit, "0", "—", "—", "—"]
         scale = {"ms": 1000.0, "s": 1.0, "%": 100.0}[self.unit]
         fmt = "{:.0f}" if self.unit == "ms" else "{:.2f}" if self.unit == "s" else "{:.1f}"
-        shown = [
-            fmt.format(v * scale)
-            for v in (statistics.median(self.values), percentile(self.values, 99), max(self.values))
-        ]
-        return [f"{self.label} ({self.unit})", str(len(self.values)), *shown]
+        stats = (statistics.median(self.values), percentile(self.values, 99), max(self.values))
+        return [self.label, self.unit, str(len(self.values)), *(fmt.format(v * scale) for v in stats)]
 
 
-def section_rows(title: str, figures: Sequence[RolloutFigures]) -> list[Row]:
+def section_rows(latency: str, overhead: str, figures: Sequence[RolloutFigures]) -> list[Row]:
     by_transition: dict[str, list[float]] = defaultdict(list)
     for f in figures:
         for name, seconds in f.transitions.items():
             by_transition[name].append(seconds)
-    rows = [Row(f"{title}: {name}", values, "ms") for name, values in by_transition.items()]
-    rows.append(Row(f"{title}: every transition", [v for vs in by_transition.values() for v in vs], "ms"))
-    rows.append(Row(f"{title}: rollout wall time", [f.wall for f in figures], "s"))
-    rows.append(Row(f"{title}: waited for (Job, rollout, verify)", [f.waited for f in figures], "s"))
-    rows.append(Row(f"{title}: operator overhead", [f.overhead for f in figures], "s"))
-    rows.append(Row(f"{title}: overhead / wall", [f.overhead / f.wall for f in figures if f.wall > 0], "%"))
+    rows = [Row(f"{latency} {name}", values, "ms") for name, values in by_transition.items()]
+    rows.append(Row(f"{latency} every transition", [v for vs in by_transition.values() for v in vs], "ms"))
+    rows.append(Row(f"{overhead} wall, apply → Succeeded", [f.wall for f in figures], "s"))
+    rows.append(Row(f"{overhead} waited for Job, rollout, verify", [f.waited for f in figures], "s"))
+    rows.append(Row(f"{overhead} operator overhead", [f.overhead for f in figures], "s"))
+    rows.append(Row(f"{overhead} overhead / wall", [f.overhead / f.wall for f in figures if f.wall > 0], "%"))
     return rows
 
 
@@ -403,6 +405,8 @@ def run(sequential: int, parallel: int, console: Console) -> int:
     started = time.monotonic()
     console.print(f"[bold]Torghut rollout operator benchmark[/] ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})")
     with World(tick_seconds=1.0, log=lambda line: console.print(f"  [dim]{line}[/]", highlight=False)) as world:
+        hwm_start = world.operator.peak_rss_kib()
+        cpu_start = world.operator.cpu_seconds()
         recorder = start_recording(world)
         cluster = Cluster(world)
         try:
@@ -420,6 +424,7 @@ def run(sequential: int, parallel: int, console: Console) -> int:
                 wait_all_terminal(recorder, [ns], SEQUENTIAL_TIMEOUT)
                 sequential_figures.append(analyse(recorder, ns, applied))
             hwm_before = world.operator.peak_rss_kib()
+            cpu_before = world.operator.cpu_seconds()
 
             t0 = time.monotonic()
             cluster.create_targets(world, par_ns, recorder)
@@ -432,17 +437,18 @@ def run(sequential: int, parallel: int, console: Console) -> int:
             makespan = max(first_apply + f.wall for f in parallel_figures) - first_apply
             hwm = world.operator.peak_rss_kib()
             rss = world.operator.rss_kib()
+            cpu_after = world.operator.cpu_seconds()
         finally:
             recorder.stopping.set()
             cluster.close()
 
     failed = [f for f in (*sequential_figures, *parallel_figures) if f.phase != "Succeeded"]
     table = Table(title="TorghutRollout operator benchmark", title_justify="left", header_style="bold")
-    for column in ("measure", "n", "p50", "p99", "max"):
-        table.add_column(column, justify="left" if column == "measure" else "right")
+    for column in ("measure", "unit", "n", "p50", "p99", "max"):
+        table.add_column(column, justify="left" if column in ("measure", "unit") else "right")
     rows = [
-        *section_rows("(a,b) sequential", sequential_figures),
-        *section_rows(f"(c) {parallel} parallel", parallel_figures),
+        *section_rows("(a)", "(b)", sequential_figures),
+        *section_rows(f"(c) x{parallel}", f"(c) x{parallel}", parallel_figures),
         Row("API GET round trip (yardstick)", rtt, "ms"),
     ]
     for row in rows:
@@ -458,12 +464,13 @@ def run(sequential: int, parallel: int, console: Console) -> int:
     facts.add_row(f"(c) makespan, first apply → last Succeeded, {parallel} rollouts", f"{makespan:.1f} s")
     facts.add_row("(c) throughput", f"{parallel / makespan:.2f} rollouts/s")
     if hwm is not None:
-        facts.add_row(
-            "operator peak memory VmHWM (after (a,b) → after (c))",
-            f"{(hwm_before or 0) / 1024:.0f} → {hwm / 1024:.0f} MiB",
-        )
+        peaks = " → ".join(f"{(k or 0) / 1024:.0f}" for k in (hwm_start, hwm_before, hwm))
+        facts.add_row("operator peak memory VmHWM: idle → after (a,b) → after (c)", f"{peaks} MiB")
     if rss is not None:
         facts.add_row("operator resident memory at the end", f"{rss / 1024:.0f} MiB")
+    if cpu_start is not None and cpu_before is not None and cpu_after is not None:
+        facts.add_row("operator CPU per rollout, sequential", f"{(cpu_before - cpu_start) / sequential:.2f} s")
+        facts.add_row("operator CPU per rollout, parallel", f"{(cpu_after - cpu_before) / parallel:.2f} s")
     if seq_all and par_all:
         facts.add_row(
             "stage advance p50, parallel / sequential",
@@ -475,6 +482,7 @@ def run(sequential: int, parallel: int, console: Console) -> int:
         facts.add_row("stage advance p50 / API round trip p50 (parallel)", f"{statistics.median(par_all) / rtt50:.1f}x")
     facts.add_row("benchmark wall time", f"{time.monotonic() - started:.0f} s")
     console.print(facts)
+    console.print("[dim]p99 is nearest-rank: with fewer than 100 values it is the maximum.[/]")
     for error in recorder.errors:
         console.print(f"[yellow]note:[/] {error}")
     if failed:
@@ -491,8 +499,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--parallel", type=int, default=50, help="rollouts at once for (c)")
     args = parser.parse_args(argv)
-    console = Console(soft_wrap=True)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 110)
+    # Ctrl-C, `timeout`, a closed terminal or a cancelled CI job: each stops the world in order (SIGINT too,
+    # which a shell leaves ignored for background jobs).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
         return run(args.sequential, args.parallel, console)

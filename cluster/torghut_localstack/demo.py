@@ -34,6 +34,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import text
 
 from torghut_localstack import sql_pack, torghut_db
 from torghut_localstack.cluster import ClusterError
@@ -127,6 +128,29 @@ def rollout_manifest(world: World, name: str = ROLLOUT) -> dict[str, Any]:
             "rollback": {"onFailure": True},
         },
     }
+
+
+def database_before(world: World) -> str:
+    """What the release has to fix, read as the superuser: missing grants, fills without route adapters."""
+    engine = torghut_db.make_engine(world.database.admin_dsn)
+    try:
+        privileges = torghut_db.research_privileges(engine)
+        heads = torghut_db.alembic_heads(engine)
+        with engine.connect() as conn:
+            unset = conn.execute(
+                text(
+                    "SELECT count(*) FROM executions"
+                    " WHERE execution_expected_adapter IS NULL OR execution_actual_adapter IS NULL"
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    missing = sum(not held for held in privileges.values())
+    return (
+        f"before the release: {torghut_db.APP_ROLE} lacks {missing} of {len(privileges)} privileges on research_* "
+        f"(so the app's research writes are denied), {unset} fills have no route adapters, "
+        f"Alembic heads {', '.join(heads)}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,6 +333,7 @@ def run(cluster: ClusterMode, *, timeout: float, console: Console, verbose: bool
 
 def _release(world: World, *, timeout: float, console: Console, demo_started: float) -> bool:
     """Apply the rollout, follow it, print the report and timings; True on Succeeded."""
+    console.print(_escape(database_before(world), 1000), highlight=False)
     manifest = rollout_manifest(world)
     console.rule(f"applying TorghutRollout {world.namespace}/{ROLLOUT}")
     console.print(yaml.safe_dump(manifest, sort_keys=False).rstrip(), highlight=False, markup=False)
@@ -359,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     console = Console(soft_wrap=True)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    # Ctrl-C, `timeout`, a closed terminal or a cancelled CI job: each stops the world in order (SIGINT too,
+    # which a shell leaves ignored for background jobs).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
         return run(

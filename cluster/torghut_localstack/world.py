@@ -234,6 +234,15 @@ class OperatorProcess:
     def rss_kib(self) -> int | None:
         return _proc_status_kib(self.pid, "VmRSS")
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the process used so far; None if it is gone."""
+        try:
+            raw = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = raw[raw.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def tail(self, lines: int = 40) -> str:
         return self._process.tail(lines) if self._process is not None else ""
 
@@ -488,7 +497,8 @@ class World:
         try:
             self._start()
         except BaseException:
-            self.stop(keep_workdir=True)
+            # Keep the logs of whatever started; a failure before anything ran (no kind here) leaves nothing.
+            self.stop(keep_workdir=any(self.workdir.iterdir()))
             raise
         self.timings["total"] = time.monotonic() - started
         return self

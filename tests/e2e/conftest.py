@@ -65,6 +65,7 @@ class OperatorProcess:
         env = {**self._env, "TORGHUT_OPERATOR_METRICS_PORT": str(self.metrics_port)}
         cmd = [sys.executable, "-m", "torghut_operator", "run"]
         cmd += ["--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz", "--verbose"]
+        cmd += ["--namespace", "e2e-*"]  # the tests' namespaces; others (e.g. admission tests) stay untouched
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._healthy, timeout=60, interval=0.25, what=f"operator liveness on :{self.liveness_port}")

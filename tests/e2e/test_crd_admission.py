@@ -29,6 +29,8 @@ from torghut_operator.api.status import (
 )
 
 pytestmark = pytest.mark.e2e
+NAMESPACE_PREFIX = "admission"
+"""Outside the e2e operator's namespaces: these tests write statuses by hand and must not be reconciled."""
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "torghutrollouts.yaml"
