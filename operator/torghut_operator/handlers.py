@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ from torghut_operator.reconciler import Reconciler
 from torghut_operator.settings import OperatorConfig
 
 log = logging.getLogger(__name__)
+TURN_TIMEOUT = 180.0
+"""The longest one reconcile turn may take (a SQL migration file may take a while)."""
 IDLE_SECONDS = 30.0
 """The longest a daemon sleeps without being woken; a safety net under the watches."""
 
@@ -62,6 +65,8 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
 
     config = OperatorConfig.from_env()
     config.apply(settings)
+    # Every turn runs its blocking calls in threads; the default pool (cores + 4) would make rollouts queue.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=config.worker_threads))
     memo.runtime = build_runtime(config)
 
 
@@ -79,7 +84,9 @@ async def drive(
         while not stopped:
             wake.clear()
             try:
-                turn = await runtime.reconciler.reconcile(namespace, name)
+                # A turn that hangs (a library ignoring its timeout) is abandoned, never waited on forever:
+                # the next turn starts again from the persisted status.
+                turn = await asyncio.wait_for(runtime.reconciler.reconcile(namespace, name), TURN_TIMEOUT)
                 backoff = 1.0
             except PermanentError as exc:
                 log.error("TorghutRollout %s/%s: %s", namespace, name, exc)

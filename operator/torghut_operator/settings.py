@@ -23,6 +23,8 @@ class OperatorConfig:
     """How long a change may stay undelivered by the watch before liveness fails."""
     metrics_port: int = 9090
     """Port of the operator's /metrics endpoint (0 turns it off)."""
+    worker_threads: int = 32
+    """Threads for blocking calls (API, Postgres, Prometheus, HTTP) shared by all rollouts' turns."""
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -33,6 +35,7 @@ class OperatorConfig:
             request_timeout=float(env.get("TORGHUT_OPERATOR_REQUEST_TIMEOUT", cls.request_timeout)),
             freshness_grace_seconds=float(env.get("TORGHUT_OPERATOR_FRESHNESS_GRACE", cls.freshness_grace_seconds)),
             metrics_port=int(env.get("TORGHUT_OPERATOR_METRICS_PORT", cls.metrics_port)),
+            worker_threads=int(env.get("TORGHUT_OPERATOR_WORKER_THREADS", cls.worker_threads)),
         )
 
     def apply(self, settings: kopf.OperatorSettings) -> None:

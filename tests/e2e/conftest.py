@@ -26,6 +26,7 @@ from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.prometheus import PrometheusServer
 from torghut_localstack.simulator import FollowTarget, TorghutSimulator
 from torghut_localstack.wait import wait_for
+from torghut_localstack.world import crd_established
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "torghutrollouts.yaml"
@@ -107,7 +108,12 @@ class OperatorProcess:
 @pytest.fixture(scope="session")
 def crd(kubectl: Kubectl) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", "crd/torghutrollouts.torghut.proompteng.ai", "--timeout=60s")
+    # Polled: `kubectl wait` right after the apply can fail before the condition exists at all.
+    wait_for(
+        lambda: crd_established(kubectl.get("crd", "torghutrollouts.torghut.proompteng.ai")),
+        timeout=60,
+        what="the TorghutRollout CRD Established",
+    )
 
 
 @pytest.fixture(scope="session")
