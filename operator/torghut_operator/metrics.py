@@ -37,6 +37,14 @@ GATE_VALUE = Gauge(
 )
 
 
+NOT_PASSING_STREAK = Gauge(
+    "torghut_rollout_check_not_passing_streak",
+    "Consecutive latest measurements of each check that did not pass (of the last 10 kept in status); for "
+    "signal-throughput, the consecutive zero-signal windows.",
+    ["namespace", "name", "check"],
+)
+
+
 def observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> None:
     for phase in Phase:
         PHASE.labels(namespace=namespace, name=name, phase=phase.value).set(1 if status.phase is phase else 0)
@@ -44,6 +52,12 @@ def observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> N
         value = _number(check.measurements[-1].value) if check.measurements else None
         if value is not None:
             GATE_VALUE.labels(namespace=namespace, name=name, check=check.name).set(value)
+        streak = 0
+        for measurement in reversed(check.measurements):
+            if measurement.phase is Verdict.SUCCESSFUL:
+                break
+            streak += 1
+        NOT_PASSING_STREAK.labels(namespace=namespace, name=name, check=check.name).set(streak)
         for verdict in Verdict:
             value = 1 if check.phase is verdict else 0
             CHECK_VERDICT.labels(namespace=namespace, name=name, check=check.name, verdict=verdict.value).set(value)
