@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 
 from torghut_localstack.ports import HOST, free_port
-from torghut_localstack.procs import ManagedProcess, start_process
+from torghut_localstack.procs import start_process
+from torghut_localstack.server import LocalServer
 from torghut_localstack.wait import WaitTimeout, wait_for
 
 DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
@@ -36,12 +35,14 @@ class PostgresError(RuntimeError):
     """The server could not be set up or did not become ready; the message has its log."""
 
 
-class PostgresServer:
+class PostgresServer(LocalServer):
     """PostgreSQL on 127.0.0.1:`port` with superuser `superuser`.
 
     `password`: None means trust auth on loopback; otherwise TCP connections need a password
     (scram-sha-256) and the superuser gets this one.
     """
+
+    error = PostgresError
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class PostgresServer:
         start_timeout: float = 60.0,
         die_with_parent: bool = True,
     ) -> None:
+        super().__init__()
         self.bin_dir = bin_dir
         self.superuser = superuser
         self.password = password
@@ -59,8 +61,6 @@ class PostgresServer:
         self.die_with_parent = die_with_parent
         self.host = HOST
         self.port = 0
-        self.workdir: Path | None = None
-        self._process: ManagedProcess | None = None
         self._os_user = "postgres" if os.geteuid() == 0 else None
 
     # -- addresses ---------------------------------------------------------------------------
@@ -106,16 +106,6 @@ class PostgresServer:
         self.execute(statement)
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> PostgresServer:
-        if self._process is not None:
-            raise PostgresError("already started")
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
     def _start(self) -> None:
         workdir = self.workdir = Path(tempfile.mkdtemp(prefix="torghut-pg-"))
         if self._os_user is not None:
@@ -189,25 +179,3 @@ class PostgresServer:
             )
         except subprocess.CalledProcessError as error:
             raise PostgresError(f"initdb failed ({error.returncode}):\n{error.stdout}\n{error.stderr}") from error
-
-    def stop(self) -> None:
-        """Stop the server (fast shutdown) and delete its files. Safe to call twice."""
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-
-    def _require_workdir(self) -> Path:
-        if self.workdir is None:
-            raise PostgresError("server not started")
-        return self.workdir
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -20,14 +20,14 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 import yaml
 
 from torghut_localstack.ports import HOST, free_port
-from torghut_localstack.procs import ManagedProcess, start_process
+from torghut_localstack.procs import start_process
+from torghut_localstack.server import LocalServer
 from torghut_localstack.wait import WaitTimeout, wait_for
 
 _HTTP_TIMEOUT_S = 5.0
@@ -52,8 +52,10 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-class PrometheusServer:
+class PrometheusServer(LocalServer):
     """Prometheus on 127.0.0.1:`port` with `--web.enable-lifecycle`; `url` is its base URL."""
+
+    error = PrometheusError
 
     def __init__(
         self,
@@ -64,14 +66,13 @@ class PrometheusServer:
         start_timeout: float = 60.0,
         die_with_parent: bool = True,
     ) -> None:
+        super().__init__()
         self.binary = binary
         self.scrape_interval = scrape_interval
         self.rule_files = list(rule_files)
         self.start_timeout = start_timeout
         self.die_with_parent = die_with_parent
         self.port = 0
-        self.workdir: Path | None = None
-        self._process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -136,16 +137,6 @@ class PrometheusServer:
             raise PrometheusError(f"reload failed ({response.status_code}): {response.text.strip()}")
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> PrometheusServer:
-        if self._process is not None:
-            raise PrometheusError("already started")
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
     def _config(self, workdir: Path) -> dict[str, Any]:
         return {
             "global": {
@@ -192,25 +183,3 @@ class PrometheusServer:
             wait_for(ready, timeout=self.start_timeout, what=f"{self.url}/-/ready", retry_on=(httpx.HTTPError,))
         except (WaitTimeout, PrometheusError) as error:
             raise PrometheusError(f"{error}\n--- last lines of {self.log_path} ---\n{process.tail()}") from error
-
-    def stop(self) -> None:
-        """Stop Prometheus and delete its files. Safe to call twice."""
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-
-    def _require_workdir(self) -> Path:
-        if self.workdir is None:
-            raise PrometheusError("server not started")
-        return self.workdir
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -858,6 +858,7 @@ KubeconfigOpt = Annotated[
 ]
 ContextOpt = Annotated[str | None, typer.Option("--context", help="Kubeconfig context (default: the current one).")]
 OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="json: machine-readable output.")]
+NameArg = Annotated[str, typer.Argument(help="The TorghutRollout.")]
 
 
 @dataclass
@@ -950,7 +951,7 @@ def _main(
 @app.command()
 def status(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The TorghutRollout.")],
+    name: NameArg,
     watch_: Annotated[
         bool, typer.Option("--watch", "-w", help="Follow changes until the rollout finishes (exit 0 Succeeded, 1 not).")
     ] = False,
@@ -1068,7 +1069,7 @@ def list_(
 @app.command()
 def report(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The TorghutRollout.")],
+    name: NameArg,
     output_path: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the Markdown here instead of stdout.")
     ] = None,
@@ -1108,7 +1109,7 @@ def report(
 @app.command("history")
 def history_(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The TorghutRollout.")],
+    name: NameArg,
     output: OutputOpt = None,
     namespace: NamespaceOpt = None,
     kubeconfig: KubeconfigOpt = None,
@@ -1206,7 +1207,7 @@ def _await_action(
 def _verb_command(verb: str) -> None:
     def command(
         ctx: typer.Context,
-        name: Annotated[str, typer.Argument(help="The TorghutRollout.")],
+        name: NameArg,
         wait: Annotated[
             bool, typer.Option("--wait/--no-wait", help="Wait until the operator has applied the verb.")
         ] = True,

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import TORGHUT_SERIES
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,28 +162,7 @@ def test_series_named_in_rules_and_dashboard_exist() -> None:
 
     known = {
         # Torghut's own series (torghut.md section 4)
-        *(
-            f"torghut_trading_{name}"
-            for name in (
-                "decisions_total",
-                "orders_submitted_total",
-                "orders_rejected_total",
-                "reconcile_updates_total",
-                "no_signal_windows_total",
-                "signal_continuity_breach_total",
-                "execution_requests_total",
-                "execution_fallback_total",
-                "execution_fallback_reason_total",
-                "no_signal_reason_total",
-                "strategy_events_total",
-                "strategy_errors_total",
-                "no_signal_streak",
-                "no_signal_reason_streak",
-                "signal_lag_seconds",
-                "feature_staleness_ms_p95",
-                "capital_daily_loss_ratio",
-            )
-        ),
+        *(f"torghut_trading_{name}" for name in TORGHUT_SERIES),
         "torghut_rollout_gate_value",  # planned gate gauge {namespace, name, check}
         *(rule["record"] for rule in rules() if "record" in rule),
     }

@@ -27,7 +27,7 @@ import hashlib
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from functools import cache
 from importlib import resources
@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from torghut_operator.api.status import CheckStatus, Measurement, Phase, TorghutRolloutStatus
 from torghut_operator.errors import TemporaryError
 from torghut_operator.migrate.sqlfiles import LOCK_KEY as SQL_MIGRATOR_LOCK_KEY
-from torghut_operator.migrate.sqlfiles import describe_db_error, pg_engine, redact, set_local_timeouts
+from torghut_operator.migrate.sqlfiles import checksum, describe_db_error, pg_engine, redact, set_local_timeouts
 from torghut_operator.planner import Event
 from torghut_operator.timefmt import parse_time
 
@@ -76,7 +76,7 @@ def _require_aware(moment: datetime, field: str) -> None:
 
 def query_hash(query: str) -> str:
     """sha256 (lower-case hex) of the query text's UTF-8 bytes, as stored in measurements.query_hash."""
-    return hashlib.sha256(query.encode("utf-8")).hexdigest()
+    return checksum(query)
 
 
 @dataclass(frozen=True)
@@ -323,6 +323,7 @@ _SELECT_DECISIONS = sa.text(
 )
 
 _T = TypeVar("_T")
+_Row = TypeVar("_Row", LedgerMeasurement, LedgerDecision)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -514,17 +515,7 @@ class Ledger:
             m = row._mapping
             return MeasurementRecord(
                 rollout=_ref(m),
-                measurement=LedgerMeasurement(
-                    stage=m["stage"],
-                    check_name=m["check_name"],
-                    provider=m["provider"],
-                    query=m["query"],
-                    threshold=m["threshold"],
-                    verdict=m["verdict"],
-                    measured_at=m["measured_at"],
-                    value=m["value"],
-                    message=m["message"],
-                ),
+                measurement=_columns(LedgerMeasurement, m),
                 query_hash=m["query_hash"],
                 recorded_at=m["recorded_at"],
             )
@@ -536,18 +527,7 @@ class Ledger:
 
         def read(row: sa.Row[Any]) -> DecisionRecord:
             m = row._mapping
-            return DecisionRecord(
-                rollout=_ref(m),
-                decision=LedgerDecision(
-                    from_phase=m["from_phase"],
-                    to_phase=m["to_phase"],
-                    stage=m["stage"],
-                    reason=m["reason"],
-                    decided_at=m["decided_at"],
-                    message=m["message"],
-                ),
-                recorded_at=m["recorded_at"],
-            )
+            return DecisionRecord(rollout=_ref(m), decision=_columns(LedgerDecision, m), recorded_at=m["recorded_at"])
 
         return self._select("reading stage decisions", _SELECT_DECISIONS, uid, read)
 
@@ -592,3 +572,8 @@ def _ref(m: Any) -> RolloutRef:
         attempt=m["attempt"],
         spec_hash=m["spec_hash"],
     )
+
+
+def _columns(cls: type[_Row], m: sa.RowMapping) -> _Row:
+    """A ``cls`` whose every field is the column of the same name."""
+    return cls(**{f.name: m[f.name] for f in fields(cls)})
