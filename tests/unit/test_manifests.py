@@ -468,8 +468,8 @@ def test_dockerfile_pins_a_python_base_at_an_exact_patch_release() -> None:
 
 def test_dockerfile_installs_the_lock_file_then_the_package_without_resolving() -> None:
     runs = [args for instruction, args in dockerfile_instructions() if instruction == "RUN"]
-    lock_installs = [run for run in runs if "-r requirements.lock" in run]
-    assert lock_installs, "install the dependencies from requirements.lock"
+    lock_installs = [run for run in runs if "-r requirements.runtime.lock" in run]
+    assert lock_installs, "install the dependencies from requirements.runtime.lock"
     assert "--no-deps" in lock_installs[0], "the lock is complete: nothing may be resolved beyond it"
     package_installs = [run for run in runs if re.search(r"pip install .*--no-deps \.(\s|$)", run)]
     assert package_installs, "the operator package must be installed with --no-deps, after the lock file"
@@ -478,12 +478,22 @@ def test_dockerfile_installs_the_lock_file_then_the_package_without_resolving() 
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     locked = {
         re.split(r"[=<>\[ ]", line)[0].lower().replace("_", "-")
-        for line in (REPO / "requirements.lock").read_text().splitlines()
+        for line in (REPO / "requirements.runtime.lock").read_text().splitlines()
         if line and not line.startswith((" ", "#"))
     }
     for dependency in dependencies:
         name = re.split(r"[=<>\[ ;]", dependency)[0].lower().replace("_", "-")
-        assert name in locked, f"{name} is a runtime dependency missing from requirements.lock"
+        assert name in locked, f"{name} is a runtime dependency missing from requirements.runtime.lock"
+    assert not {"pytest", "mypy", "ruff"} & locked, "test and lint tools stay out of the image"
+
+
+def test_the_runtime_lock_pins_exactly_what_the_development_lock_pins() -> None:
+    def pins(path: Path) -> dict[str, str]:
+        return dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", path.read_text(), re.MULTILINE))
+
+    runtime, development = pins(REPO / "requirements.runtime.lock"), pins(REPO / "requirements.lock")
+    assert runtime
+    assert {name: version for name, version in runtime.items() if development.get(name) != version} == {}
 
 
 def test_image_runs_as_the_non_root_user_the_pod_expects() -> None:
