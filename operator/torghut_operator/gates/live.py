@@ -30,7 +30,7 @@ from torghut_operator.migrate.expect import ExpectationResult, run_expectations
 from torghut_operator.migrate.sqlfiles import SqlMigrator
 from torghut_operator.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
 from torghut_operator.planner import Event
-from torghut_operator.timefmt import parse_time, utcnow
+from torghut_operator.timefmt import format_time, parse_time, utcnow
 
 EXPLAIN_LIMIT = 8
 """Series of an explainQuery quoted in a verdict message."""
@@ -120,7 +120,7 @@ class LiveGates:
         try:
             provider = self._provider(check, spec, namespace)
         except Exception as exc:  # noqa: BLE001 (fail closed: no provider is an Error measurement)
-            return Measurement(phase=Verdict.ERROR, at=_at(now), message=f"{check.name}: {exc}")
+            return Measurement(phase=Verdict.ERROR, at=format_time(now), message=f"{check.name}: {exc}")
         measurement = take_measurement(check, provider, previous=previous, now=now)
         explain = check.prometheus.explain_query if check.prometheus is not None else None
         if explain and measurement.phase is not Verdict.SUCCESSFUL:
@@ -243,9 +243,3 @@ class LiveGates:
             decisions=decisions,
             facts=facts,
         )
-
-
-def _at(now: Any) -> str:
-    from torghut_operator.timefmt import format_time  # noqa: PLC0415
-
-    return format_time(now)
