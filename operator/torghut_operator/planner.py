@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from torghut_operator.api.durations import parse_duration
-from torghut_operator.api.spec import Check, TorghutRolloutSpec
+from torghut_operator.api.spec import Check, PromotionStep, TorghutRolloutSpec
 from torghut_operator.api.status import (
     MAX_MEASUREMENTS,
     CheckStatus,
@@ -26,6 +26,7 @@ from torghut_operator.api.status import (
     MigrationStatus,
     Phase,
     PromotionStatus,
+    RestorePoint,
     TorghutRolloutStatus,
     Verdict,
 )
@@ -74,7 +75,12 @@ class Measure:
 
 @dataclass(frozen=True)
 class CheckPromotionEvidence:
+    """Look for the research_promotions row a step needs: approved for ``mode``, no deny reason, created at or
+    after ``since``, for ``candidate_id`` when one is named."""
+
     mode: str
+    since: str
+    candidate_id: str | None = None
 
 
 Action = (
@@ -190,6 +196,9 @@ class _Builder:
             Phase.ROLLING_BACK: "RollingBack",
             Phase.ABORTED: "Aborted",
         }.get(s.phase, "Progressing")
+        restored = next((c for c in s.conditions if c.type == "Restored"), None)
+        if s.phase is Phase.FAILED and restored is not None and restored.status == "False":
+            reason = restored.reason
         if s.blocked_by:
             reason = "Blocked"
         elif s.awaiting_approval and s.phase is not Phase.PAUSED:
@@ -227,7 +236,9 @@ def plan(
         _apply_verb(b, spec, obs.verb)
         verb_handled = True
 
-    if spec.paused and not b.status.phase.terminal and b.status.phase is not Phase.PAUSED:
+    # A rollback is never paused, by the verb or by the spec: it puts the previous image and trading env back.
+    pausable = not b.status.phase.terminal and b.status.phase not in (Phase.PAUSED, Phase.ROLLING_BACK)
+    if spec.paused and pausable:
         _pause(b, by="spec")
     elif not spec.paused and b.status.phase is Phase.PAUSED and b.status.paused_by == "spec":
         _resume(b)
@@ -242,10 +253,13 @@ def plan(
 def _new_run(b: _Builder, spec: TorghutRolloutSpec, spec_hash: str) -> None:
     first = b.status.spec_hash is None
     keep_previous = b.status.previous_image if b.status.phase is not Phase.SUCCEEDED else None
+    # What the target looked like before this rollout changed it outlives the run that changed it: a spec edit
+    # in the middle of a live step must still be able to put the trading env back.
     b.status = TorghutRolloutStatus(
         spec_hash=spec_hash,
         image=spec.target.image,
         previous_image=keep_previous,
+        restore=b.status.restore,
         phase_started_at=b.now_text,
     )
     if not first:
@@ -278,9 +292,11 @@ def _apply_verb(b: _Builder, spec: TorghutRolloutSpec, verb: str) -> None:
         assert b.status.promotion is not None
         b.update(promotion=b.status.promotion.model_copy(update={"approved": True}), awaiting_approval=False)
         result = f"step {b.status.promotion.step_name} approved"
-    else:  # promote, with Inconclusive verdicts awaiting approval
+    else:  # promote, with Inconclusive verdicts awaiting approval (required evidence is never waived)
         checks = [
-            c.model_copy(update={"approved": True}) if c.phase is Verdict.INCONCLUSIVE and not c.dry_run else c
+            c.model_copy(update={"approved": True})
+            if c.phase is Verdict.INCONCLUSIVE and not c.dry_run and c.waivable
+            else c
             for c in b.status.checks
         ]
         b.update(checks=checks, awaiting_approval=False)
@@ -311,11 +327,11 @@ def _resume(b: _Builder) -> None:
 
 
 def _abort(b: _Builder) -> None:
-    phase = b.status.paused_from if b.status.phase is Phase.PAUSED else b.status.phase
     b.update(aborted=True, paused_from=None, paused_by=None, awaiting_approval=False)
-    touched = phase in (Phase.DEPLOYING, Phase.VERIFYING, Phase.PROMOTING, Phase.ROLLING_BACK)
-    if touched and _can_roll_back(b.status):
-        b.move(Phase.ROLLING_BACK, "aborted: restoring the previous image", stage="rollback", warning=True)
+    if _has_restore(b.status):
+        b.move(
+            Phase.ROLLING_BACK, "aborted: restoring the previous image and trading env", stage="rollback", warning=True
+        )
     else:
         b.move(Phase.ABORTED, "aborted", warning=True)
 
@@ -327,6 +343,7 @@ def _retry(b: _Builder, spec: TorghutRolloutSpec) -> None:
         attempt=s.attempt + 1,
         image=spec.target.image,
         previous_image=s.previous_image,
+        restore=s.restore,
         conditions=s.conditions,
         last_action=s.last_action,
         phase=s.phase,
@@ -355,6 +372,20 @@ def _pending(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Ob
         b.update(message=message)
         b.requeue(POLL_SECONDS)
         return
+    restore = b.status.restore
+    if restore is not None and (restore.env or restore.unset):
+        # An earlier run of this rollout (before a spec edit or a retry) changed the trading env: put it back
+        # before starting over, so no new run begins on a mode it did not earn.
+        changes = restore.env_changes
+        if any(obs.target.env.get(k) != v for k, v in changes.items()):
+            message = f"restoring the trading env an earlier run set ({_env_text(changes)}) before starting over"
+            if b.status.message != message:
+                b.event("Warning", "RestoringEnv", message)
+            b.actions.append(SetTargetEnv(changes))
+            b.update(message=message)
+            b.requeue(POLL_SECONDS)
+            return
+        b.update(restore=restore.model_copy(update={"env": {}, "unset": []}))
     b.update(
         started_at=b.status.started_at or b.now_text,
         previous_image=b.status.previous_image or obs.target.image,
@@ -462,6 +493,10 @@ def _deploying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
         )
         return
     if target.image != spec.target.image:
+        restore = b.status.restore or RestorePoint()
+        if restore.image is None and target.image is not None:
+            # Recorded in the status write that precedes the patch: a kill right after it still knows what to restore.
+            b.update(restore=restore.model_copy(update={"image": target.image}))
         b.actions.append(SetTargetImage(spec.target.image))
         b.update(message=f"setting {spec.target.container} image to {spec.target.image}")
         b.requeue(POLL_SECONDS)
@@ -514,6 +549,7 @@ def _fresh_check(check: Check, stage: str = "verify") -> CheckStatus:
         query=check.query_text,
         threshold=check.threshold_text,
         dry_run=check.dry_run,
+        waivable=check.waivable,
     )
 
 
@@ -541,6 +577,13 @@ def _record(check: Check, state: CheckStatus, m: Measurement, count: int) -> Che
     elif new.failed > check.failure_limit:
         phase = Verdict.FAILED
         message = f"{new.failed} failed measurement(s) (limit {check.failure_limit}): {m.message}"
+    elif new.inconclusive > check.inconclusive_limit and not check.waivable:
+        # Required evidence that keeps not showing up fails; no human can accept it in place of data.
+        phase = Verdict.FAILED
+        message = (
+            f"required evidence missing: {new.inconclusive} inconclusive measurement(s) "
+            f"(limit {check.inconclusive_limit}, not waivable): {m.message}"
+        )
     elif new.inconclusive > check.inconclusive_limit:
         phase = Verdict.INCONCLUSIVE
         message = f"{new.inconclusive} inconclusive measurement(s) (limit {check.inconclusive_limit}): {m.message}"
@@ -622,18 +665,10 @@ def _verifying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
     text = "; ".join(f"{s.name}: {s.message}" for s in b.status.checks if not s.dry_run)
     b.condition("Verified", True, "ChecksPassed", text)
     if spec.promotion is None:
+        b.update(restore=None)
         b.move(Phase.SUCCEEDED, f"{spec.target.image} rolled out and verified")
         return
-    keys = sorted({k for step in spec.promotion.steps for k in step.env})
-    current = obs.target.env if obs.target is not None else {}
-    b.update(
-        promotion=PromotionStatus(
-            step=0,
-            step_name=spec.promotion.steps[0].name,
-            previous_env={k: current[k] for k in keys if k in current},
-            previously_unset=[k for k in keys if k not in current],
-        )
-    )
+    b.update(promotion=PromotionStatus(step=0, step_name=spec.promotion.steps[0].name, soak_since=b.now_text))
     b.condition("Promoted", False, "Promoting")
     b.move(Phase.PROMOTING, f"verified; promoting to {spec.promotion.steps[0].name}", stage="promote")
     b.requeue(0)
@@ -645,39 +680,32 @@ def _promoting(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
     step = spec.promotion.steps[promo.step]
     stage = f"promote:{step.name}"
     if not promo.applied:
-        if step.required_promotion is not None:
-            evidence = obs.promotion_evidence
-            if evidence is None:
-                b.actions.append(CheckPromotionEvidence(step.required_promotion.mode))
-                return
-            if not evidence.found:
-                text = f"step {step.name} blocked: {evidence.message}"
-                if promo.message != text:
-                    b.event("Warning", "MissingEvidence", text)
-                b.update(promotion=promo.model_copy(update={"message": text}), message=text)
-                b.condition("Promoted", False, "MissingEvidence", text)
-                b.requeue(parse_duration(spec.verify.interval))
-                return
-        if step.requires_approval and not promo.approved:
-            text = f"step {step.name} awaits approval: promote to apply it"
-            if not b.status.awaiting_approval:
-                b.event("Normal", "AwaitingApproval", text)
-            b.update(awaiting_approval=True, message=text, promotion=promo.model_copy(update={"message": text}))
-            b.condition("Promoted", False, "AwaitingApproval", text)
+        if promo.patched_at is None and not _step_may_start(b, spec, step, promo, obs):
             return
         target = obs.target
         if target is None or not target.exists:
             _fail(b, spec, stage, "TargetNotFound", "target not found", condition="Promoted")
             return
         if any(target.env.get(k) != v for k, v in step.env.items()):
+            # The restore record and the patch time are in the status write that precedes the patch.
             b.actions.append(SetTargetEnv(dict(step.env)))
-            b.update(message=f"applying step {step.name}: {_env_text(step.env)}", awaiting_approval=False)
+            b.update(
+                restore=_record_env(b.status.restore, step.env, target.env),
+                promotion=promo.model_copy(update={"patched_at": promo.patched_at or b.now_text}),
+                message=f"applying step {step.name}: {_env_text(step.env)}",
+                awaiting_approval=False,
+            )
             b.requeue(POLL_SECONDS)
             return
         if target.failed_reason:
             _fail(b, spec, stage, target.failed_reason, f"step {step.name}: {target.detail}", condition="Promoted")
             return
         if not target.rolled_out:
+            deadline = parse_duration(spec.deploy.progress_deadline)
+            if _elapsed(promo.patched_at or b.status.phase_started_at, b.now) > deadline:
+                text = f"step {step.name} not available within {spec.deploy.progress_deadline}: {target.detail}"
+                _fail(b, spec, stage, "ProgressDeadlineExceeded", text, condition="Promoted")
+                return
             b.update(message=f"step {step.name}: waiting for the target: {target.detail}")
             b.requeue(POLL_SECONDS)
             return
@@ -699,19 +727,17 @@ def _promoting(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
     if promo.step + 1 >= len(spec.promotion.steps):
         b.update(promotion=promo.model_copy(update={"completed": completed, "message": "all steps passed"}))
         b.condition("Promoted", True, "AllStepsPassed", " -> ".join(completed))
+        b.update(restore=None)
         b.move(Phase.SUCCEEDED, f"{spec.target.image} verified and promoted: {' -> '.join(completed)}")
         return
     nxt = spec.promotion.steps[promo.step + 1]
     b.update(
-        promotion=promo.model_copy(
-            update={
-                "step": promo.step + 1,
-                "step_name": nxt.name,
-                "applied": False,
-                "approved": False,
-                "completed": completed,
-                "message": f"promoting to {nxt.name}",
-            }
+        promotion=PromotionStatus(
+            step=promo.step + 1,
+            step_name=nxt.name,
+            completed=completed,
+            soak_since=b.now_text,
+            message=f"promoting to {nxt.name}",
         ),
         phase_started_at=b.now_text,
         message=f"step {step.name} passed; promoting to {nxt.name}",
@@ -719,12 +745,75 @@ def _promoting(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
     b.requeue(0)
 
 
-def _env_text(env: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(env.items()))
+def _step_may_start(
+    b: _Builder, spec: TorghutRolloutSpec, step: PromotionStep, promo: PromotionStatus, obs: Observations
+) -> bool:
+    """Soak, evidence and approval, in that order; False (with the wait scheduled) until all hold."""
+    if step.required_soak_time is not None:
+        soak = parse_duration(step.required_soak_time)
+        soaked = _elapsed(promo.soak_since or b.status.phase_started_at, b.now)
+        if soaked < soak:
+            previous = promo.completed[-1] if promo.completed else "verify"
+            text = f"step {step.name} soaking: {soaked:.0f}s of {step.required_soak_time} verified in {previous}"
+            b.update(promotion=promo.model_copy(update={"message": text}), message=text)
+            b.condition("Promoted", False, "Soaking", text)
+            b.requeue(soak - soaked)
+            return False
+    if step.required_promotion is not None:
+        evidence = obs.promotion_evidence
+        if evidence is None:
+            required = step.required_promotion
+            if required.window is not None:
+                since = format_time(b.now - timedelta(seconds=parse_duration(required.window)))
+            else:
+                since = b.status.started_at or b.now_text
+            b.actions.append(CheckPromotionEvidence(required.mode, since, required.candidate_id))
+            return False
+        if not evidence.found:
+            text = f"step {step.name} blocked: {evidence.message}"
+            if promo.message != text:
+                b.event("Warning", "MissingEvidence", text)
+            b.update(promotion=promo.model_copy(update={"message": text}), message=text, awaiting_approval=False)
+            b.condition("Promoted", False, "MissingEvidence", text)
+            b.requeue(parse_duration(spec.verify.interval))
+            return False
+    if step.requires_approval and not promo.approved:
+        text = f"step {step.name} awaits approval: promote to apply it"
+        if not b.status.awaiting_approval:
+            b.event("Normal", "AwaitingApproval", text)
+        b.update(awaiting_approval=True, message=text, promotion=promo.model_copy(update={"message": text}))
+        b.condition("Promoted", False, "AwaitingApproval", text)
+        return False
+    return True
 
 
-def _can_roll_back(status: TorghutRolloutStatus) -> bool:
-    return bool(status.previous_image) and status.previous_image != status.image
+def _record_env(restore: RestorePoint | None, env: dict[str, str], current: dict[str, str]) -> RestorePoint:
+    """The restore record with the target's present values of ``env``'s variables added; a variable already
+    recorded keeps its first value (the target may carry this rollout's own value by now)."""
+    restore = restore or RestorePoint()
+    known = set(restore.env) | set(restore.unset)
+    new = [k for k in sorted(env) if k not in known]
+    return restore.model_copy(
+        update={
+            "env": {**restore.env, **{k: current[k] for k in new if k in current}},
+            "unset": [*restore.unset, *(k for k in new if k not in current)],
+        }
+    )
+
+
+def _env_text(env: dict[str, str] | dict[str, str | None]) -> str:
+    return ", ".join(f"{k}={v}" if v is not None else f"{k} unset" for k, v in sorted(env.items()))
+
+
+def _has_restore(status: TorghutRolloutStatus) -> bool:
+    """This rollout changed the target (image or trading env) and has not put it back yet."""
+    return status.restore is not None and not status.restore.empty
+
+
+def _restores_image(spec: TorghutRolloutSpec, status: TorghutRolloutStatus) -> bool:
+    """An abort always restores the image; a failure does when rollback.onFailure is on."""
+    restore = status.restore
+    return restore is not None and restore.image is not None and (status.aborted or spec.rollback.on_failure)
 
 
 def _fail(
@@ -734,47 +823,86 @@ def _fail(
         b.condition(condition, False, reason, message)
     b.update(failed_stage=stage, awaiting_approval=False)
     b.event("Warning", reason, message)
-    deployed = stage in ("deploy", "verify") or stage.startswith("promote")
-    if deployed and spec.rollback.on_failure and _can_roll_back(b.status):
+    restore = b.status.restore
+    if _restores_image(spec, b.status) or (restore is not None and (restore.env or restore.unset)):
+        what = "the previous image and trading env" if _restores_image(spec, b.status) else "the trading env"
         b.move(
             Phase.ROLLING_BACK,
-            f"{stage} failed ({reason}): {message}; restoring {b.status.previous_image}",
+            f"{stage} failed ({reason}): {message}; restoring {what}",
             stage="rollback",
             warning=True,
         )
         b.requeue(0)
         return
     b.move(Phase.FAILED, f"{stage} failed ({reason}): {message}", warning=True)
+    _say_image_kept(b, spec)
+
+
+def _say_image_kept(b: _Builder, spec: TorghutRolloutSpec) -> None:
+    """A failure that leaves the new image running (rollback.onFailure false) says so, loudly."""
+    restore = b.status.restore
+    if restore is None or restore.image is None or spec.rollback.on_failure or b.status.aborted:
+        return
+    text = f"{spec.target.image} left running, {restore.image} not restored: spec.rollback.onFailure is false"
+    b.condition("Restored", False, "RollbackDisabled", text)
+    b.event("Warning", "RollbackDisabled", text)
 
 
 def _rolling_back(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:
-    previous = b.status.previous_image
+    """Put the target back the way it was before this rollout: trading env always, image on abort or when
+    rollback.onFailure is on. Both patches go out in one turn; then wait until the target runs them."""
+    restore = b.status.restore or RestorePoint()
+    image_back = _restores_image(spec, b.status)
     target = obs.target
-    done_phase = Phase.ABORTED if b.status.aborted else Phase.ROLLED_BACK
-    if previous is None or target is None or not target.exists:
-        b.move(Phase.FAILED, "rollback impossible: no previous image or no target", warning=True)
+    if target is None or not target.exists:
+        _restore_failed(b, spec, "the target is gone")
         return
-    promo = b.status.promotion
-    if promo is not None and (promo.applied or promo.completed):
-        restore: dict[str, str | None] = {**promo.previous_env, **dict.fromkeys(promo.previously_unset)}
-        if any(target.env.get(k) != v for k, v in restore.items()):
-            b.actions.append(SetTargetEnv(restore))
+    env = restore.env_changes
+    acted = False
+    if any(target.env.get(k) != v for k, v in env.items()):
+        b.actions.append(SetTargetEnv(env))
+        acted = True
+    if image_back and restore.image is not None and target.image != restore.image:
+        b.actions.append(SetTargetImage(restore.image))
+        acted = True
+    if acted:
         b.requeue(POLL_SECONDS)
         return
-    if target.image != previous:
-        b.actions.append(SetTargetImage(previous))
-        b.requeue(POLL_SECONDS)
-        return
+    what = " and ".join(
+        part
+        for part in (
+            restore.image if image_back and restore.image else "",
+            f"trading env {_env_text(env)}" if env else "",
+        )
+        if part
+    )
     if target.rolled_out:
-        b.condition("Deployed", False, "RolledBack", f"{previous} restored")
-        b.move(done_phase, f"{previous} restored and available; {b.status.message}".strip("; "))
+        kept = RestorePoint(image=None if image_back else restore.image)
+        b.update(restore=None if kept.empty else kept)
+        if image_back:
+            b.condition("Deployed", False, "RolledBack", f"{restore.image} restored")
+        b.condition("Restored", True, "Restored", f"{what or 'nothing to restore'} restored")
+        done = Phase.ABORTED if b.status.aborted else Phase.ROLLED_BACK if image_back else Phase.FAILED
+        b.move(done, f"{what or 'the target'} restored and available; {b.status.message}".strip("; "))
+        if done is Phase.FAILED:
+            _say_image_kept(b, spec)
         return
     if target.failed_reason or _elapsed(b.status.phase_started_at, b.now) > parse_duration(
         spec.deploy.progress_deadline
     ):
-        b.move(Phase.FAILED, f"rollback to {previous} did not become available: {target.detail}", warning=True)
+        _restore_failed(b, spec, f"{what} did not become available: {target.detail}")
         return
+    b.update(message=f"restoring {what}: {target.detail}")
     b.requeue(POLL_SECONDS)
+
+
+def _restore_failed(b: _Builder, spec: TorghutRolloutSpec, why: str) -> None:
+    """The loudest failure there is: the target may still run the new image or trading env. The restore record
+    stays, so a retry or a spec edit tries again."""
+    text = f"could not restore the target: {why}; it may still run the new image or trading env"
+    b.condition("Restored", False, "RestoreFailed", text)
+    b.move(Phase.FAILED, text, warning=True)
+    b.event("Warning", "RestoreFailed", text)
 
 
 def _idle(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:

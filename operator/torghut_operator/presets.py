@@ -90,6 +90,20 @@ def _build_condition(image: str) -> str:
     return "false"
 
 
+def _research_writes(mode: str) -> dict[str, object]:
+    """Research rows are required evidence: never waivable by promote. Lenient waits for the first lane run
+    (Inconclusive, then Failed after NOT_YET_LIMIT measurements); Strict fails the first measurement without them."""
+    check: dict[str, object] = {
+        "name": "research-writes",
+        "postgres": {"query": RESEARCH_WRITES_SQL},
+        "successCondition": "result >= 1",
+        "waivable": False,
+    }
+    if mode == "Strict":
+        return check
+    return {**check, "failureCondition": "false", "inconclusiveLimit": NOT_YET_LIMIT}
+
+
 def torghut_completion(spec: TorghutRolloutSpec) -> list[Check]:
     base = (spec.service_url or "").rstrip("/")
     image = spec.target.image
@@ -103,13 +117,7 @@ def torghut_completion(spec: TorghutRolloutSpec) -> list[Check]:
         },
         {"name": "route-backfill", "postgres": {"query": ROUTE_BACKFILL_SQL}, "max": 0},
         {"name": "research-grants", "postgres": {"query": RESEARCH_GRANTS_SQL}, "successCondition": 'result == ""'},
-        {
-            "name": "research-writes",
-            "postgres": {"query": RESEARCH_WRITES_SQL},
-            "successCondition": "result >= 1",
-            "failureCondition": "false",
-            "inconclusiveLimit": NOT_YET_LIMIT,
-        },
+        _research_writes(spec.research_mode),
         {
             "name": "signal-throughput",
             "prometheus": {"query": SIGNAL_THROUGHPUT_PROMQL, "explainQuery": NO_SIGNAL_REASONS_PROMQL},

@@ -76,7 +76,9 @@ class Gates(Protocol):
 
     def check_expectations(self, spec: TorghutRolloutSpec, namespace: str) -> tuple[ExpectationOutcome, ...]: ...
 
-    def promotion_evidence(self, spec: TorghutRolloutSpec, namespace: str, mode: str) -> PromotionEvidence: ...
+    def promotion_evidence(
+        self, spec: TorghutRolloutSpec, namespace: str, request: CheckPromotionEvidence
+    ) -> PromotionEvidence: ...
 
     def record_evidence(
         self,
@@ -275,7 +277,7 @@ class Reconciler:
                 await asyncio.to_thread(self._kube.set_target_env, namespace, spec.target, action.env)
             elif isinstance(action, CheckPromotionEvidence):
                 outcomes["promotion_evidence"] = await asyncio.to_thread(
-                    self._gates.promotion_evidence, spec, namespace, action.mode
+                    self._gates.promotion_evidence, spec, namespace, action
                 )
             elif isinstance(action, ApplySqlMigrations):
                 outcomes["sql"] = await asyncio.to_thread(self._gates.apply_sql, spec, namespace, name)

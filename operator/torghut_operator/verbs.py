@@ -77,6 +77,9 @@ def verb_applies(
     # promote: the planner approves the current promotion step, or accepts Inconclusive verdicts, whenever the
     # status awaits approval; otherwise nothing.
     if not status.awaiting_approval:
+        blocked = next((c for c in status.conditions if c.type == "Promoted" and c.reason == "MissingEvidence"), None)
+        if blocked is not None and phase is Phase.PROMOTING:
+            return f"promote cannot waive required evidence: {blocked.message}"
         return f"nothing awaits approval: {is_} ({APPLIES_TO['promote']})"
     return None
 
@@ -92,7 +95,15 @@ def action_value(verb: str, now: datetime) -> str:
     return f"{verb}:{format_time(now)}"
 
 
-_REFUSALS = ("unknown verb ", "nothing to ", "nothing awaits ", "already ", "a rollback is not ", "spec.paused is ")
+_REFUSALS = (
+    "unknown verb ",
+    "nothing to ",
+    "nothing awaits ",
+    "already ",
+    "a rollback is not ",
+    "spec.paused is ",
+    "promote cannot waive ",
+)
 
 
 def is_refusal(result: str) -> bool:

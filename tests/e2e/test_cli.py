@@ -37,6 +37,7 @@ SPEC: dict[str, Any] = {
         "image": "registry.example/torghut:v42",
     },
     "prometheus": {"url": "http://127.0.0.1:9"},
+    "database": {"secretRef": {"name": "torghut-db-app", "key": "uri"}},
     "verify": {
         "interval": "1s",
         "count": 3,
@@ -48,7 +49,12 @@ SPEC: dict[str, Any] = {
     "promotion": {
         "steps": [
             {"name": "paper", "env": {"TRADING_MODE": "paper"}},
-            {"name": "canary", "env": {"TRADING_MODE": "live", "LIVE_CAP": "0.10"}, "requiresApproval": True},
+            {
+                "name": "canary",
+                "env": {"TRADING_MODE": "live", "LIVE_CAP": "0.10"},
+                "requiredPromotion": {"mode": "live"},
+                "requiresApproval": True,
+            },
         ]
     },
 }

@@ -24,6 +24,7 @@ from torghut_operator.api.status import (
     MigrationStatus,
     Phase,
     PromotionStatus,
+    RestorePoint,
     TorghutRolloutStatus,
     Verdict,
 )
@@ -210,11 +211,12 @@ def full_status() -> TorghutRolloutStatus:
             step_name="live",
             applied=True,
             approved=True,
-            previous_env={"TRADING_MODE": "paper"},
-            previously_unset=["TRADING_CAPITAL_FRACTION"],
+            patched_at=at,
+            soak_since=at,
             completed=["paper"],
             message="live: waiting for the promote verb",
         ),
+        restore=RestorePoint(image="registry/torghut@sha256:old", env={"TRADING_MODE": "paper"}, unset=["X"]),
         next_measurement_at=at,
         last_action=LastAction(verb="pause", at=at, result="paused at Verifying"),
         conditions=[
@@ -277,16 +279,16 @@ def test_status_written_by_the_operator_survives_a_read_back(
 def test_variables_to_unset_on_rollback_survive_a_status_merge_patch(
     kubectl: Kubectl, namespace: str, rollout_with_status: tuple[str, dict[str, Any]]
 ) -> None:
-    """A merge patch deletes null values, so "was unset" is a list of names, never a null in previousEnv."""
+    """A merge patch deletes null values, so "was unset" is a list of names, never a null in restore.env."""
     name, _ = rollout_with_status
-    promotion = {"previousEnv": {"TRADING_MODE": "paper"}, "previouslyUnset": ["TRADING_AUTONOMY_ALLOW_LIVE_PROMOTION"]}
-    patch = {"status": {"promotion": promotion}}
+    restore = {"env": {"TRADING_MODE": "paper"}, "unset": ["TRADING_AUTONOMY_ALLOW_LIVE_PROMOTION"]}
+    patch = {"status": {"restore": restore}}
     kubectl(
         "patch", f"{PLURAL}/{name}", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
     )
     stored = kubectl.json("get", f"{PLURAL}/{name}", "-n", namespace)
-    assert stored["status"]["promotion"]["previousEnv"] == {"TRADING_MODE": "paper"}
-    assert stored["status"]["promotion"]["previouslyUnset"] == ["TRADING_AUTONOMY_ALLOW_LIVE_PROMOTION"]
+    assert stored["status"]["restore"]["env"] == {"TRADING_MODE": "paper"}
+    assert stored["status"]["restore"]["unset"] == ["TRADING_AUTONOMY_ALLOW_LIVE_PROMOTION"]
 
 
 def _table(output: str) -> list[dict[str, str]]:

@@ -48,8 +48,18 @@ SPEC: dict[str, Any] = {
     "promotion": {
         "steps": [
             {"name": "paper", "env": {"TRADING_MODE": "paper"}},
-            {"name": "canary", "env": {"TRADING_MODE": "live", "LIVE_CAP": "0.10"}, "requiresApproval": True},
-            {"name": "live", "env": {"TRADING_MODE": "live", "LIVE_CAP": "1"}, "requiresApproval": True},
+            {
+                "name": "canary",
+                "env": {"TRADING_MODE": "live", "LIVE_CAP": "0.10"},
+                "requiredPromotion": {"mode": "live"},
+                "requiresApproval": True,
+            },
+            {
+                "name": "live",
+                "env": {"TRADING_MODE": "live", "LIVE_CAP": "1"},
+                "requiredPromotion": {"mode": "live"},
+                "requiresApproval": True,
+            },
         ]
     },
 }

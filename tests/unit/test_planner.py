@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.api.status import Measurement, Phase, TorghutRolloutStatus, Verdict
+from torghut_operator.api.status import Measurement, Phase, RestorePoint, TorghutRolloutStatus, Verdict
 from torghut_operator.observations import (
     ExpectationOutcome,
     JobState,
@@ -27,6 +27,7 @@ from torghut_operator.planner import (
     Plan,
     SetTargetEnv,
     SetTargetImage,
+    _record_env,
     job_name,
     plan,
 )
@@ -84,6 +85,8 @@ def started(spec: TorghutRolloutSpec, phase: Phase, **fields: Any) -> TorghutRol
         "started_at": format_time(T0),
         "phase_started_at": format_time(T0),
     }
+    if phase in (Phase.DEPLOYING, Phase.VERIFYING, Phase.PROMOTING, Phase.ROLLING_BACK):
+        base["restore"] = RestorePoint(image=OLD)  # the deploy stage recorded it before patching the image
     base.update(fields)
     return TorghutRolloutStatus(**base)
 
@@ -542,20 +545,26 @@ def promoting(spec: TorghutRolloutSpec) -> TorghutRolloutStatus:
     return status
 
 
-def test_verified_rollout_with_promotion_moves_to_promoting_and_records_the_env_to_restore() -> None:
+def test_the_env_to_restore_is_recorded_in_the_status_write_before_each_first_patch() -> None:
     spec = make_spec(promotion=PROMOTION)
     status = promoting(spec)
-    assert status.promotion is not None
-    assert status.promotion.previous_env == {"TRADING_MODE": "shadow"}
-    assert status.promotion.previously_unset == ["TRADING_CAPITAL_FRACTION"]
     assert condition(Plan(status), "Verified")[0] == "True"
+    assert status.restore == RestorePoint(image=OLD)
+    found = PromotionEvidence(True, "1 approved row")
+    p = run(spec, status, target=env_target({"TRADING_MODE": "shadow"}), promotion_evidence=found)
+    assert p.actions == (SetTargetEnv({"TRADING_MODE": "paper"}),)
+    assert p.status.restore == RestorePoint(image=OLD, env={"TRADING_MODE": "shadow"})
+    # the live step adds only what is new; TRADING_MODE keeps its first value, not this rollout's "paper"
+    live_env = {"TRADING_MODE": "live", "TRADING_CAPITAL_FRACTION": "0.10"}
+    later = _record_env(p.status.restore, live_env, {"TRADING_MODE": "paper"})
+    assert later == RestorePoint(image=OLD, env={"TRADING_MODE": "shadow"}, unset=["TRADING_CAPITAL_FRACTION"])
 
 
 def test_a_step_without_approved_promotion_rows_is_blocked_with_missing_evidence() -> None:
     spec = make_spec(promotion=PROMOTION)
     status = promoting(spec)
     asked = run(spec, status, target=env_target({"TRADING_MODE": "shadow"}))
-    assert asked.actions == (CheckPromotionEvidence("paper"),)
+    assert asked.actions == (CheckPromotionEvidence("paper", format_time(T0)),)  # since the attempt started
     p = run(
         spec,
         status,
@@ -568,7 +577,9 @@ def test_a_step_without_approved_promotion_rows_is_blocked_with_missing_evidence
     assert not any(isinstance(a, SetTargetEnv) for a in p.actions)
     promote = run(spec, p.status, verb="promote", target=env_target({"TRADING_MODE": "shadow"}))
     assert promote.status.last_action is not None
-    assert promote.status.last_action.result.startswith("nothing awaits approval")
+    assert promote.status.last_action.result.startswith("promote cannot waive required evidence: step paper blocked")
+    assert promote.status.phase is Phase.PROMOTING
+    assert not any(isinstance(a, SetTargetEnv) for a in promote.actions)
 
 
 def test_steps_apply_one_at_a_time_with_evidence_and_approval() -> None:
@@ -601,10 +612,223 @@ def test_a_failed_step_restores_the_trading_env_and_the_image() -> None:
     spec = make_spec(promotion=PROMOTION)
     status = promoting(spec)
     found = PromotionEvidence(True, "1 approved row")
+    p = run(spec, status, target=env_target({"TRADING_MODE": "shadow"}), promotion_evidence=found)
     paper = env_target({"TRADING_MODE": "paper"})
-    p = run(spec, status, target=paper, promotion_evidence=found)
+    p = run(spec, p.status, target=paper, promotion_evidence=found)
     bad = {c.name: measured(Verdict.FAILED, "0.5", "fallback: value 0.5 above max 0.25") for c in spec.verify.checks}
     p = run(spec, p.status, at=T0 + timedelta(hours=1), target=paper, measurements=bad)
     assert p.status.phase is Phase.ROLLING_BACK
     restore = run(spec, p.status, target=paper)
-    assert restore.actions == (SetTargetEnv({"TRADING_CAPITAL_FRACTION": None, "TRADING_MODE": "shadow"}),)
+    # env and image go back in the same turn
+    assert restore.actions == (SetTargetEnv({"TRADING_MODE": "shadow"}), SetTargetImage(OLD))
+    half = TargetState(exists=True, image=NEW, rolled_out=True, detail="1/1", env={"TRADING_MODE": "shadow"})
+    assert run(spec, restore.status, target=half).actions == (SetTargetImage(OLD),)
+    back = TargetState(exists=True, image=OLD, rolled_out=True, detail="1/1", env={"TRADING_MODE": "shadow"})
+    done = run(spec, restore.status, target=back)
+    assert done.status.phase is Phase.ROLLED_BACK
+    assert done.status.restore is None
+    assert condition(done, "Restored") == ("True", "Restored")
+    assert "shadow" in done.status.message
+
+
+# --- trading mode and image restored together ---
+
+
+def _live_canary(spec: TorghutRolloutSpec) -> TorghutRolloutStatus:
+    """A rollout whose canary step's env (TRADING_MODE=live) was patched onto the target."""
+    status = promoting(spec)
+    found = PromotionEvidence(True, "1 approved row")
+    p = run(spec, status, target=env_target({"TRADING_MODE": "shadow"}), promotion_evidence=found)
+    paper = env_target({"TRADING_MODE": "paper"})
+    p = run(spec, p.status, target=paper, promotion_evidence=found)
+    ok = {c.name: measured(Verdict.SUCCESSFUL) for c in spec.verify.checks}
+    for i in range(spec.verify.count):
+        p = run(spec, p.status, at=T0 + timedelta(hours=1, minutes=i), target=paper, measurements=ok)
+    p = run(spec, p.status, target=paper, promotion_evidence=found)
+    assert p.status.awaiting_approval
+    p = run(spec, p.status, verb="promote", target=paper, promotion_evidence=found)
+    assert p.actions == (SetTargetEnv({"TRADING_MODE": "live", "TRADING_CAPITAL_FRACTION": "0.10"}),)
+    return p.status
+
+
+LIVE = {"TRADING_MODE": "live", "TRADING_CAPITAL_FRACTION": "0.10"}
+
+
+def test_abort_after_a_live_patch_before_its_pods_are_ready_restores_the_env_and_the_image() -> None:
+    spec = make_spec(promotion=PROMOTION)
+    status = _live_canary(spec)
+    assert status.promotion is not None
+    assert not status.promotion.applied  # the env is patched, the step not yet marked applied
+    aborted = run(spec, status, verb="abort", target=env_target(LIVE, rolled_out=False))
+    assert aborted.status.phase is Phase.ROLLING_BACK
+    p = run(spec, aborted.status, target=env_target(LIVE, rolled_out=False))
+    assert p.actions == (
+        SetTargetEnv({"TRADING_MODE": "shadow", "TRADING_CAPITAL_FRACTION": None}),
+        SetTargetImage(OLD),
+    )
+    back = TargetState(exists=True, image=OLD, rolled_out=True, detail="1/1", env={"TRADING_MODE": "shadow"})
+    done = run(spec, p.status, target=back)
+    assert done.status.phase is Phase.ABORTED
+    assert done.status.restore is None
+
+
+def test_a_live_step_whose_pods_miss_the_progress_deadline_rolls_back_env_and_image() -> None:
+    spec = make_spec(promotion=PROMOTION, deploy={"progressDeadline": "5m"})
+    status = _live_canary(spec)
+    waiting = run(spec, status, at=T0 + timedelta(minutes=2), target=env_target(LIVE, rolled_out=False))
+    assert waiting.status.phase is Phase.PROMOTING
+    late = run(spec, status, at=T0 + timedelta(minutes=6), target=env_target(LIVE, rolled_out=False))
+    assert late.status.phase is Phase.ROLLING_BACK
+    assert condition(late, "Promoted") == ("False", "ProgressDeadlineExceeded")
+    p = run(spec, late.status, at=T0 + timedelta(hours=3), target=env_target(LIVE, rolled_out=False))
+    assert SetTargetEnv({"TRADING_MODE": "shadow", "TRADING_CAPITAL_FRACTION": None}) in p.actions
+
+
+def test_a_spec_edit_during_a_live_step_puts_the_trading_env_back_before_starting_over() -> None:
+    spec = make_spec(promotion=PROMOTION)
+    status = _live_canary(spec)
+    edited = make_spec(promotion=PROMOTION, verify={**spec.verify.model_dump(by_alias=True), "count": 3})
+    p = run(edited, status, target=env_target(LIVE))
+    assert p.status.phase is Phase.PENDING
+    assert p.actions == (SetTargetEnv({"TRADING_MODE": "shadow", "TRADING_CAPITAL_FRACTION": None}),)
+    assert condition(p, "Ready")[1] == "Progressing"
+    assert any(e.reason == "RestoringEnv" for e in p.events)
+    restored = run(edited, p.status, target=env_target({"TRADING_MODE": "shadow"}))
+    assert restored.status.phase is Phase.MIGRATING
+    assert restored.status.restore == RestorePoint(image=OLD)  # the original image is still what a failure restores
+
+
+def test_without_rollback_on_failure_the_trading_env_still_goes_back_and_the_kept_image_is_said_loudly() -> None:
+    spec = make_spec(promotion=PROMOTION, rollback={"onFailure": False})
+    status = _live_canary(spec)
+    applied = run(spec, status, target=env_target(LIVE)).status
+    bad = {c.name: measured(Verdict.FAILED, "0.5", "fallback: value 0.5 above max 0.25") for c in spec.verify.checks}
+    p = run(spec, applied, at=T0 + timedelta(hours=2), target=env_target(LIVE), measurements=bad)
+    assert p.status.phase is Phase.ROLLING_BACK
+    p = run(spec, p.status, target=env_target(LIVE))
+    assert p.actions == (SetTargetEnv({"TRADING_MODE": "shadow", "TRADING_CAPITAL_FRACTION": None}),)
+    done = run(spec, p.status, target=env_target({"TRADING_MODE": "shadow"}))
+    assert done.status.phase is Phase.FAILED
+    assert condition(done, "Restored") == ("False", "RollbackDisabled")
+    assert condition(done, "Ready") == ("False", "RollbackDisabled")
+    assert any(e.reason == "RollbackDisabled" and e.type == "Warning" for e in done.events)
+    assert done.status.restore == RestorePoint(image=OLD)  # a retry still knows the original image
+
+
+def test_a_rollback_that_cannot_complete_fails_loudly_and_keeps_the_restore_record() -> None:
+    spec = make_spec(promotion=PROMOTION, deploy={"progressDeadline": "5m"})
+    status = started(spec, Phase.ROLLING_BACK, restore=RestorePoint(image=OLD, env={"TRADING_MODE": "paper"}))
+    stuck = TargetState(exists=True, image=OLD, rolled_out=False, detail="0/1 ready", env={"TRADING_MODE": "paper"})
+    p = run(spec, status, at=T0 + timedelta(minutes=10), target=stuck)
+    assert p.status.phase is Phase.FAILED
+    assert condition(p, "Restored") == ("False", "RestoreFailed")
+    assert condition(p, "Ready") == ("False", "RestoreFailed")
+    assert p.status.restore is not None
+    assert "may still run the new image or trading env" in p.status.message
+    retried = run(spec, p.status, verb="retry", target=env_target({"TRADING_MODE": "live"}))
+    assert retried.status.restore is not None
+    assert retried.actions == (SetTargetEnv({"TRADING_MODE": "paper"}),)
+
+
+def test_spec_paused_never_pauses_a_rollback() -> None:
+    spec = make_spec()
+    status = started(spec, Phase.ROLLING_BACK)
+    p = run(spec.model_copy(update={"paused": True}), status, target=target(NEW))
+    assert p.status.phase is Phase.ROLLING_BACK
+    assert p.actions == (SetTargetImage(OLD),)
+
+
+# --- evidence tied to the release ---
+
+
+def test_promotion_evidence_is_looked_for_since_the_attempt_or_within_the_window_for_the_candidate() -> None:
+    steps = [
+        {
+            "name": "paper",
+            "env": {"TRADING_MODE": "paper"},
+            "requiredPromotion": {"mode": "paper", "candidateId": "cand-7", "window": "2h"},
+        }
+    ]
+    spec = make_spec(promotion={"steps": steps})
+    status = promoting(spec)
+    asked = run(spec, status, target=env_target({"TRADING_MODE": "shadow"}))
+    assert asked.actions == (CheckPromotionEvidence("paper", format_time(T0 - timedelta(hours=2)), "cand-7"),)
+
+
+def test_a_soak_holds_the_next_step_until_the_previous_stage_stayed_verified_long_enough() -> None:
+    steps = [{"name": "paper", "env": {"TRADING_MODE": "paper"}, "requiredSoakTime": "30m"}]
+    spec = make_spec(promotion={"steps": steps})
+    status = promoting(spec)
+    soaking = run(spec, status, at=T0 + timedelta(minutes=10), target=env_target({"TRADING_MODE": "shadow"}))
+    assert soaking.actions == ()
+    assert condition(soaking, "Promoted") == ("False", "Soaking")
+    assert "soaking" in soaking.status.message
+    assert soaking.requeue_after is not None
+    assert soaking.requeue_after > 0
+    later = run(spec, status, at=T0 + timedelta(minutes=40), target=env_target({"TRADING_MODE": "shadow"}))
+    assert later.actions == (SetTargetEnv({"TRADING_MODE": "paper"}),)
+
+
+def test_required_evidence_is_never_waived_and_fails_when_it_stays_missing() -> None:
+    check = {
+        "name": "research-writes",
+        "postgres": {"query": "SELECT 0"},
+        "successCondition": "result >= 1",
+        "failureCondition": "false",
+        "inconclusiveLimit": 1,
+        "waivable": False,
+    }
+    spec = make_spec(verify={"count": 1, "interval": "1s", "checks": [check]})
+    nodata = {"research-writes": measured(Verdict.INCONCLUSIVE, "0")}
+    p = run(spec, verifying(spec), target=target(NEW), measurements=nodata)
+    assert p.status.phase is Phase.VERIFYING
+    assert not p.status.awaiting_approval
+    refused = run(spec, p.status, verb="promote", target=target(NEW))
+    assert refused.status.last_action is not None
+    assert refused.status.last_action.result.startswith("nothing awaits approval")
+    p = run(spec, p.status, at=T0 + timedelta(seconds=5), target=target(NEW), measurements=nodata)
+    assert p.status.phase is Phase.ROLLING_BACK
+    assert "required evidence missing" in p.status.message
+
+
+@pytest.mark.parametrize(
+    ("steps", "error"),
+    [
+        ([{"name": "live", "env": {"TRADING_MODE": "live"}}], "needs requiredPromotion with mode live"),
+        (
+            [{"name": "live", "env": {"TRADING_MODE": "live"}, "requiredPromotion": {"mode": "paper"}}],
+            "needs requiredPromotion with mode live",
+        ),
+        (
+            [{"name": "live", "env": {"TRADING_MODE": "live"}, "requiredPromotion": {"mode": "live"}}],
+            "reaches live before any paper step",
+        ),
+        (
+            [
+                {"name": "paper", "env": {"TRADING_MODE": "paper"}},
+                {"name": "live", "env": {"TRADING_MODE": "live"}, "requiredPromotion": {"mode": "live"}},
+                {"name": "back", "env": {"TRADING_MODE": "paper"}},
+            ],
+            "goes back from live to paper",
+        ),
+        ([{"name": "typo", "env": {"TRADING_MODE": "Live"}}], "TRADING_MODE must be one of paper, live"),
+    ],
+)
+def test_promotion_steps_that_would_trade_live_without_evidence_or_out_of_order_are_rejected(
+    steps: list[dict[str, Any]], error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        make_spec(promotion={"steps": steps})
+
+
+def test_unordered_steps_are_allowed_only_when_the_spec_says_so() -> None:
+    steps = [{"name": "live", "env": {"TRADING_MODE": "live"}, "requiredPromotion": {"mode": "live"}}]
+    spec = make_spec(promotion={"steps": steps, "allowUnordered": True})
+    assert spec.promotion is not None
+    assert spec.promotion.allow_unordered
+
+
+@pytest.mark.parametrize("duration", ["99999999h", "169h", "10081m"])
+def test_durations_past_a_week_are_rejected(duration: str) -> None:
+    with pytest.raises(ValueError, match="longer than the maximum 168h"):
+        make_spec(verify={"interval": duration, "checks": [{"name": "a", "http": {"url": "http://x"}, "min": 1}]})

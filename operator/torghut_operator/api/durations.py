@@ -9,6 +9,10 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+DURATION_MAX_LENGTH = 32
+MAX_DURATION = "168h"
+MAX_DURATION_SECONDS = 168 * 3600.0
+"""No duration in the spec may exceed a week: larger ones overflow date arithmetic and wedge a rollout."""
 _PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -21,8 +25,9 @@ def parse_duration(text: str) -> float:
 
 
 def _check(text: str) -> str:
-    parse_duration(text)
+    if parse_duration(text) > MAX_DURATION_SECONDS:
+        raise ValueError(f"{text!r} is longer than the maximum {MAX_DURATION} (7 days)")
     return text
 
 
-Duration = Annotated[str, Field(pattern=DURATION_PATTERN), AfterValidator(_check)]
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=DURATION_MAX_LENGTH), AfterValidator(_check)]

@@ -10,13 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from torghut_operator.api.durations import Duration
 from torghut_operator.gates.cel import compile_condition
 from torghut_operator.gates.jsonpath import parse_json_path
+
+TRADING_MODE = "TRADING_MODE"
+TRADING_MODES = ("paper", "live")
+"""The trading-mode variable promotion steps set, and its values in order of exposure."""
 
 GROUP = "torghut.proompteng.ai"
 VERSION = "v1alpha1"
@@ -183,9 +187,17 @@ class Check(ApiModel):
     min_samples: int | None = Field(
         default=None,
         ge=1,
+        le=1_000_000_000,
         description="Fewer samples than this make a measurement Inconclusive (not enough data), never a pass.",
     )
     dry_run: bool = Field(default=False, description="Measure and record, but never block or fail the stage.")
+    waivable: bool = Field(
+        default=True,
+        description=(
+            "Whether the promote verb may accept an Inconclusive verdict of this check. False for required "
+            "evidence: the check must pass on data, or the stage times out."
+        ),
+    )
     timeout: Duration = Field(default="10s", description="Timeout of one measurement.")
 
     @model_validator(mode="after")
@@ -341,10 +353,27 @@ class Verify(ApiModel):
 
 
 class RequiredPromotion(ApiModel):
-    """Evidence in research_promotions that a step needs before it may change the trading mode."""
+    """Evidence in research_promotions that a step needs before it may change the trading mode: an approved row
+    for this release, not any approval from any time."""
 
     mode: Literal["paper", "live"] = Field(
-        description="An approved research_promotions row (approved_mode = this, no deny_reason) must exist."
+        description=(
+            "An approved research_promotions row (approved_mode = this, no deny_reason) must exist, created after "
+            "this attempt started (or within `window`)."
+        )
+    )
+    candidate_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Only a row for this research candidate (research_promotions.candidate_id) counts.",
+    )
+    window: Duration | None = Field(
+        default=None,
+        description=(
+            "Rows created within this duration before the check count too, even before the attempt started "
+            "(e.g. an approval given just before the release). Absent: only rows created after the attempt started."
+        ),
     )
 
 
@@ -354,8 +383,9 @@ class PromotionStep(ApiModel):
     name: str = Field(
         min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Name of the step."
     )
-    env: dict[str, str] = Field(
+    env: dict[str, Annotated[str, Field(max_length=1024)]] = Field(
         min_length=1,
+        max_length=32,
         description="Environment set on the target container for this step, e.g. TRADING_MODE: live.",
     )
     required_promotion: RequiredPromotion | None = Field(
@@ -364,10 +394,32 @@ class PromotionStep(ApiModel):
     requires_approval: bool = Field(
         default=False, description="Wait for the promote verb (after the evidence exists) before applying the step."
     )
+    required_soak_time: Duration | None = Field(
+        default=None,
+        description=(
+            "Time the previous stage (verify, or the previous step) must have stayed verified before this step may "
+            "be applied, as Kargo's requiredSoakTime."
+        ),
+    )
     checks: list[Check] = Field(
         default_factory=list,
         description="Checks re-verified after the step is applied (verify.count/interval); none means verify.checks.",
     )
+
+    @property
+    def trading_mode(self) -> str | None:
+        return self.env.get(TRADING_MODE)
+
+    @model_validator(mode="after")
+    def _live_needs_evidence(self) -> Self:
+        mode = self.trading_mode
+        if mode is not None and mode not in TRADING_MODES:
+            raise ValueError(f"promotion step {self.name}: {TRADING_MODE} must be one of {', '.join(TRADING_MODES)}")
+        if mode == "live" and (self.required_promotion is None or self.required_promotion.mode != "live"):
+            raise ValueError(
+                f"promotion step {self.name} turns on live trading: it needs requiredPromotion with mode live"
+            )
+        return self
 
 
 class Promotion(ApiModel):
@@ -375,12 +427,38 @@ class Promotion(ApiModel):
     until the previous step's gates passed and its required evidence exists."""
 
     steps: list[PromotionStep] = Field(min_length=1, max_length=10, description="The steps, in order.")
+    allow_unordered: bool = Field(
+        default=False,
+        description=(
+            "Allow steps out of exposure order. By default a step may not set TRADING_MODE live before a step set "
+            "it to paper, nor go back from live to paper."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _ordered_by_exposure(self) -> Self:
+        if self.allow_unordered:
+            return self
+        modes = [(s.name, s.trading_mode) for s in self.steps if s.trading_mode is not None]
+        seen_paper = False
+        for index, (name, mode) in enumerate(modes):
+            if mode == "paper" and any(m == "live" for _, m in modes[:index]):
+                raise ValueError(f"promotion step {name} goes back from live to paper (set allowUnordered to allow it)")
+            if mode == "live" and not seen_paper:
+                raise ValueError(
+                    f"promotion step {name} reaches live before any paper step (set allowUnordered to allow it)"
+                )
+            seen_paper = seen_paper or mode == "paper"
+        return self
 
 
 class Rollback(ApiModel):
     on_failure: bool = Field(
         default=True,
-        description="On a failed stage after deploy, restore the previous image and wait for it.",
+        description=(
+            "On a failed stage after deploy, restore the previous image and wait for it. The trading env a "
+            "promotion step set is restored on every failure, whatever this says."
+        ),
     )
 
 
@@ -406,6 +484,21 @@ class TorghutRolloutSpec(ApiModel):
     promotion: Promotion | None = Field(default=None, description="Trading-mode promotion after verify.")
     rollback: Rollback = Field(default_factory=Rollback, description="What happens on failure.")
     paused: bool = Field(default=False, description="Pause the rollout where it stands (like the pause verb).")
+    research_mode: Literal["Lenient", "Strict"] = Field(
+        default="Lenient",
+        description=(
+            "How the torghut-completion preset judges missing research writes: Lenient waits for them (Inconclusive, "
+            "never waivable by promote; verify.timeout fails it), Strict fails the check."
+        ),
+    )
+    on_delete: Literal["Restore", "Orphan"] = Field(
+        default="Restore",
+        description=(
+            "Deleting a rollout that has changed its target: Restore puts the previous image and trading env back "
+            "first (a finalizer holds the deletion until then, at most deploy.progressDeadline); Orphan leaves the "
+            "target as it is, with a Warning event saying so."
+        ),
+    )
 
     def all_checks(self) -> list[Check]:
         """Every check the spec names: verify, migrate expectations and promotion steps."""
@@ -454,6 +547,6 @@ class TorghutRolloutSpec(ApiModel):
         return self
 
     def spec_hash(self) -> str:
-        """Identity of one run of this rollout: changes when anything but `paused` changes."""
-        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude={"paused"})
+        """Identity of one run of this rollout: changes when anything but `paused` or `onDelete` changes."""
+        data: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude={"paused", "on_delete"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -72,6 +72,7 @@ class CheckStatus(ApiModel):
     threshold: str
     phase: Verdict = Verdict.PENDING
     dry_run: bool = False
+    waivable: bool = Field(default=True, description="The promote verb may accept an Inconclusive verdict.")
     successful: int = 0
     failed: int = 0
     inconclusive: int = 0
@@ -106,14 +107,38 @@ class PromotionStatus(ApiModel):
     step_name: str = ""
     applied: bool = Field(default=False, description="The current step's env is set on the target.")
     approved: bool = Field(default=False, description="The promote verb approved the current step.")
-    previous_env: dict[str, str] = Field(
-        default_factory=dict, description="The target's values, before the first step, of the variables steps set."
+    patched_at: str | None = Field(
+        default=None, description="When the current step's env was first written to the target (RFC 3339)."
     )
-    previously_unset: list[str] = Field(
-        default_factory=list, description="Variables steps set that the target did not have before the first step."
+    soak_since: str | None = Field(
+        default=None,
+        description="When the previous stage (verify or the previous step) passed; a step's soak counts from it.",
     )
     completed: list[str] = Field(default_factory=list, description="Steps that passed, in order.")
     message: str = ""
+
+
+class RestorePoint(ApiModel):
+    """What the target looked like before this rollout first changed it. Written in the same status write that
+    precedes the first patch, kept across spec edits, new runs, retries and restarts, and cleared only once the
+    target is back to it (or the rollout Succeeded and the change is wanted)."""
+
+    image: str | None = Field(default=None, description="The target container's image before the first image patch.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Values, before the first change, of the variables this rollout changed."
+    )
+    unset: list[str] = Field(
+        default_factory=list, description="Variables this rollout set that the target container did not have."
+    )
+
+    @property
+    def env_changes(self) -> dict[str, str | None]:
+        """The env patch that puts the variables back (None removes a variable)."""
+        return {**self.env, **dict.fromkeys(self.unset)}
+
+    @property
+    def empty(self) -> bool:
+        return self.image is None and not self.env and not self.unset
 
 
 class LastAction(ApiModel):
@@ -143,6 +168,9 @@ class TorghutRolloutStatus(ApiModel):
     migration: MigrationStatus | None = None
     checks: list[CheckStatus] = Field(default_factory=list)
     promotion: PromotionStatus | None = None
+    restore: RestorePoint | None = Field(
+        default=None, description="What every failure restores: the image and trading env before this rollout."
+    )
     next_measurement_at: str | None = None
     last_action: LastAction | None = None
     conditions: list[Condition] = Field(default_factory=list)

@@ -29,17 +29,30 @@ from torghut_operator.kube.gateway import KubeGateway
 from torghut_operator.migrate.expect import ExpectationResult, run_expectations
 from torghut_operator.migrate.sqlfiles import SqlMigrator
 from torghut_operator.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
-from torghut_operator.planner import Event
+from torghut_operator.planner import CheckPromotionEvidence, Event
 from torghut_operator.timefmt import format_time, parse_time, utcnow
 
 EXPLAIN_LIMIT = 8
 """Series of an explainQuery quoted in a verdict message."""
 
 PROMOTION_EVIDENCE_SQL = """
-SELECT COUNT(*) AS value
-FROM research_promotions
-WHERE approved_mode = :mode AND COALESCE(deny_reason, '') = ''
+WITH approved AS (
+  SELECT candidate_id, created_at >= CAST(:since AS timestamptz) AS fresh
+  FROM research_promotions
+  WHERE approved_mode = :mode AND COALESCE(btrim(deny_reason), '') = ''
+)
+SELECT
+  COUNT(*) FILTER (WHERE fresh AND (CAST(:candidate AS text) IS NULL OR candidate_id = CAST(:candidate AS text)))
+    AS matching,
+  COUNT(*) FILTER (WHERE NOT fresh) AS older,
+  COUNT(*) FILTER (WHERE fresh AND CAST(:candidate AS text) IS NOT NULL
+                   AND candidate_id IS DISTINCT FROM CAST(:candidate AS text)) AS other_candidate,
+  (SELECT COUNT(*) FROM research_promotions
+   WHERE approved_mode = :mode AND COALESCE(btrim(deny_reason), '') <> '') AS denied
+FROM approved
 """.strip()
+"""Evidence for a promotion step: approved rows for the mode since the attempt started (or the spec's window), for
+the named candidate; the other counts only explain a refusal."""
 
 
 K = TypeVar("K")
@@ -181,15 +194,15 @@ class LiveGates:
         )
         return tuple(ExpectationOutcome(r.name, r.passed, r.message, r.error) for r in results)
 
-    def promotion_evidence(self, spec: TorghutRolloutSpec, namespace: str, mode: str) -> PromotionEvidence:
+    def promotion_evidence(
+        self, spec: TorghutRolloutSpec, namespace: str, request: CheckPromotionEvidence
+    ) -> PromotionEvidence:
+        params = {"mode": request.mode, "since": request.since, "candidate": request.candidate_id}
         try:
-            rows = self._postgres_gateway(spec, namespace).query_rows(PROMOTION_EVIDENCE_SQL, {"mode": mode})
+            rows = self._postgres_gateway(spec, namespace).query_rows(PROMOTION_EVIDENCE_SQL, params)
         except ProviderError as exc:
             return PromotionEvidence(False, f"could not read research_promotions: {exc}")
-        count = int(rows[0]["value"]) if rows else 0
-        if count == 0:
-            return PromotionEvidence(False, f"no approved research_promotions row for mode {mode}")
-        return PromotionEvidence(True, f"{count} approved research_promotions row(s) for mode {mode}")
+        return promotion_evidence_verdict(request, rows[0] if rows else None)
 
     # --- evidence ---
 
@@ -243,3 +256,24 @@ class LiveGates:
             decisions=decisions,
             facts=facts,
         )
+
+
+def promotion_evidence_verdict(request: CheckPromotionEvidence, row: dict[str, Any] | None) -> PromotionEvidence:
+    """Found only with at least one matching row; the message names what was looked for and what was seen."""
+    wanted = f"approved research_promotions row for mode {request.mode} created since {request.since}"
+    if request.candidate_id is not None:
+        wanted += f" for candidate {request.candidate_id}"
+    if row is None:
+        return PromotionEvidence(False, f"no {wanted}: the query returned no row")
+    try:
+        counts = {key: int(row[key]) for key in ("matching", "older", "other_candidate", "denied")}
+    except (KeyError, TypeError, ValueError):
+        return PromotionEvidence(False, f"no {wanted}: unexpected answer from the database")
+    if counts["matching"] > 0:
+        return PromotionEvidence(True, f"{counts['matching']} {wanted}")
+    seen = [
+        f"{counts['older']} older than that",
+        f"{counts['other_candidate']} for another candidate",
+        f"{counts['denied']} denied",
+    ]
+    return PromotionEvidence(False, f"no {wanted} (seen: {', '.join(seen)})")
