@@ -46,6 +46,8 @@ class ClusterHandle:
     mode: str
     kubeconfig: Path
     bin_dir: Path
+    local: LocalCluster | None = None
+    """The embedded control plane (mode local), for fault tests that restart its components."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -129,7 +131,7 @@ def cluster(binaries: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     if mode == "local":
         # Under pytest's basetemp, so the logs of the last runs stay for a post-mortem.
         with LocalCluster(binaries, tmp_path_factory.mktemp("local-cluster")) as local:
-            yield ClusterHandle(mode, local.kubeconfig, binaries)
+            yield ClusterHandle(mode, local.kubeconfig, binaries, local)
     elif mode == "kind":
         yield from _kind_cluster(binaries, tmp_path_factory.mktemp("kind"))
     else:

@@ -135,6 +135,22 @@ class LocalCluster:
         self._owns_workdir = False
         return records
 
+    def restart_apiserver(self) -> float:
+        """Stop kube-apiserver and start it again (same flags, port and etcd data); returns the seconds it was
+        unavailable. For fault tests: every client's watch and request breaks meanwhile."""
+        index, process = next((i, p) for i, p in enumerate(self.processes) if p.name == "kube-apiserver")
+        started = time.monotonic()
+        process.stop()
+        fresh = self.processes[index] = process.respawn()
+
+        def ready() -> bool:
+            if not fresh.running():
+                raise _ProcessExited(fresh.describe_exit())
+            return self._http_ok(f"{self.server}/readyz")
+
+        wait_for(ready, timeout=self.component_timeout, what="kube-apiserver /readyz", retry_on=(httpx.HTTPError,))
+        return time.monotonic() - started
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> LocalCluster:
         if self.processes:

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from torghut_localstack.ports import HOST, free_port
-from torghut_localstack.procs import start_process
+from torghut_localstack.procs import ManagedProcess, start_process
 from torghut_localstack.server import LocalServer
 from torghut_localstack.wait import WaitTimeout, wait_for
 
@@ -135,8 +135,9 @@ class PostgresServer(LocalServer):
             die_with_parent=self.die_with_parent,
             death_signal=signal.SIGINT,
         )
-        process = self._process
+        self._await_ready(self._process)
 
+    def _await_ready(self, process: ManagedProcess) -> None:
         def ready() -> bool:
             if not process.running():
                 raise PostgresError(process.describe_exit())

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +89,16 @@ class ManagedProcess:
     log_path: Path
     popen: subprocess.Popen[bytes]
     stop_signal: int = signal.SIGTERM
+    options: dict[str, Any] = field(default_factory=dict)
+    """The keyword arguments it was started with, so `respawn` starts it the same way."""
 
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def respawn(self) -> ManagedProcess:
+        """Start the same command again (after `stop`), appending to the same log: a restart for fault tests."""
+        return start_process(self.name, self.argv, log_path=self.log_path, **self.options)
 
     def running(self) -> bool:
         return self.popen.poll() is None
@@ -154,7 +160,15 @@ def start_process(
             preexec_fn=preexec,  # noqa: PLW1509 - only prctl, resolved before fork
             **credentials,
         )
-        return ManagedProcess(name, list(argv), log_path, popen, stop_signal)
+        options = {
+            "env": env,
+            "cwd": cwd,
+            "user": user,
+            "stop_signal": stop_signal,
+            "die_with_parent": die_with_parent,
+            "death_signal": death_signal,
+        }
+        return ManagedProcess(name, list(argv), log_path, popen, stop_signal, options)
 
 
 def _proc_stat(pid: int) -> list[str] | None:

@@ -26,7 +26,7 @@ import httpx
 import yaml
 
 from torghut_localstack.ports import HOST, free_port
-from torghut_localstack.procs import start_process
+from torghut_localstack.procs import ManagedProcess, start_process
 from torghut_localstack.server import LocalServer
 from torghut_localstack.wait import WaitTimeout, wait_for
 
@@ -170,10 +170,12 @@ class PrometheusServer(LocalServer):
             "--web.enable-lifecycle",
             "--log.level=warn",
         ]
-        process = self._process = start_process(
+        self._process = start_process(
             "prometheus", argv, log_path=self.log_path, cwd=workdir, die_with_parent=self.die_with_parent
         )
+        self._await_ready(self._process)
 
+    def _await_ready(self, process: ManagedProcess) -> None:
         def ready() -> bool:
             if not process.running():
                 raise PrometheusError(process.describe_exit())

@@ -5,6 +5,8 @@ a temp work dir, started once, stopped (and the dir deleted) on `stop()` or leav
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
@@ -45,6 +47,23 @@ class LocalServer:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+
+    @contextmanager
+    def down(self) -> Iterator[None]:
+        """An outage: the server's process is stopped (its files, port and data kept) for the body of the
+        ``with``, then started again the same way and waited for. For fault tests."""
+        if self._process is None:
+            raise self.error("server not started")
+        process = self._process
+        process.stop()
+        try:
+            yield
+        finally:
+            self._process = process.respawn()
+            self._await_ready(self._process)
+
+    def _await_ready(self, process: ManagedProcess) -> None:
+        raise NotImplementedError
 
     def _require_workdir(self) -> Path:
         if self.workdir is None:

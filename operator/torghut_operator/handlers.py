@@ -19,10 +19,9 @@ import kopf
 
 from torghut_operator import metrics
 from torghut_operator.api.spec import GROUP, PLURAL, VERSION
-from torghut_operator.errors import PermanentError
 from torghut_operator.health import WatchFreshness
 from torghut_operator.kube.builders import MANAGED_BY
-from torghut_operator.reconciler import Reconciler
+from torghut_operator.reconciler import Reconciler, describe_error, is_transient
 from torghut_operator.settings import OperatorConfig
 
 log = logging.getLogger(__name__)
@@ -88,12 +87,16 @@ async def drive(
                 # the next turn starts again from the persisted status.
                 turn = await asyncio.wait_for(runtime.reconciler.reconcile(namespace, name), TURN_TIMEOUT)
                 backoff = 1.0
-            except PermanentError as exc:
-                log.error("TorghutRollout %s/%s: %s", namespace, name, exc)
-                turn, backoff = None, IDLE_SECONDS
-            except Exception as exc:  # noqa: BLE001 (temporary by default: the next turn starts from the persisted status)
-                log.warning("TorghutRollout %s/%s: turn failed, retrying in %.0fs: %s", namespace, name, backoff, exc)
-                turn, backoff = None, min(backoff * 2, IDLE_SECONDS)
+            except Exception as exc:  # noqa: BLE001 (the next turn starts again from the persisted status)
+                backoff = min(backoff * 2, IDLE_SECONDS)
+                if is_transient(exc):
+                    log.warning(
+                        "TorghutRollout %s/%s: turn failed, retrying in %.0fs: %s", namespace, name, backoff, exc
+                    )
+                else:
+                    log.error("TorghutRollout %s/%s: %s", namespace, name, describe_error(exc))
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(runtime.reconciler.report_stuck(namespace, name, exc), TURN_TIMEOUT)
                 await _wait(wake, backoff)
                 continue
             if turn is None:
@@ -109,6 +112,15 @@ async def drive(
 async def _wait(wake: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wake.wait(), timeout=seconds)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, backoff=3.0)
+async def finalize(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    """Deletion is a decision, not an accident: see Reconciler.finalize (spec.onDelete)."""
+    assert namespace is not None
+    done = await asyncio.wait_for(_runtime(memo).reconciler.finalize(namespace, name), TURN_TIMEOUT)
+    if not done:
+        raise kopf.TemporaryError("restoring the target before the rollout goes", delay=3.0)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

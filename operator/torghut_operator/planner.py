@@ -30,7 +30,7 @@ from torghut_operator.api.status import (
     TorghutRolloutStatus,
     Verdict,
 )
-from torghut_operator.observations import Observations
+from torghut_operator.observations import Observations, TargetState
 from torghut_operator.timefmt import format_time, parse_time
 from torghut_operator.verbs import verb_applies
 
@@ -927,3 +927,35 @@ _PHASES = {
 def with_outcomes(obs: Observations, **changes: object) -> Observations:
     """Observations with the outcome of the last measuring action; a verb is applied only once."""
     return replace(obs, verb=None, **changes)  # type: ignore[arg-type]
+
+
+def deletion_plan(
+    spec: TorghutRolloutSpec,
+    status: TorghutRolloutStatus,
+    target: TargetState | None,
+    *,
+    now: datetime,
+    deleted_at: datetime,
+    name: str,
+) -> Plan | None:
+    """What deleting the rollout must do first with ``spec.onDelete: Restore``: None when the target needs
+    nothing (never changed, already restored, Succeeded, or an image kept on purpose by rollback.onFailure
+    false); otherwise the plan of a rollback as if aborted at ``deleted_at``. Its phase says the outcome:
+    RollingBack (act and look again), Aborted (restored), Failed (could not restore before the deadline)."""
+    restore = status.restore
+    if restore is None or restore.empty or status.phase is Phase.SUCCEEDED:
+        return None
+    kept_on_purpose = next(
+        (c for c in status.conditions if c.type == "Restored" and c.reason == "RollbackDisabled"), None
+    )
+    if kept_on_purpose is not None and not restore.env and not restore.unset:
+        return None
+    rolling = status.model_copy(
+        update={
+            "phase": Phase.ROLLING_BACK,
+            "aborted": True,
+            "phase_started_at": format_time(deleted_at),
+            "spec_hash": spec.spec_hash(),  # the spec as it is now; never a new run at deletion
+        }
+    )
+    return plan(spec, [], rolling, Observations(now=now, target=target), name=name)

@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import urllib3
 from pydantic import ValidationError
 
 from torghut_operator import metrics
 from torghut_operator.api.spec import Check, TargetKind, TorghutRolloutSpec
-from torghut_operator.api.status import Measurement, Phase, TorghutRolloutStatus, Verdict
-from torghut_operator.errors import OperatorError, PermanentError
+from torghut_operator.api.status import Measurement, Phase, RestorePoint, TorghutRolloutStatus, Verdict
+from torghut_operator.errors import OperatorError, PermanentError, TemporaryError
 from torghut_operator.evidence.ledger import RolloutRef
 from torghut_operator.kube.builders import (
     ACTION_ANNOTATION,
@@ -50,12 +52,13 @@ from torghut_operator.planner import (
     Plan,
     SetTargetEnv,
     SetTargetImage,
+    deletion_plan,
     job_name,
     plan,
     with_outcomes,
 )
 from torghut_operator.presets import effective_checks
-from torghut_operator.timefmt import format_time, utcnow
+from torghut_operator.timefmt import format_time, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +198,79 @@ class Reconciler:
             except Exception as exc:  # noqa: BLE001 (the report can be rendered again by the plugin)
                 self._emit(body, Event("Warning", "EvidenceReportFailed", _secret_free(exc)))
 
+    async def report_stuck(self, namespace: str, name: str, exc: BaseException) -> None:
+        """A turn failed for a reason that retrying alone will not fix (a bug, a forbidden request, a status that
+        does not parse): say so in status (Ready=False, reason ReconcileError) and in an event, once per message.
+        The daemon keeps retrying with backoff; nothing else in status changes, so no decision is lost."""
+        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        if body is None:
+            return
+        text = f"reconcile failed: {describe_error(exc)}"
+        raw = body.get("status") or {}
+        conditions = [c for c in raw.get("conditions") or [] if isinstance(c, dict)]
+        ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+        if ready is not None and ready.get("reason") == "ReconcileError" and ready.get("message") == text:
+            return
+        now = format_time(self._clock())
+        new_ready = {
+            "type": "Ready",
+            "status": "False",
+            "reason": "ReconcileError",
+            "message": text,
+            "lastTransitionTime": ready.get("lastTransitionTime", now)
+            if ready is not None and ready.get("status") == "False"
+            else now,
+            "observedGeneration": body["metadata"].get("generation"),
+        }
+        others = [c for c in conditions if c.get("type") != "Ready"]
+        patch = {"message": text, "conditions": [new_ready, *others]}
+        await asyncio.to_thread(
+            self._kube.patch_rollout_status, namespace, name, patch, body["metadata"]["resourceVersion"]
+        )
+        self._emit(body, Event("Warning", "ReconcileError", text))
+
+    async def finalize(self, namespace: str, name: str) -> bool:
+        """Deletion of a rollout: True once it may go. With ``spec.onDelete: Restore`` (default) a rollout that
+        changed its target first puts the previous image and trading env back (the planner's rollback, as if
+        aborted when the deletion was asked), within deploy.progressDeadline; past it, or with Orphan, it goes
+        with a Warning event saying what it left behind."""
+        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        if body is None:
+            return True
+        try:
+            spec = TorghutRolloutSpec.model_validate(body.get("spec") or {})
+            status = _parse_status(body.get("status"))
+        except (ValidationError, PermanentError) as exc:
+            self._emit(body, Event("Warning", "DeletedUnrestored", f"target not checked: {_short_error(exc)}"))
+            return True
+        restore = status.restore
+        if spec.on_delete == "Orphan":
+            if restore is not None and not restore.empty and status.phase is not Phase.SUCCEEDED:
+                self._emit(body, Event("Warning", "DeletedUnrestored", _left_behind(spec, restore)))
+            return True
+        raw = await asyncio.to_thread(self._kube.get_target, namespace, spec.target)
+        reader = deployment_state if spec.target.kind is TargetKind.DEPLOYMENT else knative_state
+        deleted_at = parse_time(body["metadata"].get("deletionTimestamp") or format_time(self._clock()))
+        result = deletion_plan(
+            spec, status, reader(raw, spec.target.container), now=self._clock(), deleted_at=deleted_at, name=name
+        )
+        if result is None:
+            return True
+        if result.status.phase is Phase.ROLLING_BACK:
+            if result.actions:
+                self._emit(body, Event("Normal", "RestoringOnDelete", f"deleted: {result.status.message}"))
+            for action in result.actions:
+                if isinstance(action, SetTargetImage):
+                    await asyncio.to_thread(self._kube.set_target_image, namespace, spec.target, action.image)
+                elif isinstance(action, SetTargetEnv):
+                    await asyncio.to_thread(self._kube.set_target_env, namespace, spec.target, action.env)
+            return False
+        if result.status.phase is Phase.ABORTED:
+            self._emit(body, Event("Normal", "RestoredOnDelete", f"deleted after {result.status.message}"))
+        else:
+            self._emit(body, Event("Warning", "DeletedUnrestored", f"{result.status.message}; deleted anyway"))
+        return True
+
     async def _invalid_spec(self, body: dict[str, Any], exc: Exception) -> None:
         meta = body["metadata"]
         message = f"invalid spec: {_short_error(exc)}"
@@ -320,6 +396,39 @@ class Reconciler:
             self._events(body, event.type, event.reason, event.message[:1024])
         except Exception:  # an event is a courtesy; the status already says it
             log.exception("could not post event %s", event.reason)
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error for status and events: our own errors as written (secret-free by contract); anything else by
+    type and a short message with URL credentials removed."""
+    if isinstance(exc, OperatorError):
+        return str(exc)
+    text = _USERINFO.sub("***@", " ".join(str(exc).split()))[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the world may fix this by itself (an outage, a timeout, a conflict): retried quietly. Anything
+    else is reported in status by :meth:`Reconciler.report_stuck`."""
+    if isinstance(exc, PermanentError):
+        return False
+    return isinstance(exc, TemporaryError | TimeoutError | OSError | urllib3.exceptions.HTTPError)
+
+
+def _left_behind(spec: TorghutRolloutSpec, restore: RestorePoint) -> str:
+    parts = []
+    if restore.image is not None:
+        parts.append(f"image {spec.target.image} (was {restore.image})")
+    if restore.env or restore.unset:
+        parts.append(
+            "trading env changed by the rollout (was "
+            + ", ".join([f"{k}={v}" for k, v in sorted(restore.env.items())] + [f"{k} unset" for k in restore.unset])
+            + ")"
+        )
+    return "deleted with spec.onDelete Orphan: the target keeps " + " and ".join(parts)
 
 
 def _secret_free(exc: Exception) -> str:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.wait import wait_for
+from torghut_localstack.world import crd_established
 from torghut_operator.api.spec import GROUP, KIND, PLURAL, VERSION, TorghutRolloutSpec
 from torghut_operator.api.status import (
     AppliedFile,
@@ -62,6 +63,12 @@ REJECTIONS: dict[str, list[str]] = {
     "no-evidence.yaml": ["verify needs at least one check or preset"],
     "promotion-evidence-without-database.yaml": ["promotion steps with requiredPromotion need spec.database"],
     "duplicate-promotion-steps.yaml": ["spec.promotion.steps", "promotion step names must be unique"],
+    "live-step-without-live-evidence.yaml": [
+        "a step that turns on live trading needs requiredPromotion with mode live"
+    ],
+    "promotion-out-of-order.yaml": ["promotion steps must be ordered by exposure"],
+    "trading-mode-typo.yaml": ["TRADING_MODE must be paper or live"],
+    "duration-too-long.yaml": ["spec.verify.interval", "durations are at most 168h"],
     "unknown-preset.yaml": ["spec.presets[0]", '"torghut-everything"', 'supported values: "torghut-completion"'],
 }
 """Each bad sample, and the words the API server's answer must contain for a user to see what is wrong."""
@@ -71,7 +78,8 @@ REJECTIONS: dict[str, list[str]] = {
 def crd(kubectl: Kubectl) -> dict[str, Any]:
     """The CRD, installed the way the README says, and Established."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", f"crd/{RESOURCE}", "--timeout=60s", timeout=90)
+    # Polled: `kubectl wait` right after the apply fails while the CRD has no conditions at all yet.
+    wait_for(lambda: crd_established(kubectl.get("crd", RESOURCE)), timeout=60, what="the CRD Established")
     document: dict[str, Any] = yaml.safe_load(CRD_FILE.read_text())
     return document
 
@@ -194,6 +202,7 @@ def full_status() -> TorghutRolloutStatus:
                 threshold="<= 0",
                 phase=Verdict.INCONCLUSIVE,
                 dry_run=True,
+                waivable=False,
                 successful=2,
                 failed=1,
                 inconclusive=1,
