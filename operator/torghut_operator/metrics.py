@@ -45,7 +45,18 @@ NOT_PASSING_STREAK = Gauge(
 )
 
 
+RESTORE_FAILED = Gauge(
+    "torghut_rollout_restore_failed",
+    "1 while a rollout's failure could not put the previous image and trading env back (Restored=False, "
+    "RestoreFailed): the target may still trade on the new image or a live trading env.",
+    ["namespace", "name"],
+)
+
+
 def observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> None:
+    restored = next((c for c in status.conditions if c.type == "Restored"), None)
+    failed = restored is not None and restored.status == "False" and restored.reason == "RestoreFailed"
+    RESTORE_FAILED.labels(namespace=namespace, name=name).set(1 if failed else 0)
     for phase in Phase:
         PHASE.labels(namespace=namespace, name=name, phase=phase.value).set(1 if status.phase is phase else 0)
     for check in status.checks:
@@ -68,6 +79,8 @@ def forget(namespace: str, name: str) -> None:
     for phase in Phase:
         with contextlib.suppress(KeyError):
             PHASE.remove(namespace, name, phase.value)
+    with contextlib.suppress(KeyError):
+        RESTORE_FAILED.remove(namespace, name)
 
 
 def _number(text: str | None) -> float | None:

@@ -104,6 +104,7 @@ def available(world: World) -> bool:
     replicas = obj["spec"].get("replicas", 1)
     return bool(
         s.get("observedGeneration") == obj["metadata"]["generation"]
+        and s.get("replicas") == replicas  # no old pod left
         and s.get("updatedReplicas") == replicas
         and s.get("availableReplicas") == replicas
     )

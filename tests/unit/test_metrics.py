@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from torghut_operator import metrics
-from torghut_operator.api.status import CheckStatus, Measurement, TorghutRolloutStatus, Verdict
+from torghut_operator.api.status import CheckStatus, Condition, Measurement, Phase, TorghutRolloutStatus, Verdict
 
 pytestmark = pytest.mark.unit
 
@@ -27,3 +27,14 @@ def test_gate_gauges_show_the_last_value_and_the_streak_of_windows_that_did_not_
     labels = {"namespace": "ns", "name": "r", "check": "signal-throughput"}
     assert REGISTRY.get_sample_value("torghut_rollout_gate_value", labels) == 0
     assert REGISTRY.get_sample_value("torghut_rollout_check_not_passing_streak", labels) == 2
+
+
+def test_a_restore_that_failed_is_a_series_an_alert_reads_until_the_rollout_goes() -> None:
+    failed = Condition(type="Restored", status="False", last_transition_time="t", reason="RestoreFailed")
+    metrics.observe_status("ns", "stuck", TorghutRolloutStatus(phase=Phase.FAILED, conditions=[failed]))
+    labels = {"namespace": "ns", "name": "stuck"}
+    assert REGISTRY.get_sample_value("torghut_rollout_restore_failed", labels) == 1
+    metrics.observe_status("ns", "stuck", TorghutRolloutStatus(phase=Phase.PENDING))
+    assert REGISTRY.get_sample_value("torghut_rollout_restore_failed", labels) == 0
+    metrics.forget("ns", "stuck")
+    assert REGISTRY.get_sample_value("torghut_rollout_restore_failed", labels) is None
