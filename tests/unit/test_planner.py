@@ -9,6 +9,8 @@ import pytest
 
 from torghut_operator.api.spec import TorghutRolloutSpec
 from torghut_operator.api.status import Measurement, Phase, RestorePoint, TorghutRolloutStatus, Verdict
+from torghut_operator.gates.judge import judge
+from torghut_operator.gates.reading import Reading
 from torghut_operator.observations import (
     ExpectationOutcome,
     JobState,
@@ -27,6 +29,8 @@ from torghut_operator.planner import (
     Plan,
     SetTargetEnv,
     SetTargetImage,
+    _fresh_check,
+    _record,
     _record_env,
     job_name,
     plan,
@@ -832,3 +836,24 @@ def test_unordered_steps_are_allowed_only_when_the_spec_says_so() -> None:
 def test_durations_past_a_week_are_rejected(duration: str) -> None:
     with pytest.raises(ValueError, match="longer than the maximum 168h"):
         make_spec(verify={"interval": duration, "checks": [{"name": "a", "http": {"url": "http://x"}, "min": 1}]})
+
+
+@pytest.mark.parametrize(
+    ("mode", "first", "verdict_after_first"),
+    [("Lenient", Verdict.INCONCLUSIVE, Verdict.RUNNING), ("Strict", Verdict.FAILED, Verdict.FAILED)],
+)
+def test_research_writes_are_required_evidence_strict_fails_at_once(
+    mode: str, first: Verdict, verdict_after_first: Verdict
+) -> None:
+    spec = make_spec(
+        presets=["torghut-completion"], serviceUrl="http://torghut", researchMode=mode, verify={"count": 1}
+    )
+    (check,) = [c for c in effective_checks(spec) if c.name == "research-writes"]
+    assert not check.waivable
+    verdict, message = judge(check, Reading(0))
+    assert verdict is first
+    assert "research-writes" in message
+    assert "research_runs" in message  # the message names what was looked for (the query)
+    state = _fresh_check(check)
+    after = _record(check, state, measured(verdict, "0", message), count=1)
+    assert after.phase is verdict_after_first
