@@ -213,8 +213,8 @@ class HttpGateway:
                 document = strict_json(text)
             except ValueError as error:
                 raise ProviderError(
-                    f"HTTP {status} body is not JSON ({answer.content_type or 'no content type'}: "
-                    f"{_short(str(error), 80)}), so jsonPath {spec.json_path} can't apply"
+                    f"HTTP {status} body is not JSON ({answer.content_type or 'no content type'}): "
+                    f"{_short(str(error), 80)}; jsonPath {spec.json_path} can't apply"
                 ) from None
             value = select(document, keys)
             if value is None:

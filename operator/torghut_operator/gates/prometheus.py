@@ -196,7 +196,7 @@ class PrometheusGateway:
                 self._client,
                 f"{self.url}/api/v1/query",
                 deadline,
-                params={"query": query, "timeout": f"{budget:.3f}s"},
+                params={"query": query, "timeout": f"{budget:.3f}"},  # float seconds, which the API accepts
                 cap=self.timeout,
                 shown=f"prometheus {self.target}",
             )
