@@ -304,6 +304,14 @@ def test_hung_provider_is_an_error_after_the_check_timeout() -> None:
     assert 0.15 < elapsed < 5
 
 
+def test_provider_that_answers_after_the_deadline_is_an_error() -> None:
+    provider = FakeProvider(Reading(0.0), late=0.3)
+    measurement = take_measurement(make_check(max=1, timeout="100ms"), provider, previous=None, now=NOW)
+    assert measurement.phase is E
+    assert "no answer within the check's timeout of 100ms" in measurement.message
+    assert measurement.value is None
+
+
 def test_provider_error_is_an_error() -> None:
     provider = FakeProvider(error=ProviderError("cannot connect to postgres at db:5432/torghut: refused"))
     measurement = take_measurement(make_check(max=0.05), provider, previous=None, now=NOW)

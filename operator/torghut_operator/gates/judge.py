@@ -173,12 +173,17 @@ def format_value(value: Any, limit: int = VALUE_LIMIT) -> str:
     elif isinstance(value, int):
         text = str(value)
     elif isinstance(value, float | Decimal):
-        text = format_number(float(value))
+        text = format_number(_decimal_float(value) if isinstance(value, Decimal) else value)
     elif isinstance(value, str):
         text = json.dumps(value, ensure_ascii=False)
     else:
         text = to_json(value)
     return shorten(text, limit)
+
+
+def _decimal_float(value: Decimal) -> float:
+    """A Decimal as a float; a signalling NaN (which float() refuses) as NaN."""
+    return math.nan if value.is_snan() else float(value)
 
 
 def format_number(number: float) -> str:
@@ -197,7 +202,7 @@ def to_json(value: Any) -> str:
 
     def default(item: Any) -> Any:
         if isinstance(item, Decimal):
-            return float(item)
+            return _decimal_float(item)
         return str(item)
 
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=default, allow_nan=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -131,7 +132,7 @@ def value_text(value: Any) -> str | None:
     elif isinstance(value, int):
         text = str(value)
     elif isinstance(value, float | Decimal):
-        text = format_number(float(value))
+        text = format_number(math.nan if isinstance(value, Decimal) and value.is_snan() else float(value))
     elif isinstance(value, str):
         text = value
     else:
