@@ -8,22 +8,23 @@ import math
 import threading
 import time
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torghut_operator import presets
-from torghut_operator.api.spec import Check
+from torghut_operator.api.spec import Check, TorghutRolloutSpec
 from torghut_operator.api.status import Verdict
 from torghut_operator.gates.deadline import Deadline, pending_hooks
 from torghut_operator.gates.judge import judge
-from torghut_operator.gates.live import PROMOTION_EVIDENCE_SQL
+from torghut_operator.gates.live import PROMOTION_EVIDENCE_SQL, LiveGates
 from torghut_operator.gates.measure import take_measurement
 from torghut_operator.gates.postgres import role_refusal
 from torghut_operator.gates.reading import Reading
 from torghut_operator.gates.sql_guard import refusal
+from torghut_operator.kube.gateway import KubeGateway
 
 pytestmark = pytest.mark.unit
 
@@ -271,3 +272,58 @@ def test_a_measurement_spawns_no_thread_and_leaves_no_hook() -> None:
         threading.Event().wait(0.01)
     assert threading.active_count() <= before
     assert pending_hooks() == 0
+
+
+# --- which DSN the ledger writes with -----------------------------------------------------------------------
+
+
+class Secrets:
+    """A KubeGateway stand-in: the value of a Secret key is its name/key, and every read is recorded."""
+
+    def __init__(self) -> None:
+        self.read: list[str] = []
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str:
+        self.read.append(f"{name}/{key}")
+        return f"postgresql://{name}@db/torghut"
+
+
+def rollout_spec(**fields: Any) -> TorghutRolloutSpec:
+    body: dict[str, Any] = {
+        "target": {"name": "torghut", "container": "torghut", "image": "registry/torghut@sha256:" + "0" * 64},
+        "database": {"secretRef": {"name": "reader", "key": "uri"}},
+        "verify": {"checks": [{"name": "one", "postgres": {"query": "SELECT 1"}, "min": 1}]},
+        **fields,
+    }
+    return TorghutRolloutSpec.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    ("fields", "ledger"),
+    [
+        ({}, "reader/uri"),
+        (
+            {"migrate": {"sql": {"configMapRef": {"name": "pack"}, "secretRef": {"name": "owner", "key": "uri"}}}},
+            "owner/uri",
+        ),
+        (
+            {
+                "database": {
+                    "secretRef": {"name": "reader", "key": "uri"},
+                    "ledgerSecretRef": {"name": "ledger", "key": "dsn"},
+                },
+                "migrate": {"sql": {"configMapRef": {"name": "pack"}, "secretRef": {"name": "owner", "key": "uri"}}},
+            },
+            "ledger/dsn",
+        ),
+    ],
+)
+def test_the_ledger_writes_with_its_own_dsn_and_gates_read_with_the_gate_dsn(
+    fields: dict[str, Any], ledger: str
+) -> None:
+    secrets = Secrets()
+    gates = LiveGates(cast(KubeGateway, secrets))
+    spec = rollout_spec(**fields)
+    assert gates._ledger_dsn(spec, "torghut") == f"postgresql://{ledger.split('/', maxsplit=1)[0]}@db/torghut"
+    assert gates._dsn(spec, "torghut") == "postgresql://reader@db/torghut"
+    assert secrets.read == [ledger, "reader/uri"]
