@@ -195,3 +195,15 @@ def prometheus() -> Iterator[PrometheusServer]:
     """A Prometheus for the session scraping every 1 s; add targets with `set_targets`."""
     with PrometheusServer() as server:
         yield server
+
+
+GATE_READER = "gate_reader"
+
+
+@pytest.fixture(scope="session")
+def gate_reader(postgres: PostgresServer) -> str:
+    """A login role that can read every table and nothing else (pg_read_all_data): what a gate DSN should be.
+    Gates refuse the session server's superuser. Use it as ``postgres.dsn(database, user=gate_reader)``."""
+    postgres.create_role(GATE_READER)
+    postgres.execute(f"GRANT pg_read_all_data TO {GATE_READER}")
+    return GATE_READER

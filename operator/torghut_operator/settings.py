@@ -25,6 +25,8 @@ class OperatorConfig:
     """Port of the operator's /metrics endpoint (0 turns it off)."""
     worker_threads: int = 32
     """Threads for blocking calls (API, Postgres, Prometheus, HTTP) shared by all rollouts' turns."""
+    gate_sql_denylist: tuple[str, ...] = ()
+    """Functions gate SQL may not call, on top of the built-in list (``name`` or ``prefix*``)."""
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -36,6 +38,9 @@ class OperatorConfig:
             freshness_grace_seconds=float(env.get("TORGHUT_OPERATOR_FRESHNESS_GRACE", cls.freshness_grace_seconds)),
             metrics_port=int(env.get("TORGHUT_OPERATOR_METRICS_PORT", cls.metrics_port)),
             worker_threads=int(env.get("TORGHUT_OPERATOR_WORKER_THREADS", cls.worker_threads)),
+            gate_sql_denylist=tuple(
+                name.strip() for name in env.get("TORGHUT_OPERATOR_GATE_SQL_DENYLIST", "").split(",") if name.strip()
+            ),
         )
 
     def apply(self, settings: kopf.OperatorSettings) -> None:

@@ -42,7 +42,7 @@ def build_runtime(cfg: OperatorConfig) -> Runtime:
 
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
-    reconciler = Reconciler(kube, LiveGates(kube), post_event)
+    reconciler = Reconciler(kube, LiveGates(kube, denied_functions=cfg.gate_sql_denylist), post_event)
     return Runtime(
         reconciler=reconciler,
         config=cfg,

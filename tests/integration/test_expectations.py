@@ -277,7 +277,12 @@ def sql_check(name: str) -> dict[str, Any]:
     return {"name": name, "postgres": {"query": "SELECT 1"}, "min": 1}
 
 
-def test_run_expectations_one_result_each_in_order(dsn: str) -> None:
+def reader(dsn: str, gate_reader: str) -> str:
+    """The same database through the read-only gate role (run_expectations refuses a superuser)."""
+    return dsn.replace("postgresql://postgres@", f"postgresql://{gate_reader}@", 1)
+
+
+def test_run_expectations_one_result_each_in_order(dsn: str, gate_reader: str) -> None:
     seen: list[Check] = []
 
     def runner(check: Check) -> ExpectationResult:
@@ -285,7 +290,7 @@ def test_run_expectations_one_result_each_in_order(dsn: str) -> None:
         return ExpectationResult(check.name, True, "measured 1 >= 1")
 
     results = run_expectations(
-        dsn,
+        reader(dsn, gate_reader),
         expectations(
             alembicHeads=list(DEFAULT_HEADS),
             grants=[grant(APP_ROLE).model_dump(by_alias=True), grant("nobody_here").model_dump(by_alias=True)],
@@ -321,6 +326,20 @@ def test_run_expectations_fails_closed(dsn: str) -> None:
 
     nothing = run_expectations(dsn, expectations(), connect_timeout=5, statement_timeout=5)
     assert [(r.name, r.passed) for r in nothing] == [("expect", False)]
+
+
+def test_run_expectations_refuses_a_superuser_dsn(dsn: str) -> None:
+    # The gate DSN's role is checked before any postcondition: a superuser could write through COPY whatever
+    # the transaction says, so every expectation is an error naming the reason, none passes.
+    results = run_expectations(
+        dsn,
+        expectations(alembicHeads=list(DEFAULT_HEADS), checks=[sql_check("a")]),
+        connect_timeout=5,
+        statement_timeout=5,
+        run_check=lambda check: ExpectationResult(check.name, True, "measured"),
+    )
+    assert [(r.name, r.passed, r.error) for r in results] == [(ALEMBIC_HEADS, False, True), ("a", False, True)]
+    assert all("gate DSN role postgres is a superuser" in r.message for r in results)
 
 
 def test_run_expectations_unreachable_database() -> None:

@@ -23,6 +23,7 @@ from torghut_localstack.prometheus import PrometheusServer
 from torghut_localstack.wait import NotYet, wait_for
 from torghut_operator.api.spec import Check
 from torghut_operator.api.status import Measurement, Verdict
+from torghut_operator.gates.deadline import Deadline
 from torghut_operator.gates.http import HttpGateway
 from torghut_operator.gates.measure import Provider, take_measurement
 from torghut_operator.gates.postgres import PostgresGateway
@@ -54,8 +55,9 @@ FROM executions
 
 
 @pytest.fixture(scope="module")
-def gate_db(postgres: PostgresServer) -> str:
-    """A database of its own on the session server, with a small executions table: 1 of 4 routes unknown."""
+def gate_db(postgres: PostgresServer, gate_reader: str) -> str:
+    """A database of its own on the session server, with a small executions table: 1 of 4 routes unknown.
+    The DSN is the read-only gate role's (gates refuse the superuser)."""
     name = f"gates_{uuid.uuid4().hex[:8]}"
     postgres.create_database(name)
     postgres.execute(
@@ -66,7 +68,7 @@ def gate_db(postgres: PostgresServer) -> str:
         "VALUES ('AAPL', 'alpaca'), ('MSFT', 'alpaca'), ('NVDA', 'lean'), ('TSLA', NULL)",
         name,
     )
-    return postgres.dsn(name)
+    return postgres.dsn(name, user=gate_reader)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,7 @@ def test_postgres_samples_first_and_dsn_forms(gate_db: str) -> None:
     # postgres:// and query parameters are accepted; `samples` is never mistaken for the value.
     dsn = gate_db.replace("postgresql://", "postgres://", 1) + "?sslmode=disable"
     with PostgresGateway(dsn, statement_timeout=1, connect_timeout=2) as gateway:
-        reading = gateway.read(sql_check("SELECT 40 AS samples, 0.02 AS rate", max=0.05))
+        reading = gateway.read(sql_check("SELECT 40 AS samples, 0.02 AS rate", max=0.05), Deadline.after(5))
     assert (reading.value, reading.samples) == (0.02, 40)
 
 
@@ -142,14 +144,14 @@ def test_postgres_several_rows_is_an_error(pg: PostgresGateway) -> None:
 @pytest.mark.parametrize(
     ("query", "reason"),
     [
-        ("INSERT INTO executions (symbol) VALUES ('EVIL') RETURNING id", "cannot execute INSERT in a read-only"),
-        ("DELETE FROM executions RETURNING id", "cannot execute DELETE in a read-only"),
-        ("UPDATE executions SET symbol = 'X' RETURNING id", "cannot execute UPDATE in a read-only"),
-        ("WITH gone AS (DELETE FROM executions RETURNING 1) SELECT count(*) FROM gone", "read-only transaction"),
-        ("SELECT 1; COMMIT; DELETE FROM executions", "must be a single statement"),
-        ("COMMIT", "returned no result set"),
-        ("SELECT set_config('transaction_read_only', 'off', true)", "must be set before any query"),
-        ("CREATE TABLE evil (x int)", "cannot execute CREATE TABLE in a read-only"),
+        ("INSERT INTO executions (symbol) VALUES ('EVIL') RETURNING id", "INSERT is refused"),
+        ("DELETE FROM executions RETURNING id", "DELETE is refused"),
+        ("UPDATE executions SET symbol = 'X' RETURNING id", "UPDATE is refused"),
+        ("WITH gone AS (DELETE FROM executions RETURNING 1) SELECT count(*) FROM gone", "data-modifying WITH"),
+        ("SELECT 1; COMMIT; DELETE FROM executions", "must be a single statement; 3 were given"),
+        ("COMMIT", "transaction control is refused"),
+        ("SELECT set_config('transaction_read_only', 'off', true)", "function set_config() is refused"),
+        ("CREATE TABLE evil (x int)", "CREATE TABLE is refused"),
     ],
 )
 def test_postgres_write_is_refused(pg: PostgresGateway, query: str, reason: str) -> None:
@@ -178,7 +180,10 @@ def test_postgres_percent_and_colon_literals(pg: PostgresGateway) -> None:
 def test_postgres_syntax_error_is_an_error(pg: PostgresGateway) -> None:
     measurement = measure(sql_check("SELEC 1", min=0), pg)
     assert measurement.phase is E
-    assert 'syntax error at or near "SELEC" [SQLSTATE 42601]' in measurement.message
+    assert 'the query does not parse: syntax error at or near "SELEC"' in measurement.message
+    unknown = measure(sql_check("SELECT no_such_column FROM executions", min=0), pg)
+    assert unknown.phase is E
+    assert 'column "no_such_column" does not exist [SQLSTATE 42703]' in unknown.message
 
 
 def test_query_rows_binds_parameters_read_only(pg: PostgresGateway) -> None:
@@ -187,7 +192,7 @@ def test_query_rows_binds_parameters_read_only(pg: PostgresGateway) -> None:
         {"adapter": "alpaca"},
     )
     assert rows == [{"symbol": "AAPL"}]
-    with pytest.raises(ProviderError, match="read-only"):
+    with pytest.raises(ProviderError, match="DELETE is refused"):
         pg.query_rows("DELETE FROM executions WHERE symbol = :s RETURNING id", {"s": "AAPL"})
     with pytest.raises(ProviderError, match="more than 2 rows"):
         pg.query_rows("SELECT id FROM executions", max_rows=2)
@@ -209,24 +214,27 @@ def test_postgres_unreachable_is_an_error_without_secrets() -> None:
 
 @pytest.fixture(scope="module")
 def secured_postgres() -> Iterator[PostgresServer]:
-    """A server of its own that checks passwords (the session one trusts loopback)."""
+    """A server of its own that checks passwords (the session one trusts loopback), with a read-only role
+    ``reader`` (password ``Re4der-Secret-pw``)."""
     with PostgresServer(password="Sup3r-Secret-pw") as server:
+        server.create_role("reader", password="Re4der-Secret-pw")
         yield server
 
 
 def test_postgres_auth_failure_is_an_error_without_secrets(secured_postgres: PostgresServer) -> None:
     wrong = "Wr0ng-Secret-pw"
-    dsn = secured_postgres.dsn(password=wrong)
+    dsn = secured_postgres.dsn(user="reader", password=wrong)
     with PostgresGateway(dsn, statement_timeout=1, connect_timeout=2) as gateway:
         with pytest.raises(ProviderError) as caught:
-            gateway.read(sql_check("SELECT 1 AS value", min=0))
+            gateway.read(sql_check("SELECT 1 AS value", min=0), Deadline.after(5))
         message = str(caught.value)
         assert "password authentication failed" in message
         assert wrong not in message
         assert dsn not in message
         assert caught.value.__cause__ is None
         assert caught.value.__suppress_context__
-    with PostgresGateway(secured_postgres.dsn(), statement_timeout=1, connect_timeout=2) as gateway:
+    right = secured_postgres.dsn(user="reader", password="Re4der-Secret-pw")
+    with PostgresGateway(right, statement_timeout=1, connect_timeout=2) as gateway:
         assert measure(sql_check("SELECT 1 AS value", min=1), gateway).phase is S
 
 

@@ -77,7 +77,18 @@ class Database(ApiModel):
     """The Postgres database that migrations change and that Postgres checks query."""
 
     secret_ref: SecretKeyRef = Field(
-        description="Secret key holding the DSN (postgresql://user:pass@host:port/db). Never inline."
+        description=(
+            "Secret key holding the gate DSN (postgresql://user:pass@host:port/db), for postgres checks, "
+            "migrate.expect and promotion evidence; a role that is not a superuser nor a member of "
+            "pg_execute_server_program, pg_write_server_files or pg_read_server_files. Never inline."
+        )
+    )
+    ledger_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret key holding the DSN the evidence ledger writes with (schema torghut_rollout). Defaults to "
+            "spec.migrate.sql.secretRef, else spec.database.secretRef."
+        ),
     )
     statement_timeout: Duration = Field(
         default="10s",

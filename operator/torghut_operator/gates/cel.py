@@ -22,6 +22,10 @@ Values of different kinds are unequal (``previous == null`` is false for a numbe
 and ordering them is an error; a bool is never a number.
 Python ``int`` becomes CEL ``int`` (a ``double`` beyond int64), ``float`` and ``Decimal`` become ``double``.
 
+Time. Evaluation is bounded by the measurement's deadline: the interpreter checks it at every node it visits
+(a heavy comprehension over a large list stops there, an Error), so no static cost limit is needed; inputs are
+already bounded by the providers (one SQL row, one Prometheus sample, an HTTP body of at most 4 MiB).
+
 Names are checked when compiling: a misspelt variable (``resutl``), an unknown function or method is a
 ``ValueError`` at spec-parsing time, not an Error measurement later.
 """
@@ -35,14 +39,16 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import celpy
 import lark
 import lark.exceptions
 from celpy import celtypes
 from celpy.celparser import CELParseError
-from celpy.evaluation import CELEvalError, base_functions
+from celpy.evaluation import CELEvalError, Evaluator, base_functions
+
+from torghut_operator.gates.deadline import Deadline, DeadlineExceeded
 
 VARIABLES = ("result", "samples", "previous")
 """The variables an expression may name."""
@@ -173,29 +179,64 @@ _KNOWN_FUNCTIONS = frozenset(base_functions) | _FUNCTION_MACROS | {"reduce", "mi
 # --- Python values to CEL ----------------------------------------------------------------------------------
 
 
-def to_cel(value: Any) -> Any:
-    """A JSON-like Python value as a CEL value. Raises TypeError for anything else."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return celtypes.BoolType(value)
-    if isinstance(value, int):
-        if _INT64[0] <= value <= _INT64[1]:
-            return celtypes.IntType(value)
-        return celtypes.DoubleType(float(value))
-    if isinstance(value, float | Decimal):
-        return celtypes.DoubleType(float(value))
-    if isinstance(value, str):
-        return celtypes.StringType(value)
-    if isinstance(value, list | tuple):
-        return celtypes.ListType([to_cel(item) for item in value])
-    if isinstance(value, Mapping):
-        return celtypes.MapType({to_cel(key): to_cel(item) for key, item in value.items()})
-    if isinstance(value, dt.datetime):
-        return celtypes.TimestampType(value if value.tzinfo else value.replace(tzinfo=dt.UTC))
-    if isinstance(value, dt.timedelta):
-        return celtypes.DurationType(value)
-    raise TypeError(f"a {type(value).__name__} value can't be used in a CEL condition")
+def to_cel(value: Any, deadline: Deadline | None = None) -> Any:
+    """A JSON-like Python value as a CEL value. Raises TypeError for anything else, DeadlineExceeded when
+    ``deadline`` passes (converting a large structure takes time of its own: about 10 µs an item)."""
+    counter = [0]
+
+    def convert(item: Any) -> Any:
+        counter[0] += 1
+        if deadline is not None and counter[0] % 1024 == 0 and deadline.expired():
+            raise DeadlineExceeded(f"preparing CEL variables ran past the check's timeout of {deadline.label}")
+        if item is None:
+            return None
+        if isinstance(item, bool):
+            return celtypes.BoolType(item)
+        if isinstance(item, int):
+            if _INT64[0] <= item <= _INT64[1]:
+                return celtypes.IntType(item)
+            return celtypes.DoubleType(float(item))
+        if isinstance(item, float | Decimal):
+            return celtypes.DoubleType(float(item))
+        if isinstance(item, str):
+            return celtypes.StringType(item)
+        if isinstance(item, list | tuple):
+            return celtypes.ListType([convert(element) for element in item])
+        if isinstance(item, Mapping):
+            return celtypes.MapType({convert(key): convert(element) for key, element in item.items()})
+        if isinstance(item, dt.datetime):
+            return celtypes.TimestampType(item if item.tzinfo else item.replace(tzinfo=dt.UTC))
+        if isinstance(item, dt.timedelta):
+            return celtypes.DurationType(item)
+        raise TypeError(f"a {type(item).__name__} value can't be used in a CEL condition")
+
+    return convert(value)
+
+
+# --- evaluating within a deadline ---------------------------------------------------------------------------
+
+
+class _BoundedEvaluator(Evaluator):
+    """cel-python's tree-walking evaluator, checking a deadline at every node it visits (also in the
+    sub-evaluators of macros such as ``all`` and ``map``)."""
+
+    def __init__(self, ast: lark.Tree[Any], activation: Any, deadline: Deadline | None) -> None:
+        super().__init__(ast, activation=activation)
+        self._deadline = deadline
+
+    def _visit_tree(self, tree: lark.Tree[Any]) -> Any:
+        if self._deadline is not None and self._deadline.expired():
+            raise DeadlineExceeded(f"CEL evaluation ran past the check's timeout of {self._deadline.label}")
+        return super()._visit_tree(tree)
+
+    def sub_evaluator(self, ast: lark.Tree[Any]) -> Evaluator:
+        return _BoundedEvaluator(ast, self.activation, self._deadline)
+
+
+class _BoundedRunner(celpy.InterpretedRunner):
+    def evaluate_within(self, context: dict[str, Any], deadline: Deadline | None) -> Any:
+        evaluator = _BoundedEvaluator(self.ast, self.new_activation(), deadline)
+        return evaluator.evaluate(context)
 
 
 # --- compiling ---------------------------------------------------------------------------------------------
@@ -205,8 +246,8 @@ _lock = threading.Lock()
 
 @functools.cache
 def _environment() -> celpy.Environment:
-    # Built on first use, never at import. InterpretedRunner: no generated Python is exec'd.
-    return celpy.Environment(runner_class=celpy.InterpretedRunner)
+    # Built on first use, never at import. Interpreted: no generated Python is exec'd.
+    return celpy.Environment(runner_class=_BoundedRunner)
 
 
 def _subtrees(tree: lark.Tree[Any]) -> Iterator[lark.Tree[Any]]:
@@ -254,30 +295,37 @@ def _check_names(ast: lark.Tree[Any]) -> None:
 class CompiledCondition:
     """A parsed, name-checked CEL expression, ready to evaluate any number of times (thread-safe)."""
 
-    def __init__(self, source: str, runner: celpy.Runner) -> None:
+    def __init__(self, source: str, runner: _BoundedRunner) -> None:
         self.source = source
         self._runner = runner
 
     def __repr__(self) -> str:
         return f"CompiledCondition({self.source!r})"
 
-    def evaluate(self, *, result: Any, samples: int | None = None, previous: Any | None = None) -> bool:
+    def evaluate(
+        self, *, result: Any, samples: int | None = None, previous: Any | None = None, deadline: Deadline | None = None
+    ) -> bool:
         """Evaluate with these variables. Returns the bool the expression yields; raises
-        ConditionEvaluationError when it can't be evaluated or yields anything but a bool."""
+        ConditionEvaluationError when it can't be evaluated or yields anything but a bool, DeadlineExceeded
+        when ``deadline`` passes first."""
         try:
             variables = {
-                "result": to_cel(result),
+                "result": to_cel(result, deadline),
                 "samples": None if samples is None else celtypes.IntType(samples),
-                "previous": to_cel(previous),
+                "previous": to_cel(previous, deadline),
             }
         except (TypeError, ValueError) as error:
             raise ConditionEvaluationError(self.source, str(error)) from error
         try:
-            outcome = self._runner.evaluate(variables)
+            outcome = self._runner.evaluate_within(variables, deadline)
+        except DeadlineExceeded:
+            raise
         except CELEvalError as error:
             raise ConditionEvaluationError(self.source, _describe(error)) from error
         except Exception as error:  # anything from the interpreter
             raise ConditionEvaluationError(self.source, f"{type(error).__name__}: {error}") from error
+        if deadline is not None and deadline.expired():  # an error swallowed by the interpreter on the way
+            raise DeadlineExceeded(f"CEL evaluation ran past the check's timeout of {deadline.label}")
         if isinstance(outcome, CELEvalError):
             raise ConditionEvaluationError(self.source, _describe(outcome))
         if not isinstance(outcome, celtypes.BoolType | bool):
@@ -313,7 +361,7 @@ def _compile(expr: str) -> CompiledCondition:
         _check_names(ast)
     except ValueError as error:
         raise ValueError(f"CEL condition {expr!r}: {error}") from None
-    return CompiledCondition(expr, runner)
+    return CompiledCondition(expr, cast(_BoundedRunner, runner))
 
 
 def _syntax_error(error: CELParseError) -> str:

@@ -3,15 +3,18 @@
 ``judge(check, reading, previous) -> (Verdict, message)``. Only ``Successful`` lets a stage advance, and it is
 returned only when a value was measured and passed the check's judgement:
 
+* the provider flagged its answer as possibly partial (``reading.warnings``) -> Inconclusive, warnings quoted;
 * no data (``reading.value is None``, or a NaN) -> Inconclusive ``no data``;
 * ``minSamples`` set and the sample count missing or below it -> Inconclusive ``not enough data``;
-* thresholds (``min``/``max``, inclusive): the value must be a number (int, float, Decimal, or a numeric
-  string such as ``"0.5"``; a bool is *not* a number) else Error; ±Inf is Error; inside -> Successful,
-  outside -> Failed;
+* thresholds (``min``/``max``, inclusive): the value must be a real number as the provider typed it (int,
+  float, Decimal). A string is never a number, even ``"0.5"`` (a JSON or HTTP string is text: a provider that
+  means a number sends one), a bool is not a number, a structure is not: Error naming the type. ±Inf is
+  Error; inside -> Successful, outside -> Failed;
 * CEL (Argo Rollouts semantics): failureCondition true -> Failed (failure wins when both are true);
   successCondition true -> Successful; both defined and neither true -> Inconclusive; only a
   successCondition and it is false -> Failed; only a failureCondition and it is false -> Successful;
-  a condition that can't be evaluated, or a non-finite number -> Error.
+  a condition that can't be evaluated, or a non-finite number -> Error. Evaluation stops when the
+  measurement's ``deadline`` passes (Error).
 
 Every message names the check, the value, the threshold or condition, and the (shortened) query, e.g.
 ``route-null-rate: value 0.12 above max 0.05 (postgres: SELECT ...)``.
@@ -21,13 +24,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from torghut_operator.api.spec import Check
 from torghut_operator.api.status import Verdict
 from torghut_operator.gates.cel import ConditionEvaluationError, compile_condition
+from torghut_operator.gates.deadline import Deadline
 from torghut_operator.gates.reading import Reading
 
 QUERY_LIMIT = 200
@@ -35,14 +39,21 @@ QUERY_LIMIT = 200
 VALUE_LIMIT = 80
 """Values are shortened to about this many characters in messages."""
 
-_NUMERIC = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
 
-
-def judge(check: Check, reading: Reading, previous: Any | None = None) -> tuple[Verdict, str]:
+def judge(
+    check: Check, reading: Reading, previous: Any | None = None, deadline: Deadline | None = None
+) -> tuple[Verdict, str]:
     """The verdict on one reading of ``check`` and a message naming check, value, judgement and query.
 
-    ``previous`` is the previous measured value of this check (for CEL's ``previous``), or None."""
+    ``previous`` is the previous measured value of this check (for CEL's ``previous``), or None. ``deadline``
+    bounds CEL evaluation (DeadlineExceeded when it passes)."""
     value = reading.value
+    if reading.warnings:
+        quoted = "; ".join(reading.warnings)
+        what = f"answer came with warnings, it may be partial: {quoted}"
+        if value is not None:
+            what += f" (value {format_value(value)})"
+        return Verdict.INCONCLUSIVE, _message(check, what, f"needs {judgement_text(check)}")
     if value is None or _is_nan(value):
         return Verdict.INCONCLUSIVE, _message(check, _no_data(reading, value), f"needs {judgement_text(check)}")
     shown = _value_part(value, reading.samples)
@@ -56,7 +67,7 @@ def judge(check: Check, reading: Reading, previous: Any | None = None) -> tuple[
     if check.min is not None or check.max is not None:
         return _judge_thresholds(check, value, shown)
     if check.success_condition is not None or check.failure_condition is not None:
-        return _judge_conditions(check, value, shown, reading.samples, previous)
+        return _judge_conditions(check, value, shown, reading.samples, previous, deadline)
     return Verdict.ERROR, _message(check, shown, "the check has no judgement (min/max or conditions)")
 
 
@@ -64,7 +75,8 @@ def judge(check: Check, reading: Reading, previous: Any | None = None) -> tuple[
 
 
 def as_number(value: Any) -> int | float | None:
-    """``value`` as a number when it is one: int, float, Decimal or a numeric string; a bool is not."""
+    """``value`` as a number when the provider typed it as one: int, float or Decimal. A bool is not a number,
+    and neither is any string, even ``"0.5"``."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -74,20 +86,26 @@ def as_number(value: Any) -> int | float | None:
             return float(value)
         except (InvalidOperation, ValueError):  # a signalling NaN
             return math.nan
-    if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            return float(text)
     return None
+
+
+def _not_a_number(value: Any) -> str:
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return f"a {type(value).__name__}"
 
 
 def _judge_thresholds(check: Check, value: Any, shown: str) -> tuple[Verdict, str]:
     number = as_number(value)
     needs = f"needs {judgement_text(check)}"
     if number is None:
-        return Verdict.ERROR, _message(check, f"{shown} is not a number", needs)
+        return Verdict.ERROR, _message(check, f"{shown} is {_not_a_number(value)}, not a number", needs)
     if math.isnan(number):
         return Verdict.INCONCLUSIVE, _message(check, "no data (NaN)", needs)
     if math.isinf(number):
@@ -110,7 +128,7 @@ def _judge_thresholds(check: Check, value: Any, shown: str) -> tuple[Verdict, st
 
 
 def _judge_conditions(
-    check: Check, value: Any, shown: str, samples: int | None, previous: Any | None
+    check: Check, value: Any, shown: str, samples: int | None, previous: Any | None, deadline: Deadline | None
 ) -> tuple[Verdict, str]:
     if isinstance(value, float | Decimal) and math.isinf(value):
         return Verdict.ERROR, _message(check, f"{shown} is not a finite number", f"needs {judgement_text(check)}")
@@ -119,7 +137,9 @@ def _judge_conditions(
         if source is None:
             continue
         try:
-            outcomes[kind] = compile_condition(source).evaluate(result=value, samples=samples, previous=previous)
+            outcomes[kind] = compile_condition(source).evaluate(
+                result=value, samples=samples, previous=previous, deadline=deadline
+            )
         except ConditionEvaluationError as error:
             return Verdict.ERROR, _message(
                 check, f"{shown}: {kind} {_quote(source)} failed to evaluate: {error.reason}"
@@ -153,12 +173,17 @@ def format_value(value: Any, limit: int = VALUE_LIMIT) -> str:
     elif isinstance(value, int):
         text = str(value)
     elif isinstance(value, float | Decimal):
-        text = format_number(float(value))
+        text = format_number(_decimal_float(value) if isinstance(value, Decimal) else value)
     elif isinstance(value, str):
         text = json.dumps(value, ensure_ascii=False)
     else:
         text = to_json(value)
     return shorten(text, limit)
+
+
+def _decimal_float(value: Decimal) -> float:
+    """A Decimal as a float; a signalling NaN (which float() refuses) as NaN."""
+    return math.nan if value.is_snan() else float(value)
 
 
 def format_number(number: float) -> str:
@@ -177,7 +202,7 @@ def to_json(value: Any) -> str:
 
     def default(item: Any) -> Any:
         if isinstance(item, Decimal):
-            return float(item)
+            return _decimal_float(item)
         return str(item)
 
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=default, allow_nan=True)

@@ -20,8 +20,9 @@ from torghut_operator.evidence.ledger import (
     transitions,
 )
 from torghut_operator.evidence.report import TorghutFacts, collect_torghut_facts, render_report
+from torghut_operator.gates.deadline import Deadline
 from torghut_operator.gates.http import HttpGateway
-from torghut_operator.gates.measure import Provider, take_measurement
+from torghut_operator.gates.measure import Explain, Provider, take_measurement
 from torghut_operator.gates.postgres import PostgresGateway
 from torghut_operator.gates.prometheus import PrometheusGateway
 from torghut_operator.gates.reading import ProviderError
@@ -81,8 +82,11 @@ class _Cache(Generic[K, V]):
 
 
 class LiveGates:
-    def __init__(self, kube: KubeGateway) -> None:
+    """``denied_functions``: function patterns gate SQL may not call, on top of the built-in denylist."""
+
+    def __init__(self, kube: KubeGateway, *, denied_functions: tuple[str, ...] = ()) -> None:
         self._kube = kube
+        self._denied_functions = denied_functions
         self._postgres: _Cache[tuple[str, float, float], PostgresGateway] = _Cache(32, PostgresGateway.close)
         self._prometheus: _Cache[tuple[str, str | None, float], PrometheusGateway] = _Cache(32, PrometheusGateway.close)
         self._http: _Cache[float, HttpGateway] = _Cache(8, HttpGateway.close)
@@ -91,9 +95,21 @@ class LiveGates:
     # --- connections ---
 
     def _dsn(self, spec: TorghutRolloutSpec, namespace: str) -> str:
+        """The gate DSN (spec.database.secretRef): every gate read, migrate.expect, promotion evidence."""
         if spec.database is None:
             raise ProviderError("spec.database is not set")
         ref = spec.database.secret_ref
+        return self._kube.read_secret_value(namespace, ref.name, ref.key)
+
+    def _ledger_dsn(self, spec: TorghutRolloutSpec, namespace: str) -> str:
+        """The ledger writes, so it needs a role that may: spec.database.ledgerSecretRef, else the migration
+        DSN (spec.migrate.sql.secretRef), else the gate DSN."""
+        if spec.database is None:
+            raise ProviderError("spec.database is not set")
+        ref = spec.database.ledger_secret_ref
+        if ref is None and spec.migrate is not None and spec.migrate.sql is not None:
+            ref = spec.migrate.sql.secret_ref
+        ref = ref or spec.database.secret_ref
         return self._kube.read_secret_value(namespace, ref.name, ref.key)
 
     def _postgres_gateway(self, spec: TorghutRolloutSpec, namespace: str) -> PostgresGateway:
@@ -103,7 +119,9 @@ class LiveGates:
         connect = parse_duration(spec.database.connect_timeout)
         return self._postgres.get(
             (dsn, statement, connect),
-            lambda: PostgresGateway(dsn, statement_timeout=statement, connect_timeout=connect),
+            lambda: PostgresGateway(
+                dsn, statement_timeout=statement, connect_timeout=connect, denied_functions=self._denied_functions
+            ),
         )
 
     def _provider(self, check: Check, spec: TorghutRolloutSpec, namespace: str) -> Provider:
@@ -129,24 +147,27 @@ class LiveGates:
     # --- the Gates seam ---
 
     def measure(self, check: Check, spec: TorghutRolloutSpec, namespace: str, previous: Any | None) -> Measurement:
+        """One measurement within one deadline (check.timeout): Secrets, connect, query, explain, judge."""
         now = utcnow()
         try:
+            deadline = Deadline.after(parse_duration(check.timeout), check.timeout)
             provider = self._provider(check, spec, namespace)
         except Exception as exc:  # noqa: BLE001 (fail closed: no provider is an Error measurement)
             return Measurement(phase=Verdict.ERROR, at=format_time(now), message=f"{check.name}: {exc}")
-        measurement = take_measurement(check, provider, previous=previous, now=now)
-        explain = check.prometheus.explain_query if check.prometheus is not None else None
-        if explain and measurement.phase is not Verdict.SUCCESSFUL:
-            assert isinstance(provider, PrometheusGateway)
-            measurement = measurement.model_copy(
-                update={"message": f"{measurement.message}; {self._explain(provider, explain)}"}
-            )
-        return measurement
+        explain: Explain | None = None
+        query = check.prometheus.explain_query if check.prometheus is not None else None
+        if query and isinstance(provider, PrometheusGateway):
+            gateway = provider
+
+            def explain(deadline: Deadline) -> str:
+                return self._explain(gateway, query, deadline)
+
+        return take_measurement(check, provider, previous=previous, now=now, explain=explain, deadline=deadline)
 
     @staticmethod
-    def _explain(provider: PrometheusGateway, query: str) -> str:
+    def _explain(provider: PrometheusGateway, query: str, deadline: Deadline) -> str:
         try:
-            series = provider.series(query, limit=EXPLAIN_LIMIT)
+            series = provider.series(query, limit=EXPLAIN_LIMIT, deadline=deadline)
         except ProviderError as exc:
             return f"explain: {exc}"
         if not series:
@@ -208,7 +229,7 @@ class LiveGates:
 
     def _ledger(self, spec: TorghutRolloutSpec, namespace: str) -> Ledger:
         assert spec.database is not None
-        dsn = self._dsn(spec, namespace)
+        dsn = self._ledger_dsn(spec, namespace)
         return self._ledgers.get(
             dsn,
             lambda: Ledger(

@@ -1,10 +1,14 @@
-"""Taking one measurement: read a provider under the check's timeout, then judge. Fails closed.
+"""Taking one measurement: read a provider, maybe explain, judge; all within one deadline. Fails closed.
 
 ``take_measurement`` never raises and never returns Successful unless a provider returned a value that
-passed the judgement:
+passed the judgement, all before the deadline:
 
-* the provider runs in a worker thread and is abandoned when ``check.timeout`` passes (even when the
-  library's own timeout fails): Error ``no answer within ...``;
+* one deadline, ``check.timeout`` from the start, covers the provider read (connect, query, body), the
+  optional explanation and the judgement (CEL). Past it the measurement is an Error ``no answer within the
+  check's timeout of ...``, whatever was measured: a late answer is never judged;
+* the read runs in the caller's thread, no thread is spawned: providers bound every blocking call by the time
+  left and register a cancel hook with the deadline's watchdog (see ``gates.deadline``), so the worker comes
+  back at the deadline and a flood of slow checks can't grow the process's threads;
 * ``ProviderError`` -> Error; ``UnexpectedStatus`` (an HTTP status not in ``expectedStatus``) -> Failed;
 * any other exception from the provider or the judge -> Error (a bug is never a pass);
 * otherwise ``judge`` decides (see ``gates.judge``).
@@ -17,15 +21,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
-import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Protocol
 
 from torghut_operator.api.durations import parse_duration
 from torghut_operator.api.spec import Check
 from torghut_operator.api.status import Measurement, Verdict
+from torghut_operator.gates.deadline import Deadline, DeadlineExceeded
 from torghut_operator.gates.http import UnexpectedStatus
 from torghut_operator.gates.judge import format_number, judge, judgement_text, query_part, shorten, to_json
 from torghut_operator.gates.reading import ProviderError, Reading
@@ -38,16 +44,31 @@ _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 class Provider(Protocol):
     """Something that measures a check: PostgresGateway, PrometheusGateway, HttpGateway, or a fake.
 
-    ``read`` is synchronous (called from a worker thread), returns a Reading (value None = no data) and raises
-    ProviderError, with a secret-free message, when it can't measure."""
+    ``read`` is synchronous, runs in the caller's thread, returns a Reading (value None = no data) and raises
+    ProviderError, with a secret-free message, when it can't measure. It must come back by ``deadline``: every
+    blocking call's timeout comes from ``deadline.timeout()``, and what a timeout can't bound is cut by a hook
+    registered with ``deadline.on_expiry``. (An answer that comes later anyway is an Error, never judged.)"""
 
-    def read(self, check: Check) -> Reading: ...
+    def read(self, check: Check, deadline: Deadline) -> Reading: ...
 
 
-def take_measurement(check: Check, provider: Provider, *, previous: Any | None, now: dt.datetime) -> Measurement:
+Explain = Callable[[Deadline], str]
+"""Text appended to the message of a measurement that did not pass (e.g. the series of an explainQuery)."""
+
+
+def take_measurement(
+    check: Check,
+    provider: Provider,
+    *,
+    previous: Any | None,
+    now: dt.datetime,
+    explain: Explain | None = None,
+    deadline: Deadline | None = None,
+) -> Measurement:
     """Measure ``check`` with ``provider`` and judge it. ``previous``: the check's previous value (for CEL's
     ``previous``), e.g. ``previous_value(last_measurement)``. ``now``: when the measurement starts (a naive
-    datetime is taken as UTC); ``at`` is ``now`` plus the time it took."""
+    datetime is taken as UTC); ``at`` is ``now`` plus the time it took. ``explain``: called for a measurement
+    that did not pass, within the same deadline. ``deadline``: by default ``check.timeout`` from now."""
     started = time.monotonic()
 
     def finish(verdict: Verdict, message: str, reading: Reading | None = None) -> Measurement:
@@ -61,56 +82,33 @@ def take_measurement(check: Check, provider: Provider, *, previous: Any | None, 
         )
 
     try:
-        timeout = parse_duration(check.timeout)
-        reading = _read_within(check, provider, timeout)
+        if deadline is None:
+            deadline = Deadline.after(parse_duration(check.timeout), check.timeout)
+        reading = provider.read(check, deadline)
+        if not isinstance(reading, Reading):
+            raise TypeError(f"provider returned {type(reading).__name__}, not a Reading")
+        deadline.check("reading")
+        verdict, message = judge(check, reading, previous, deadline)
+        if explain is not None and verdict is not Verdict.SUCCESSFUL:
+            message = f"{message}; {explain(deadline)}"
+        deadline.check("explaining" if explain is not None and verdict is not Verdict.SUCCESSFUL else "judging")
+    except DeadlineExceeded as error:
+        return finish(Verdict.ERROR, _error_message(check, str(error)))
     except UnexpectedStatus as error:
         return finish(Verdict.FAILED, f"{check.name}: {error} ({query_part(check)})")
     except ProviderError as error:
+        if deadline is not None and deadline.expired():  # a timeout the deadline caused: say so
+            return finish(
+                Verdict.ERROR, _error_message(check, f"no answer within the check's timeout of {deadline.label}")
+            )
         return finish(Verdict.ERROR, _error_message(check, str(error)))
     except Exception as error:  # noqa: BLE001 - fail closed: an unexpected exception is an Error, never a pass
         return finish(Verdict.ERROR, _error_message(check, _unexpected(error)))
-    try:
-        if not isinstance(reading, Reading):
-            raise TypeError(f"provider returned {type(reading).__name__}, not a Reading")
-        verdict, message = judge(check, reading, previous)
-    except Exception as error:  # noqa: BLE001 - fail closed
+    except BaseException as error:  # SystemExit from a provider is not ours to honour
+        if isinstance(error, KeyboardInterrupt):
+            raise
         return finish(Verdict.ERROR, _error_message(check, _unexpected(error)))
     return finish(verdict, message, reading)
-
-
-class _Outcome:
-    def __init__(self) -> None:
-        self.reading: Reading | None = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-
-
-def _read_within(check: Check, provider: Provider, timeout: float) -> Reading:
-    """``provider.read(check)`` in a daemon thread; ProviderError when it takes longer than ``timeout``.
-
-    A hung read is abandoned, not killed (Python can't kill threads): the thread ends when the provider's own
-    timeouts fire, and being a daemon it never blocks the process from exiting."""
-    outcome = _Outcome()
-
-    def run() -> None:
-        try:
-            outcome.reading = provider.read(check)
-        except BaseException as error:  # noqa: BLE001 - handed to the caller
-            outcome.error = error
-        finally:
-            outcome.done.set()
-
-    worker = threading.Thread(target=run, name=f"measure-{check.name}", daemon=True)
-    worker.start()
-    if not outcome.done.wait(timeout):
-        raise ProviderError(f"no answer within the check's timeout of {check.timeout}")
-    if isinstance(outcome.error, Exception):
-        raise outcome.error
-    if outcome.error is not None:  # SystemExit, KeyboardInterrupt... raised in the worker: not ours to honour
-        raise RuntimeError(f"the provider raised {type(outcome.error).__name__}") from outcome.error
-    if outcome.reading is None:
-        raise ProviderError("the provider returned nothing")
-    return outcome.reading
 
 
 def _error_message(check: Check, what: str) -> str:
@@ -134,7 +132,7 @@ def value_text(value: Any) -> str | None:
     elif isinstance(value, int):
         text = str(value)
     elif isinstance(value, float | Decimal):
-        text = format_number(float(value))
+        text = format_number(math.nan if isinstance(value, Decimal) and value.is_snan() else float(value))
     elif isinstance(value, str):
         text = value
     else:

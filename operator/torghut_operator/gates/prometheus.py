@@ -1,40 +1,136 @@
-"""Prometheus gates: one PromQL instant query through prometheus-api-client.
+"""Prometheus gates: one PromQL instant query, its answer validated before anything is judged.
 
-A scalar, or an instant vector of exactly one series, is the value. An empty vector or NaN is no data
-(Inconclusive, never a pass); several series, a range vector, an HTTP error, bad PromQL, an unreachable server
-or a timeout raise ProviderError. The bearer token is only ever sent as a header, never shown.
+The answer must be a Prometheus API envelope with ``status: "success"`` and ``resultType`` ``vector`` or
+``scalar``; a scalar, or an instant vector of exactly one series, is the value. Every sample value must be
+Prometheus' text form of a float; it becomes a Python float (NaN is no data, ±Inf is judged an Error).
+
+| answer | verdict |
+|---|---|
+| HTTP error status, unreachable, timeout, a body that isn't the API's JSON | Error |
+| ``status`` other than ``success`` (even with HTTP 200) | Error naming ``errorType: error`` |
+| ``resultType`` ``string``, ``matrix`` or unknown; several series; a malformed series or sample | Error |
+| a sample value that isn't a float's text (``"abc"``, a JSON number, null) | Error |
+| ``warnings`` present | Inconclusive, the warnings quoted (the answer may be partial) |
+| empty vector, NaN | Inconclusive (no data) |
+
+``infos`` (informational annotations, e.g. about metric naming) are ignored: they don't make an answer partial.
+
+Why not prometheus-api-client's ``custom_query``: it returns ``data.result`` only, dropping ``status``,
+``resultType`` and ``warnings``, which the verdict depends on; and its requests session only has per-socket
+timeouts, so a server trickling its answer holds the worker past any deadline. The query API is one GET, done
+here with the same deadline-bound httpx fetch as HTTP gates. The bearer token is only ever sent as a header,
+never shown.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from prometheus_api_client.prometheus_connect import PrometheusConnect
-from urllib3.util.retry import Retry
-
 from torghut_operator.api.spec import Check
+from torghut_operator.gates.deadline import Deadline
+from torghut_operator.gates.http import FetchError, fetch, new_client
 from torghut_operator.gates.judge import format_number
 from torghut_operator.gates.reading import ProviderError, Reading
 
-_STATUS = re.compile(r"HTTP Status Code (\d+) \((b'.*'|b\".*\")\)", re.DOTALL)
-_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+")
 _MAX_LABEL_SETS = 3
 _LABELS_LIMIT = 300
+_WARNINGS_LIMIT = 300
+_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_SPECIAL = {"NaN": math.nan, "+Inf": math.inf, "Inf": math.inf, "-Inf": -math.inf}
+
+
+@dataclass(frozen=True)
+class Sample:
+    labels: str
+    """``name{k="v",...}``; empty for a scalar."""
+    value: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    result_type: str
+    samples: tuple[Sample, ...]
+    warnings: tuple[str, ...] = ()
+
+
+def decode(status: int, body: bytes, target: str) -> QueryResult:
+    """The validated answer of an instant query (pure). ProviderError names what is wrong with it."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        document = None
+    if not 200 <= status < 300:
+        detail = _error_text(document) if isinstance(document, dict) else _short(body.decode("utf-8", "replace"), 200)
+        raise ProviderError(f"prometheus {target} answered HTTP {status}: {detail}")
+    if not isinstance(document, dict) or "status" not in document:
+        raise ProviderError(f"{target} did not answer like a Prometheus query API")
+    if document["status"] != "success":
+        raise ProviderError(
+            f"prometheus {target} answered status {_quoted(document['status'])}: {_error_text(document)}"
+        )
+    warnings = document.get("warnings")
+    if warnings is not None and not isinstance(warnings, list):
+        raise ProviderError(f"prometheus {target} answered malformed warnings: {_short(repr(warnings), 100)}")
+    data = document.get("data")
+    if not isinstance(data, dict):
+        raise ProviderError(f"prometheus {target} answered without data")
+    result_type, result = data.get("resultType"), data.get("result")
+    if result_type == "scalar":
+        samples: tuple[Sample, ...] = (_sample(result, ""),)
+    elif result_type == "vector":
+        if not isinstance(result, list):
+            raise ProviderError(f"prometheus {target} answered a malformed vector: {_short(repr(result), 200)}")
+        samples = tuple(_series(item) for item in result)
+    elif result_type == "matrix":
+        raise ProviderError(
+            "the query returned a range vector (resultType matrix); gates need an instant vector or a scalar"
+        )
+    elif result_type == "string":
+        raise ProviderError("the query returned a string (resultType string); gates need an instant vector or a scalar")
+    else:
+        raise ProviderError(f"prometheus {target} answered unknown resultType {_quoted(result_type)}")
+    return QueryResult(str(result_type), samples, tuple(str(w) for w in (warnings or [])))
+
+
+def _series(item: Any) -> Sample:
+    if not isinstance(item, dict) or not isinstance(item.get("metric"), dict):
+        raise ProviderError(f"malformed series in the answer: {_short(repr(item), 200)}")
+    if "value" not in item:
+        raise ProviderError("a series without a single value (a range vector?); gates need an instant vector")
+    return _sample(item["value"], _labels(item["metric"]))
+
+
+def _sample(pair: Any, labels: str) -> Sample:
+    if (
+        not isinstance(pair, list)
+        or len(pair) != 2
+        or isinstance(pair[0], bool)
+        or not isinstance(pair[0], int | float)
+    ):
+        raise ProviderError(f"malformed sample {_short(repr(pair), 100)} in the answer")
+    raw = pair[1]
+    # Prometheus sends every sample value as a string; anything else is not a Prometheus answer.
+    if not isinstance(raw, str):
+        raise ProviderError(f"sample value {_short(json.dumps(raw), 60)} is not a string-encoded float")
+    if raw in _SPECIAL:
+        return Sample(labels, _SPECIAL[raw])
+    if not _FLOAT.fullmatch(raw):
+        raise ProviderError(f"sample value {_quoted(raw)} is not a number")
+    return Sample(labels, float(raw))
 
 
 class PrometheusGateway:
     """Instant queries against one Prometheus-compatible API (Prometheus, Mimir, Thanos query frontend).
 
-    ``url``: base URL such as ``http://prometheus.monitoring:9090``. ``timeout``: seconds for each HTTP
-    request, also sent as the query's server-side ``timeout``. No retries here: the verify interval is the
-    retry. Creating the gateway opens no connection. Thread-safe."""
+    ``url``: base URL such as ``http://prometheus.monitoring:9090``. ``timeout``: the longest any request may
+    take (each is also bounded by its measurement's deadline, and the time left is sent as the query's
+    server-side ``timeout``). No retries here: the verify interval is the retry. Creating the gateway opens no
+    connection. Thread-safe."""
 
     def __init__(self, url: str, *, bearer_token: str | None, timeout: float) -> None:
         parts = urlsplit(url.strip())
@@ -47,13 +143,7 @@ class PrometheusGateway:
         """The URL without credentials, safe to show."""
         self.timeout = timeout
         self._secrets = tuple(s for s in (bearer_token, parts.password) if s)
-        headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else {}
-        self._client = PrometheusConnect(
-            url=self.url,
-            headers=headers,
-            retry=Retry(total=0, connect=0, read=0, redirect=0, status=0, raise_on_status=False),
-            timeout=timeout,  # type: ignore[arg-type]  # requests takes float seconds
-        )
+        self._client = new_client({"Authorization": f"Bearer {bearer_token}"} if bearer_token else None)
 
     def __repr__(self) -> str:
         return f"PrometheusGateway({self.target})"
@@ -67,82 +157,56 @@ class PrometheusGateway:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def read(self, check: Check) -> Reading:
+    def read(self, check: Check, deadline: Deadline) -> Reading:
         """Evaluate ``check.prometheus.query`` (and its ``samplesQuery``) now."""
         if check.prometheus is None:
             raise ProviderError(f"check {check.name} has no prometheus query")
-        value, detail = self.instant(check.prometheus.query)
+        result = self.query(check.prometheus.query, deadline)
+        value, detail = _single(result)
+        warnings = result.warnings
         samples = None
         if check.prometheus.samples_query is not None:
-            samples = self._samples(check.prometheus.samples_query)
-        return Reading(value, samples=samples, detail=detail)
+            counted = self.query(check.prometheus.samples_query, deadline)
+            warnings += counted.warnings
+            samples = _count(_single(counted)[0])
+        return Reading(value, samples=samples, detail=detail, warnings=_shown_warnings(warnings))
 
-    def instant(self, query: str) -> tuple[float | str | None, str]:
+    def instant(self, query: str, deadline: Deadline | None = None) -> tuple[float | None, str]:
         """The single value of an instant query and a short detail; None when there is no data."""
-        data = self._query(query)
-        if (
-            isinstance(data, list)
-            and len(data) == 2
-            and isinstance(data[0], int | float)
-            and not isinstance(data[1], dict)
-        ):
-            return _sample(data[1], "scalar")
-        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-            raise ProviderError(f"unexpected answer from {self.target}: {_short(repr(data), 200)}")
-        if any("values" in series for series in data):
-            raise ProviderError("the query returned a range vector; gates need an instant vector or a scalar")
-        if not data:
-            return None, "empty vector: no series matched"
-        if len(data) > 1:
-            shown = ", ".join(_labels(series.get("metric", {})) for series in data[:_MAX_LABEL_SETS])
-            more = f", and {len(data) - _MAX_LABEL_SETS} more" if len(data) > _MAX_LABEL_SETS else ""
-            raise ProviderError(
-                _short(f"the query returned {len(data)} series, expected one: {shown}{more}", _LABELS_LIMIT)
-                + "; aggregate it (e.g. sum(...))"
-            )
-        series = data[0]
-        try:
-            raw = series["value"][1]
-        except (KeyError, IndexError, TypeError):
-            raise ProviderError(f"unexpected series from {self.target}: {_short(repr(series), 200)}") from None
-        return _sample(raw, _labels(series.get("metric", {})))
+        return _single(self.query(query, deadline or Deadline.after(self.timeout)))
 
-    def series(self, query: str, *, limit: int) -> list[tuple[str, str]]:
+    def series(self, query: str, *, limit: int, deadline: Deadline | None = None) -> list[tuple[str, str]]:
         """Up to ``limit`` series of an instant query as (label set, value) texts, largest value first, e.g.
         ``[('torghut_trading_no_signal_reason_total{reason="market_closed"}', "12")]``; a scalar is one
         entry with an empty label set. For explaining a verdict, never for judging."""
-        data = self._query(query)
-        if isinstance(data, list) and len(data) == 2 and isinstance(data[0], int | float):
-            return [("", _text(data[1]))]
-        if not isinstance(data, list) or not all(isinstance(item, dict) and "value" in item for item in data):
-            raise ProviderError("explain query must return an instant vector or a scalar")
-        entries = [(_labels(item.get("metric", {})), item["value"][1]) for item in data]
-        entries.sort(key=lambda entry: _sort_key(entry[1]), reverse=True)
-        return [(labels, _text(value)) for labels, value in entries[: max(0, limit)]]
-
-    def _samples(self, query: str) -> int | None:
-        value, _ = self.instant(query)
-        if value is None:
-            return None
-        if isinstance(value, str) or math.isinf(value):
-            raise ProviderError(f"samplesQuery must return a finite number, got {_short(str(value), 60)}")
-        if value < 0:
-            raise ProviderError(f"samplesQuery returned a negative count {value:g}")
-        return math.floor(value)  # increase() extrapolates; round down, never up
-
-    def _query(self, query: str) -> Any:
         try:
-            return self._client.custom_query(query, params={"timeout": f"{self.timeout:g}s"})
-        except PrometheusApiClientException as error:
-            raise ProviderError(self._scrub(f"prometheus {self.target} {_api_error(str(error))}")) from None
-        except requests.Timeout:
-            raise ProviderError(f"prometheus {self.target} gave no answer within {self.timeout:g}s") from None
-        except requests.ConnectionError as error:
-            raise ProviderError(self._scrub(f"cannot reach prometheus {self.target}: {_cause(error)}")) from None
-        except requests.RequestException as error:
-            raise ProviderError(self._scrub(f"prometheus {self.target}: {type(error).__name__}")) from None
-        except (ValueError, KeyError, TypeError):  # 200 without a Prometheus API body
-            raise ProviderError(f"{self.target} did not answer like a Prometheus query API") from None
+            result = self.query(query, deadline or Deadline.after(self.timeout))
+        except ProviderError as error:
+            if "range vector" in str(error) or "resultType string" in str(error):
+                raise ProviderError("explain query must return an instant vector or a scalar") from None
+            raise
+        ordered = sorted(result.samples, key=lambda s: -math.inf if math.isnan(s.value) else s.value, reverse=True)
+        return [(s.labels, format_number(s.value)) for s in ordered[: max(0, limit)]]
+
+    def query(self, query: str, deadline: Deadline) -> QueryResult:
+        """One instant query, its answer validated (see the module docstring)."""
+        budget = deadline.timeout(self.timeout)
+        try:
+            answer = fetch(
+                self._client,
+                f"{self.url}/api/v1/query",
+                deadline,
+                params={"query": query, "timeout": f"{budget:.3f}"},  # float seconds, which the API accepts
+                cap=self.timeout,
+                shown=f"prometheus {self.target}",
+            )
+        except FetchError as error:
+            if error.kind == "connect":
+                raise ProviderError(self._scrub(f"cannot reach prometheus {self.target}: {error.cause}")) from None
+            if error.kind == "timeout":
+                raise ProviderError(f"prometheus {self.target} gave no answer within {budget:g}s") from None
+            raise ProviderError(self._scrub(str(error))) from None
+        return decode(answer.status, answer.body, self.target)
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -150,30 +214,39 @@ class PrometheusGateway:
         return text
 
 
-def _sample(raw: Any, where: str) -> tuple[float | str | None, str]:
-    try:
-        number = float(raw)
-    except (TypeError, ValueError):
-        return str(raw), where  # a PromQL string result
+def _single(result: QueryResult) -> tuple[float | None, str]:
+    if result.result_type == "scalar":
+        return _value(result.samples[0].value, "scalar")
+    if not result.samples:
+        return None, "empty vector: no series matched"
+    if len(result.samples) > 1:
+        shown = ", ".join(s.labels for s in result.samples[:_MAX_LABEL_SETS])
+        more = f", and {len(result.samples) - _MAX_LABEL_SETS} more" if len(result.samples) > _MAX_LABEL_SETS else ""
+        raise ProviderError(
+            _short(f"the query returned {len(result.samples)} series, expected one: {shown}{more}", _LABELS_LIMIT)
+            + "; aggregate it (e.g. sum(...))"
+        )
+    return _value(result.samples[0].value, result.samples[0].labels)
+
+
+def _value(number: float, where: str) -> tuple[float | None, str]:
     if math.isnan(number):
         return None, f"NaN ({where})"
     return number, where
 
 
-def _text(raw: Any) -> str:
-    try:
-        number = float(raw)
-    except (TypeError, ValueError):
-        return _short(str(raw), 60)
-    return format_number(number)
+def _count(value: float | None) -> int | None:
+    if value is None:
+        return None
+    if math.isinf(value):
+        raise ProviderError(f"samplesQuery must return a finite number, got {format_number(value)}")
+    if value < 0:
+        raise ProviderError(f"samplesQuery returned a negative count {value:g}")
+    return math.floor(value)  # increase() extrapolates; round down, never up
 
 
-def _sort_key(raw: Any) -> float:
-    try:
-        number = float(raw)
-    except (TypeError, ValueError):
-        return -math.inf
-    return -math.inf if math.isnan(number) else number
+def _shown_warnings(warnings: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_short(w, _WARNINGS_LIMIT) for w in dict.fromkeys(warnings))
 
 
 def _labels(metric: dict[str, Any]) -> str:
@@ -182,30 +255,12 @@ def _labels(metric: dict[str, Any]) -> str:
     return f"{name}{{{pairs}}}"
 
 
-def _api_error(message: str) -> str:
-    """'HTTP Status Code 400 (b'{"status":"error","error":"parse error..."}')' -> 'HTTP 400: parse error...'"""
-    match = _STATUS.search(message)
-    if not match:
-        return _short(message, 200)
-    status, body = match.group(1), match.group(2)
-    try:
-        text = ast.literal_eval(body).decode("utf-8", "replace")
-    except (ValueError, SyntaxError, UnicodeDecodeError):
-        text = body
-    try:
-        document = json.loads(text)
-        text = f"{document.get('errorType', 'error')}: {document.get('error', '')}"
-    except (ValueError, AttributeError):
-        pass
-    return f"answered HTTP {status}: {_short(text, 200)}"
+def _error_text(document: dict[str, Any]) -> str:
+    return _short(f"{document.get('errorType', 'error')}: {document.get('error', '')}", 200)
 
 
-def _cause(error: Exception) -> str:
-    """The root cause of a requests connection error ('[Errno 111] Connection refused'), not its URL dump."""
-    found = _ERRNO.search(str(error))
-    if found:
-        return found.group(0).strip()
-    return type(error).__name__
+def _quoted(value: Any) -> str:
+    return _short(json.dumps(value, ensure_ascii=False, default=str), 60)
 
 
 def _short(text: str, limit: int) -> str:

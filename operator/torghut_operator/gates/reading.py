@@ -15,8 +15,11 @@ class ProviderError(Exception):
 
 @dataclass(frozen=True)
 class Reading:
-    """A provider's answer. ``value is None`` means no data: judged Inconclusive, never Successful."""
+    """A provider's answer. ``value is None`` means no data: judged Inconclusive, never Successful.
+
+    ``warnings``: the source said its answer may be incomplete (Prometheus ``warnings``): Inconclusive, quoted."""
 
     value: Any | None
     samples: int | None = None
     detail: str = ""
+    warnings: tuple[str, ...] = ()

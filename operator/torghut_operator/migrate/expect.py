@@ -1,6 +1,8 @@
 """Postconditions of the migrate stage (spec.migrate.expect), checked read-only in Postgres.
 
-Every check runs in its own READ ONLY transaction with a statement timeout and is rolled back. Fail closed: a
+Every check runs in its own READ ONLY transaction with a statement timeout and is rolled back, with the gate DSN
+and its role guard: a role that is a superuser or can reach the server's programs or files is refused before any
+check runs (gates.postgres.role_refusal). Fail closed: a
 connection error, a timeout, a missing table, a missing role or a pattern that matches no table is never a pass.
 A result with ``error=True`` means the check could not be made (worth retrying); ``error=False`` and not passed
 means the database definitely does not meet the expectation.
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from torghut_operator.api.spec import Check, Expectations, GrantExpectation
+from torghut_operator.gates.postgres import ROLE_SQL, role_refusal
 from torghut_operator.migrate.sqlfiles import describe_db_error, pg_engine, set_local_timeouts
 
 # Seconds; the defaults of spec.database.connectTimeout and statementTimeout.
@@ -163,6 +166,13 @@ def run_expectations(
     if in_postgres:
         try:
             with _connect(dsn, connect_timeout, statement_timeout) as conn:
+                with _read_only(conn, statement_timeout):
+                    refused = role_refusal(tuple(conn.exec_driver_sql(ROLE_SQL).one()))
+                if refused is not None:
+                    return [
+                        *(ExpectationResult(name, False, refused, True) for name in in_postgres),
+                        *(ExpectationResult(c.name, False, refused, True) for c in expectations.checks),
+                    ]
                 if expectations.alembic_heads:
                     results.append(
                         check_alembic_heads(conn, expectations.alembic_heads, statement_timeout=statement_timeout)
