@@ -260,6 +260,8 @@ def test_kill_9_while_rolling_back_still_restores_image_and_trading_env(faults: 
     world = faults
     before = deployment(world)["metadata"]["generation"]
     world.apply(release(world, "restore", canary_fails=True))
+    # Evidence counts only when created after the attempt started: approve once the rollout runs.
+    wait_for(in_phase(world, "restore", "Verifying"), timeout=120, interval=0.2, what="verifying")
     approve_evidence(world, "paper", "live")
     wait_for(awaiting_canary(world, "restore"), timeout=120, interval=0.2, what="canary awaiting approval")
     promote(world, "restore")
