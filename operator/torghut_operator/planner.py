@@ -924,6 +924,15 @@ _PHASES = {
 }
 
 
+def stage_checks(spec: TorghutRolloutSpec, checks: list[Check], status: TorghutRolloutStatus) -> list[Check]:
+    """The checks the current stage measures: a promotion step's own checks while it runs, else ``checks``."""
+    promo = status.promotion
+    steps = spec.promotion.steps if spec.promotion is not None else []
+    if status.phase is Phase.PROMOTING and promo is not None and promo.step < len(steps):
+        return steps[promo.step].checks or checks
+    return checks
+
+
 def with_outcomes(obs: Observations, **changes: object) -> Observations:
     """Observations with the outcome of the last measuring action; a verb is applied only once."""
     return replace(obs, verb=None, **changes)  # type: ignore[arg-type]

@@ -55,6 +55,7 @@ from torghut_operator.planner import (
     deletion_plan,
     job_name,
     plan,
+    stage_checks,
     with_outcomes,
 )
 from torghut_operator.presets import effective_checks
@@ -360,7 +361,8 @@ class Reconciler:
             elif isinstance(action, CheckExpectations):
                 outcomes["expectations"] = await asyncio.to_thread(self._gates.check_expectations, spec, namespace)
             elif isinstance(action, Measure):
-                outcomes["measurements"] = await self._measure(spec, checks, status, namespace, action.checks)
+                stage = stage_checks(spec, checks, status)
+                outcomes["measurements"] = await self._measure(spec, stage, status, namespace, action.checks)
         if not any(isinstance(a, OUTCOME_ACTIONS) for a in result.actions):
             return None
         return outcomes

@@ -265,8 +265,8 @@ def test_kill_9_while_rolling_back_still_restores_image_and_trading_env(faults: 
     approve_evidence(world, "paper", "live")
     wait_for(awaiting_canary(world, "restore"), timeout=120, interval=0.2, what="canary awaiting approval")
     promote(world, "restore")
-    wait_for(in_phase(world, "restore", "RollingBack"), timeout=120, interval=0.1, what="rolling back")
-    assert env_of(world)["TRADING_MODE"] == "live"
+    wait_for(lambda: env_of(world).get("TRADING_MODE") == "live", timeout=60, interval=0.1, what="live trading on")
+    world.wait_phase("restore", "RollingBack", timeout=120)
     kill_and_restart(world)
     wait_for(restoring_mid(world, "restore"), timeout=60, interval=0.1, what="old image rolling out again")
     kill_and_restart(world)

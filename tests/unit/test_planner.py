@@ -34,6 +34,7 @@ from torghut_operator.planner import (
     _record_env,
     job_name,
     plan,
+    stage_checks,
 )
 from torghut_operator.presets import effective_checks
 from torghut_operator.timefmt import format_time
@@ -857,3 +858,13 @@ def test_research_writes_are_required_evidence_strict_fails_at_once(
     state = _fresh_check(check)
     after = _record(check, state, measured(verdict, "0", message), count=1)
     assert after.phase is verdict_after_first
+
+
+def test_a_promotion_step_measures_its_own_checks() -> None:
+    own = {"name": "fallback-live", "prometheus": {"query": "ratio"}, "max": 0.1}
+    steps = [{"name": "paper", "env": {"TRADING_MODE": "paper"}, "checks": [own]}]
+    spec = make_spec(promotion={"steps": steps})
+    checks = effective_checks(spec)
+    status = promoting(spec)
+    assert [c.name for c in stage_checks(spec, checks, status)] == ["fallback-live"]
+    assert stage_checks(spec, checks, verifying(spec)) == checks
