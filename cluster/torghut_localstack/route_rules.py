@@ -50,6 +50,7 @@ __all__ = [
     "ACTUAL_MARKERS",
     "ALL_MARKERS",
     "EXPECTED_MARKER",
+    "INT_WHITESPACE",
     "MAX_EXACT_COUNT",
     "PYTHON_WHITESPACE",
     "UNKNOWN",
@@ -86,7 +87,10 @@ MAX_EXACT_COUNT: Final = 2**53
 float, Postgres' jsonb a decimal), so the backfill cannot know what the service would have stored."""
 
 PYTHON_WHITESPACE: Final = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
-"""What ``str.strip()`` and ``int()`` treat as whitespace (29 characters); the SQL spells the same set out."""
+"""What ``str.strip()`` removes (29 characters); the SQL spells the same set out."""
+INT_WHITESPACE: Final = "".join(c for c in PYTHON_WHITESPACE if c not in "\x1c\x1d\x1e\x1f")
+"""What ``int()`` skips around a number: the same minus U+001C..U+001F, which it rejects (found by the property
+test: the two sets differ)."""
 
 
 def decimal_digit_starts() -> tuple[int, ...]:

@@ -34,10 +34,11 @@ WHERE created_at >= now() - interval '{WINDOW}'
 
 ROUTE_RULES_CTE = r"""
 rules AS (
-    -- Python's str.strip() whitespace, the Unicode digit zeros int() accepts (digits 1-9 follow each), and
-    -- the lengths of the route columns (NULL: unbounded), read from the catalog.
+    -- Python's str.strip() whitespace, the whitespace int() skips (not U+001C to U+001F), the Unicode digit
+    -- zeros int() accepts (digits 1-9 follow each), and the lengths of the route columns (NULL: unbounded).
     SELECT
         E'\u0009\u000a\u000b\u000c\u000d\u001c\u001d\u001e\u001f\u0020\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000' AS ws,
+        E'\u0009\u000a\u000b\u000c\u000d\u0020\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000' AS int_ws,
         (
             SELECT string_agg(chr(z + d), '' ORDER BY z, d)
             FROM unnest(ARRAY[
@@ -116,7 +117,7 @@ texts AS MATERIALIZED (
                     SELECT translate(
                         translate(c.raw ->> '_execution_fallback_count', r.digits,
                             repeat('0123456789', length(r.digits) / 10)),
-                        r.ws, repeat(' ', length(r.ws))
+                        r.int_ws, repeat(' ', length(r.int_ws))
                     ) AS v
                 ) AS s
             )
