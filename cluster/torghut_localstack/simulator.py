@@ -62,7 +62,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from torghut_localstack import torghut_db
+from torghut_localstack import route_rules, torghut_db
 
 __all__ = [
     "SCENARIOS",
@@ -568,7 +568,7 @@ class TorghutSimulator:
             m.orders_submitted.inc(n)
             m.reconcile_updates.inc(n)
             for ex in executions:
-                raw = torghut_db.resolve_route(ex.markers)
+                raw = route_rules.service_route(dict(ex.markers))
                 requested = (raw.expected or "alpaca") if ex.adapters == "resolved" else "alpaca"
                 m.execution_requests.labels(adapter=requested).inc()
                 s.requests[requested] = s.requests.get(requested, 0) + 1
@@ -584,7 +584,7 @@ class TorghutSimulator:
     def _remember(self, plan: _TickPlan) -> None:
         """Without a database: keep executions in memory, in the ``/trading/executions`` shape."""
         for ex in plan.executions:
-            route = torghut_db.resolve_route(ex.markers) if ex.adapters == "resolved" else None
+            route = route_rules.service_route(dict(ex.markers)) if ex.adapters == "resolved" else None
             unknown = "unknown" if ex.adapters == "unknown" else None
             with self._lock:
                 self._memory_executions.appendleft(

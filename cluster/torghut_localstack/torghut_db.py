@@ -16,7 +16,7 @@ import json
 import random
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,20 +27,22 @@ from typing import Any, Final, Literal
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from torghut_localstack import route_rules
+from torghut_localstack.route_rules import Route
+
 __all__ = [
-    "ACTUAL_MARKERS",
     "ADAPTERS",
     "APP_ROLE",
     "DEFAULT_HEADS",
     "DEFAULT_MARKER_MIX",
-    "EXPECTED_MARKERS",
     "GRANT_PRIVILEGES",
+    "HISTORY_MARKER_MIX",
+    "LATER_RESEARCH_TABLES",
     "NEXT_HEAD",
     "RESEARCH_TABLES",
     "ROUTE_MARKER_PRESETS",
     "SYMBOLS",
     "ResearchRunSeed",
-    "Route",
     "alembic_heads",
     "alpaca_order_payload",
     "bulk_seed_executions",
@@ -50,10 +52,8 @@ __all__ = [
     "insert_execution",
     "insert_trade_decision",
     "make_engine",
-    "normalize_adapter",
     "research_privileges",
     "research_row_counts",
-    "resolve_route",
     "schema_sql",
     "seed_executions",
     "seed_research_run",
@@ -72,6 +72,14 @@ RESEARCH_TABLES: Final[tuple[str, ...]] = (
     "research_stress_metrics",
     "research_promotions",
 )
+"""The research ledger of migration 0006 (the tables the seeders write)."""
+LATER_RESEARCH_TABLES: Final[tuple[str, ...]] = (
+    "research_attempts",
+    "research_cost_calibrations",
+    "research_sequential_trials",
+    "research_validation_tests",
+)
+"""Research tables migration 0026 adds; no Torghut migration grants torghut_app anything on them."""
 GRANT_PRIVILEGES: Final[tuple[str, ...]] = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
 DEFAULT_HEADS: Final[tuple[str, ...]] = (
@@ -85,24 +93,35 @@ NEXT_HEAD: Final = "0009_execution_tca_metrics"
 
 ADAPTERS: Final[tuple[str, ...]] = ("alpaca", "lean", "simulation")
 
-EXPECTED_MARKERS: Final[tuple[str, ...]] = ("_execution_route_expected", "execution_expected_adapter")
-"""Keys of ``raw_order`` naming the expected adapter, in precedence order."""
-ACTUAL_MARKERS: Final[tuple[str, ...]] = (
-    "_execution_route_actual",
-    "_execution_adapter",
-    "execution_actual_adapter",
-)
-"""Keys of ``raw_order`` naming the actual adapter, in precedence order."""
-
-ROUTE_MARKER_PRESETS: Final[Mapping[str, Mapping[str, str]]] = {
+ROUTE_MARKER_PRESETS: Final[Mapping[str, Mapping[str, object]]] = {
     "alpaca": {"_execution_route_expected": "alpaca", "_execution_route_actual": "alpaca"},
     "lean": {"_execution_route_expected": "lean", "_execution_route_actual": "lean"},
     "lean_fallback": {"_execution_route_expected": "lean", "_execution_route_actual": "alpaca_fallback"},
     "adapter_marker": {"_execution_adapter": "alpaca"},
+    "fallback_marker": {"_execution_adapter": "alpaca_fallback"},
+    "adapter_and_response": {"_execution_adapter": "alpaca", "execution_expected_adapter": "lean"},
     "response_fields": {"execution_expected_adapter": "simulation", "execution_actual_adapter": "simulation"},
+    "null_markers": {"_execution_route_expected": None, "_execution_route_actual": None},
     "none": {},
 }
-"""Named ``raw_order`` marker sets as Torghut writes them (``none``: a row from before route markers)."""
+"""Named ``raw_order`` marker sets as they occur in Torghut's history (``none``: a row from before route markers;
+``null_markers``: marker keys present but JSON null)."""
+
+HISTORY_MARKER_MIX: Final[tuple[str, ...]] = (
+    "alpaca",
+    "lean",
+    "lean_fallback",
+    "alpaca",
+    "adapter_marker",
+    "fallback_marker",
+    "adapter_and_response",
+    "response_fields",
+    "null_markers",
+    "none",
+)
+"""Historical fills as a real database holds them, including the shapes the first backfill got wrong: no marker,
+markers set to JSON null, ``_execution_adapter: alpaca_fallback`` alone, and a response's
+``execution_expected_adapter`` next to ``_execution_adapter``."""
 
 DEFAULT_MARKER_MIX: Final[tuple[str, ...]] = (
     "alpaca",
@@ -117,7 +136,6 @@ DEFAULT_MARKER_MIX: Final[tuple[str, ...]] = (
 
 SYMBOLS: Final[tuple[str, ...]] = ("AAPL", "MSFT", "NVDA", "AMZN", "META", "GOOGL", "TSLA", "SPY")
 
-_ADAPTER_RE: Final = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 _SCHEMA_RESOURCE: Final = "torghut_schema.sql"
 
 
@@ -255,11 +273,13 @@ def research_row_counts(engine: Engine) -> dict[str, int]:
         }
 
 
-def research_privileges(engine: Engine, role: str = APP_ROLE) -> dict[tuple[str, str], bool]:
+def research_privileges(
+    engine: Engine, role: str = APP_ROLE, tables: Sequence[str] = (*RESEARCH_TABLES, *LATER_RESEARCH_TABLES)
+) -> dict[tuple[str, str], bool]:
     """``has_table_privilege(role, table, privilege)`` for every research table and privilege."""
     out: dict[tuple[str, str], bool] = {}
     with engine.connect() as conn:
-        for table in RESEARCH_TABLES:
+        for table in tables:
             for privilege in GRANT_PRIVILEGES:
                 value = conn.execute(
                     text("SELECT has_table_privilege(:role, :table, :priv)"),
@@ -267,88 +287,6 @@ def research_privileges(engine: Engine, role: str = APP_ROLE) -> dict[tuple[str,
                 ).scalar_one()
                 out[(table, privilege)] = bool(value)
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Route provenance
-
-
-@dataclass(frozen=True)
-class Route:
-    """The route of one execution as Torghut records it."""
-
-    expected: str | None
-    actual: str | None
-    fallback_count: int = 0
-    fallback_reason: str | None = None
-
-    @property
-    def is_fallback(self) -> bool:
-        return self.expected is not None and self.actual is not None and self.expected != self.actual
-
-
-def normalize_adapter(value: object) -> str | None:
-    """A valid adapter name (trimmed, lower-case), or ``None`` for missing/empty/``unknown``/junk.
-
-    Only strings matching ``[a-z][a-z0-9_.-]{0,31}`` (after trimming and lower-casing) count, which is
-    exactly what the SQL backfill accepts. ``alpaca_fallback`` is returned as is: see
-    :func:`resolve_route` for its normalization.
-    """
-    if not isinstance(value, str):
-        return None
-    name = value.strip().lower()
-    if name == "unknown" or not _ADAPTER_RE.fullmatch(name):
-        return None
-    return name
-
-
-def _first(raw: Mapping[str, object], keys: Iterable[str]) -> str | None:
-    for key in keys:
-        name = normalize_adapter(raw.get(key))
-        if name is not None:
-            return name
-    return None
-
-
-def resolve_route(
-    raw_order: Mapping[str, object] | None,
-    *,
-    expected_column: object = None,
-    actual_column: object = None,
-    fallback_count: int = 0,
-    fallback_reason: str | None = None,
-) -> Route:
-    """The route the backfill (``0002_route_provenance_backfill.sql``) derives for one row.
-
-    * a valid value already in a column wins over the markers;
-    * expected: first valid of ``_execution_route_expected``, ``execution_expected_adapter``;
-    * actual: first valid of ``_execution_route_actual``, ``_execution_adapter``,
-      ``execution_actual_adapter``;
-    * ``alpaca_fallback`` becomes ``alpaca``;
-    * no expected marker: expected = actual, unless the actual was ``alpaca_fallback`` (then the
-      expected adapter is unknown and stays ``None``);
-    * expected ≠ actual: count at least 1, reason (when empty) ``fallback_from_<expected>_to_<actual>``;
-    * nothing known: ``None`` (the backfill leaves such columns as they are).
-    """
-    raw: Mapping[str, object] = raw_order or {}
-    expected_raw = normalize_adapter(expected_column) or _first(raw, EXPECTED_MARKERS)
-    actual_raw = normalize_adapter(actual_column) or _first(raw, ACTUAL_MARKERS)
-    actual = "alpaca" if actual_raw == "alpaca_fallback" else actual_raw
-    if expected_raw == "alpaca_fallback":
-        expected: str | None = "alpaca"
-    elif expected_raw is not None:
-        expected = expected_raw
-    elif actual_raw != "alpaca_fallback":
-        expected = actual_raw
-    else:
-        expected = None
-    count = fallback_count
-    reason = fallback_reason
-    if expected is not None and actual is not None and expected != actual:
-        count = max(count, 1)
-        if reason is None or not reason.strip():
-            reason = f"fallback_from_{expected}_to_{actual}"
-    return Route(expected=expected, actual=actual, fallback_count=count, fallback_reason=reason)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -464,7 +402,7 @@ def insert_execution(
     """Insert one filled execution whose ``raw_order`` carries ``markers``; return its id.
 
     ``adapters``: ``"resolved"`` fills the route columns as Torghut does at fill time (via
-    :func:`resolve_route`), ``"null"`` leaves them NULL (a historical row), ``"unknown"`` writes
+    :func:`route_rules.service_route`), ``"null"`` leaves them NULL (a historical row), ``"unknown"`` writes
     ``'unknown'``. ``with_route_columns=False`` is for a table without those columns.
     """
     rnd = rng or _rng(None)
@@ -488,7 +426,7 @@ def insert_execution(
         markers=markers,
     )
     if adapters == "resolved":
-        route = resolve_route(markers)
+        route = route_rules.service_route(dict(markers or {}))
     elif adapters == "unknown":
         route = Route(expected="unknown", actual="unknown")
     else:

@@ -4,7 +4,9 @@
 --  * executions: every column of the real model, with the route-provenance columns present but
 --    nullable and never backfilled (historical rows only carry route markers in raw_order)
 --  * trade_decisions
---  * the research ledger created by 0006 (five research_* tables, no foreign keys)
+--  * the research ledger created by 0006 (five research_* tables, no foreign keys), plus the four research
+--    tables of 0026 (research_attempts, research_cost_calibrations, research_sequential_trials,
+--    research_validation_tests), so "every research_* table" means more than 0007's five
 --  * alembic_version widened to VARCHAR(128) (the rows, i.e. the heads, are written by the loader)
 --  * the runtime role torghut_app, which may use executions / trade_decisions / alembic_version
 --    but has NO privilege on the research_* tables (the bug 0007 fixes)
@@ -163,6 +165,69 @@ CREATE TABLE IF NOT EXISTS research_promotions (
 CREATE INDEX IF NOT EXISTS ix_research_promotions_candidate ON research_promotions (candidate_id);
 CREATE INDEX IF NOT EXISTS ix_research_promotions_created_at ON research_promotions (created_at);
 
+-- Research tables of migration 0026 (strategy factory); no Torghut migration grants anything on them.
+CREATE TABLE IF NOT EXISTS research_attempts (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    attempt_id varchar(64) NOT NULL UNIQUE,
+    run_id varchar(64) NOT NULL,
+    candidate_hash varchar(128),
+    generator_family varchar(128),
+    attempt_stage varchar(64) NOT NULL,
+    status varchar(32) NOT NULL,
+    reason_codes jsonb,
+    artifact_ref varchar(255),
+    metadata_bundle jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS ix_research_attempts_run_id ON research_attempts (run_id);
+
+CREATE TABLE IF NOT EXISTS research_validation_tests (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    candidate_id varchar(64) NOT NULL,
+    test_name varchar(64) NOT NULL,
+    status varchar(32) NOT NULL,
+    metric_bundle jsonb,
+    artifact_ref varchar(255),
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT uq_research_validation_tests_candidate_name UNIQUE (candidate_id, test_name)
+);
+
+CREATE TABLE IF NOT EXISTS research_sequential_trials (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    candidate_id varchar(64) NOT NULL,
+    trial_stage varchar(32) NOT NULL,
+    account varchar(64) NOT NULL,
+    start_at timestamptz NOT NULL,
+    last_update_at timestamptz NOT NULL,
+    sample_count bigint NOT NULL DEFAULT 0,
+    confidence_sequence_lower numeric(20, 8),
+    confidence_sequence_upper numeric(20, 8),
+    posterior_edge_mean numeric(20, 8),
+    posterior_edge_lower numeric(20, 8),
+    status varchar(32) NOT NULL,
+    reason_codes jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT uq_research_sequential_trials_candidate_stage_account UNIQUE (candidate_id, trial_stage, account)
+);
+
+CREATE TABLE IF NOT EXISTS research_cost_calibrations (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    calibration_id varchar(64) NOT NULL UNIQUE,
+    scope_type varchar(64) NOT NULL,
+    scope_id varchar(128) NOT NULL,
+    window_start timestamptz,
+    window_end timestamptz,
+    modeled_slippage_bps numeric(20, 8),
+    realized_slippage_bps numeric(20, 8),
+    modeled_shortfall_bps numeric(20, 8),
+    realized_shortfall_bps numeric(20, 8),
+    calibration_error_bundle jsonb,
+    status varchar(32) NOT NULL,
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
 -- The runtime role may use the trading tables (it always could) ...
 GRANT USAGE ON SCHEMA public TO torghut_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE executions, trade_decisions TO torghut_app;
@@ -170,5 +235,6 @@ GRANT SELECT ON TABLE alembic_version TO torghut_app;
 -- ... but not the research ledger: that is what the route/grant pack (and Torghut's 0007) fix.
 REVOKE ALL PRIVILEGES ON TABLE
     research_runs, research_candidates, research_fold_metrics, research_stress_metrics,
-    research_promotions
+    research_promotions, research_attempts, research_cost_calibrations, research_sequential_trials,
+    research_validation_tests
     FROM torghut_app;

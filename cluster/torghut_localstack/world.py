@@ -579,7 +579,9 @@ class World:
             DATABASE,
         )
         # ... but, the bug Torghut's migration 0007 fixes, holds no privilege on the research ledger.
-        tables = sql.SQL(", ").join(sql.Identifier("public", t) for t in torghut_db.RESEARCH_TABLES)
+        tables = sql.SQL(", ").join(
+            sql.Identifier("public", t) for t in (*torghut_db.RESEARCH_TABLES, *torghut_db.LATER_RESEARCH_TABLES)
+        )
         postgres.execute(sql.SQL("REVOKE ALL PRIVILEGES ON TABLE {} FROM {}").format(tables, role), DATABASE)
         self._database = Database(
             name=DATABASE,

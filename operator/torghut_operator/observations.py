@@ -77,6 +77,8 @@ class Observations:
     target: TargetState | None = None
     job: JobState | None = None
     sql: SqlOutcome | None = None
+    sql_catch_up: SqlOutcome | None = None
+    """The outcome of re-running the repeatable SQL files after the new image is available (deploy stage)."""
     expectations: tuple[ExpectationOutcome, ...] | None = None
     measurements: dict[str, Measurement] = field(default_factory=dict)
     promotion_evidence: PromotionEvidence | None = None

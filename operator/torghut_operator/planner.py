@@ -48,7 +48,9 @@ class CreateMigrationJob:
 
 @dataclass(frozen=True)
 class ApplySqlMigrations:
-    pass
+    catch_up: bool = False
+    """Also run every repeatable file again (the deploy stage's catch-up); the outcome comes back as
+    ``Observations.sql_catch_up``."""
 
 
 @dataclass(frozen=True)
@@ -512,6 +514,8 @@ def _deploying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
         )
         return
     if target.rolled_out:
+        if not _caught_up(b, spec, obs):
+            return
         b.condition("Deployed", True, "Available", target.detail)
         b.condition("Verified", False, "Verifying")
         delay = parse_duration(spec.verify.initial_delay)
@@ -539,6 +543,40 @@ def _deploying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
         return
     b.update(message=f"waiting for {spec.target.image}: {target.detail}")
     b.requeue(POLL_SECONDS)
+
+
+def _caught_up(b: _Builder, spec: TorghutRolloutSpec, obs: Observations) -> bool:
+    """sql mode: once the new image is available, run the repeatable SQL files again before verifying, so rows
+    the old image wrote after the migration get backfilled too. Recorded in status.migration.caughtUpAt (a restart
+    before that repeats only idempotent files). False while it is pending or waiting on a retryable error."""
+    if spec.migrate is None or spec.migrate.sql is None:
+        return True
+    migration = b.status.migration or MigrationStatus(mode="sql")
+    if migration.caught_up_at is not None:
+        return True
+    outcome = obs.sql_catch_up
+    if outcome is None:
+        b.actions.append(ApplySqlMigrations(catch_up=True))
+        b.update(message="new image available; re-running the repeatable SQL files (catch-up)")
+        return False
+    if outcome.error is not None and outcome.retryable:
+        deadline = parse_duration(spec.deploy.progress_deadline)
+        if _elapsed(b.status.phase_started_at, b.now) <= deadline:
+            b.update(message=f"SQL catch-up will be retried: {outcome.error}")
+            b.event("Warning", "MigrationRetry", outcome.error)
+            b.requeue(POLL_SECONDS * 2)
+            return False
+    if outcome.error is not None:
+        _fail(b, spec, "deploy", "MigrationFailed", f"SQL catch-up failed: {outcome.error}", condition="Deployed")
+        return False
+    text = f"SQL catch-up: {len(outcome.applied_now)} repeatable file(s) ran again"
+    b.update(
+        migration=migration.model_copy(
+            update={"caught_up_at": b.now_text, "applied": list(outcome.applied) or migration.applied}
+        )
+    )
+    b.event("Normal", "SqlCaughtUp", text)
+    return True
 
 
 def _fresh_check(check: Check, stage: str = "verify") -> CheckStatus:

@@ -32,27 +32,290 @@ FROM executions
 WHERE created_at >= now() - interval '{WINDOW}'
 """.strip()
 
-ROUTE_BACKFILL_SQL = f"""
-SELECT COUNT(*) AS value
-FROM executions
-WHERE ({_UNSET.format(col="execution_expected_adapter")} OR {_UNSET.format(col="execution_actual_adapter")})
-  AND raw_order IS NOT NULL
-  AND raw_order::jsonb ?| ARRAY['_execution_route_expected', 'execution_expected_adapter',
-                                '_execution_route_actual', '_execution_adapter', 'execution_actual_adapter']
+ROUTE_RULES_CTE = r"""
+rules AS (
+    -- Python's str.strip() whitespace, the whitespace int() skips (not U+001C to U+001F), the Unicode digit
+    -- zeros int() accepts (digits 1-9 follow each), and the lengths of the route columns (NULL: unbounded).
+    SELECT
+        E'\u0009\u000a\u000b\u000c\u000d\u001c\u001d\u001e\u001f\u0020\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000' AS ws,
+        E'\u0009\u000a\u000b\u000c\u000d\u0020\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000' AS int_ws,
+        (
+            SELECT string_agg(chr(z + d), '' ORDER BY z, d)
+            FROM unnest(ARRAY[
+                48, 1632, 1776, 1984, 2406, 2534, 2662, 2790, 2918, 3046, 3174, 3302, 3430, 3558, 3664, 3792, 3872,
+                4160, 4240, 6112, 6160, 6470, 6608, 6784, 6800, 6992, 7088, 7232, 7248, 42528, 43216, 43264, 43472,
+                43504, 43600, 44016, 65296, 66720, 68912, 69734, 69872, 69942, 70096, 70384, 70736, 70864, 71248,
+                71360, 71472, 71904, 72016, 72784, 73040, 73120, 92768, 92864, 93008, 120782, 120792, 120802,
+                120812, 120822, 123200, 123632, 125264, 130032
+            ]) AS z
+            CROSS JOIN generate_series(0, 9) AS d
+        ) AS digits,
+        (
+            SELECT NULLIF(a.atttypmod, -1) - 4 FROM pg_catalog.pg_attribute AS a
+            WHERE a.attrelid = CAST('public.executions' AS regclass)
+                AND a.attname = 'execution_expected_adapter' AND NOT a.attisdropped
+        ) AS expected_len,
+        (
+            SELECT NULLIF(a.atttypmod, -1) - 4 FROM pg_catalog.pg_attribute AS a
+            WHERE a.attrelid = CAST('public.executions' AS regclass)
+                AND a.attname = 'execution_actual_adapter' AND NOT a.attisdropped
+        ) AS actual_len,
+        (
+            SELECT NULLIF(a.atttypmod, -1) - 4 FROM pg_catalog.pg_attribute AS a
+            WHERE a.attrelid = CAST('public.executions' AS regclass)
+                AND a.attname = 'execution_fallback_reason' AND NOT a.attisdropped
+        ) AS reason_len
+),
+candidates AS MATERIALIZED (
+    -- Rows with an adapter column that is missing (NULL, empty, whitespace, unknown) or holds alpaca_fallback.
+    -- Every other row has both adapters and is left as it is.
+    SELECT
+        e.id,
+        e.execution_expected_adapter AS cur_expected,
+        e.execution_actual_adapter AS cur_actual,
+        e.execution_fallback_count AS cur_count,
+        e.execution_fallback_reason AS cur_reason,
+        NULLIF(btrim(e.execution_expected_adapter, r.ws), '') AS col_expected,
+        NULLIF(btrim(e.execution_actual_adapter, r.ws), '') AS col_actual,
+        CASE WHEN jsonb_typeof(CAST(e.raw_order AS jsonb)) = 'object' THEN CAST(e.raw_order AS jsonb) END AS raw
+    FROM public.executions AS e
+    CROSS JOIN rules AS r
+    WHERE e.execution_expected_adapter IS NULL
+        OR e.execution_actual_adapter IS NULL
+        OR btrim(e.execution_expected_adapter, r.ws) IN ('', 'unknown', 'alpaca_fallback')
+        OR btrim(e.execution_actual_adapter, r.ws) IN ('', 'unknown', 'alpaca_fallback')
+),
+texts AS MATERIALIZED (
+    -- Route texts as the service reads them: JSON strings only, trimmed, empty is missing.
+    SELECT
+        c.*,
+        NULLIF(btrim(CASE WHEN jsonb_typeof(c.raw -> '_execution_route_expected') = 'string'
+            THEN c.raw ->> '_execution_route_expected' END, r.ws), '') AS t_route_expected,
+        NULLIF(btrim(CASE WHEN jsonb_typeof(c.raw -> '_execution_route_actual') = 'string'
+            THEN c.raw ->> '_execution_route_actual' END, r.ws), '') AS t_route_actual,
+        NULLIF(btrim(CASE WHEN jsonb_typeof(c.raw -> '_execution_adapter') = 'string'
+            THEN c.raw ->> '_execution_adapter' END, r.ws), '') AS t_adapter,
+        NULLIF(btrim(CASE WHEN jsonb_typeof(c.raw -> 'execution_actual_adapter') = 'string'
+            THEN c.raw ->> 'execution_actual_adapter' END, r.ws), '') AS t_response_actual,
+        NULLIF(btrim(CASE WHEN jsonb_typeof(c.raw -> 'execution_expected_adapter') = 'string'
+            THEN c.raw ->> 'execution_expected_adapter' END, r.ws), '') AS t_response_expected,
+        NULLIF(btrim(CASE WHEN jsonb_typeof(c.raw -> '_execution_fallback_reason') = 'string'
+            THEN c.raw ->> '_execution_fallback_reason' END, r.ws), '') AS t_reason,
+        NULLIF(btrim(CASE WHEN jsonb_typeof(c.raw -> '_fallback_reason') = 'string'
+            THEN c.raw ->> '_fallback_reason' END, r.ws), '') AS t_fallback_reason,
+        -- The count as Python's int() reads it: Unicode digits and whitespace made ASCII first, then an optional
+        -- sign, digits with single underscores between them, at most 4300 digits. JSON numbers are truncated.
+        CASE jsonb_typeof(c.raw -> '_execution_fallback_count')
+            WHEN 'boolean' THEN CASE WHEN c.raw -> '_execution_fallback_count' = CAST('true' AS jsonb) THEN 1 ELSE 0 END
+            WHEN 'number' THEN trunc(CAST(c.raw ->> '_execution_fallback_count' AS numeric))
+            WHEN 'string' THEN (
+                SELECT CASE
+                    WHEN s.v ~ '^ *[+-]?[0-9](_?[0-9])* *$' AND length(translate(s.v, ' +-_', '')) <= 4300
+                        THEN CAST(replace(s.v, '_', '') AS numeric)
+                END
+                FROM (
+                    SELECT translate(
+                        translate(c.raw ->> '_execution_fallback_count', r.digits,
+                            repeat('0123456789', length(r.digits) / 10)),
+                        r.int_ws, repeat(' ', length(r.int_ws))
+                    ) AS v
+                ) AS s
+            )
+        END AS m_count
+    FROM candidates AS c
+    CROSS JOIN rules AS r
+),
+markers AS MATERIALIZED (
+    -- alpaca_fallback is alpaca wherever it appears, and a column reading unknown is missing.
+    SELECT
+        t.*,
+        NULLIF(CASE WHEN t.col_expected = 'alpaca_fallback' THEN 'alpaca' ELSE t.col_expected END, 'unknown')
+            AS c_expected,
+        NULLIF(CASE WHEN t.col_actual = 'alpaca_fallback' THEN 'alpaca' ELSE t.col_actual END, 'unknown')
+            AS c_actual,
+        CASE WHEN t.t_route_expected = 'alpaca_fallback' THEN 'alpaca' ELSE t.t_route_expected END AS m_route_expected,
+        CASE WHEN t.t_route_actual = 'alpaca_fallback' THEN 'alpaca' ELSE t.t_route_actual END AS m_route_actual,
+        CASE WHEN t.t_adapter = 'alpaca_fallback' THEN 'alpaca' ELSE t.t_adapter END AS m_adapter,
+        CASE WHEN t.t_response_actual = 'alpaca_fallback' THEN 'alpaca' ELSE t.t_response_actual END
+            AS m_response_actual,
+        CASE WHEN t.t_response_expected = 'alpaca_fallback' THEN 'alpaca' ELSE t.t_response_expected END
+            AS m_response_expected,
+        CASE WHEN t.t_reason = 'alpaca_fallback' THEN 'alpaca' ELSE t.t_reason END AS m_reason,
+        CASE WHEN t.t_fallback_reason = 'alpaca_fallback' THEN 'alpaca' ELSE t.t_fallback_reason END
+            AS m_fallback_reason
+    FROM texts AS t
+),
+picked AS MATERIALIZED (
+    -- expected: the submit-time column, else _execution_route_expected. actual: the kept column, else the
+    -- service's marker order, else expected. No expected: expected = actual.
+    SELECT
+        m.*,
+        COALESCE(m.c_expected, m.m_route_expected, m.c_actual, m.m_route_actual, m.m_adapter, m.m_response_actual,
+            m.m_response_expected) AS expected1,
+        COALESCE(m.c_actual, m.m_route_actual, m.m_adapter, m.m_response_actual, m.m_route_expected,
+            m.m_response_expected, m.c_expected) AS actual1,
+        COALESCE(m.m_reason, m.m_fallback_reason) AS reason0
+    FROM markers AS m
+),
+fallback AS MATERIALIZED (
+    -- The service's _normalize_fallback_fields.
+    SELECT
+        p.*,
+        CASE
+            WHEN p.m_count IS NULL AND p.expected1 <> p.actual1 THEN 1
+            WHEN p.m_count <= 0 AND p.reason0 IS NOT NULL THEN 1
+            ELSE p.m_count
+        END AS count1,
+        CASE
+            WHEN p.m_count IS NULL AND p.expected1 <> p.actual1
+                THEN COALESCE(p.reason0, 'fallback_from_' || p.expected1 || '_to_' || p.actual1)
+            ELSE p.reason0
+        END AS reason1
+    FROM picked AS p
+),
+normalized AS MATERIALIZED (
+    -- The service's normalize_route_provenance.
+    SELECT
+        f.*,
+        COALESCE(f.expected1, 'unknown') AS n_expected,
+        COALESCE(f.actual1, f.expected1, 'unknown') AS n_actual,
+        CASE
+            WHEN COALESCE(f.expected1, 'unknown') <> COALESCE(f.actual1, f.expected1, 'unknown')
+                AND GREATEST(COALESCE(f.count1, 0), 0) <= 0 THEN 1
+            ELSE GREATEST(COALESCE(f.count1, 0), 0)
+        END AS n_count
+    FROM fallback AS f
+),
+resolved AS MATERIALIZED (
+    -- Both adapter columns usable: keep the row, only alpaca_fallback in a column becomes alpaca. Otherwise the
+    -- rules' values, unless one does not fit its column (or the count is beyond exact JSON numbers): skipped.
+    SELECT
+        n.id,
+        n.cur_expected,
+        n.cur_actual,
+        n.cur_count,
+        n.cur_reason,
+        n.c_expected IS NOT NULL AND n.c_actual IS NOT NULL AS both_set,
+        n.n_expected,
+        n.n_actual,
+        n.n_count,
+        CASE WHEN n.n_count = 0 THEN NULL
+            ELSE COALESCE(n.reason1, 'fallback_from_' || n.n_expected || '_to_' || n.n_actual) END AS n_reason,
+        r.expected_len,
+        r.actual_len,
+        r.reason_len
+    FROM normalized AS n
+    CROSS JOIN rules AS r
+),
+outcome AS MATERIALIZED (
+    SELECT
+        s.*,
+        CASE
+            WHEN s.both_set THEN 'kept'
+            WHEN length(s.n_expected) > s.expected_len OR length(s.n_actual) > s.actual_len
+                OR length(s.n_reason) > s.reason_len OR s.n_count > 9007199254740992 THEN 'skipped'
+            ELSE 'resolved'
+        END AS kind
+    FROM resolved AS s
+),
+backfill AS MATERIALIZED (
+    -- One row per candidate: its values after the backfill, and whether they change (changed), stay (unchanged)
+    -- or cannot be written (skipped). unknown marks rows left without provenance.
+    SELECT
+        o.id,
+        CASE
+            WHEN o.kind = 'kept' AND o.cur_expected IS NOT NULL AND btrim(o.cur_expected, r.ws) = 'alpaca_fallback'
+                THEN 'alpaca'
+            WHEN o.kind = 'resolved' THEN o.n_expected
+            ELSE o.cur_expected
+        END AS new_expected,
+        CASE
+            WHEN o.kind = 'kept' AND o.cur_actual IS NOT NULL AND btrim(o.cur_actual, r.ws) = 'alpaca_fallback'
+                THEN 'alpaca'
+            WHEN o.kind = 'resolved' THEN o.n_actual
+            ELSE o.cur_actual
+        END AS new_actual,
+        CASE WHEN o.kind = 'resolved' THEN CAST(o.n_count AS bigint) ELSE o.cur_count END AS new_count,
+        CASE WHEN o.kind = 'resolved' THEN o.n_reason ELSE o.cur_reason END AS new_reason,
+        o.cur_expected,
+        o.cur_actual,
+        o.cur_count,
+        o.cur_reason,
+        o.kind = 'skipped' AS skipped,
+        o.kind = 'resolved' AND (o.n_expected = 'unknown' OR o.n_actual = 'unknown') AS unknown
+    FROM outcome AS o
+    CROSS JOIN rules AS r
+),
+changes AS MATERIALIZED (
+    SELECT
+        b.*,
+        NOT b.skipped AND (b.new_expected, b.new_actual, b.new_count, b.new_reason)
+            IS DISTINCT FROM (b.cur_expected, b.cur_actual, b.cur_count, b.cur_reason) AS changed
+    FROM backfill AS b
+)
 """.strip()
+"""Torghut's own route-provenance rules in SQL: the CTEs after ``WITH`` in the SQL pack's backfill
+(``manifests/torghut/0002_route_provenance_backfill.sql``; a unit test keeps both identical, and an integration
+test compares them with ``torghut_localstack.route_rules`` row by row). ``changes`` has one row per execution whose
+adapter columns are missing or hold ``alpaca_fallback``: ``changed`` (the backfill would write it), ``skipped`` (a
+value does not fit its column) and ``unknown`` (left without provenance)."""
+
+ROUTE_BACKFILL_SQL = (
+    "WITH\n"
+    + ROUTE_RULES_CTE
+    + """
+SELECT
+    count(*) FILTER (WHERE c.changed) AS value,
+    count(*) FILTER (WHERE c.unknown) || ' of ' || t.total || ' executions ('
+        || round(100.0 * count(*) FILTER (WHERE c.unknown) / GREATEST(t.total, 1), 2)
+        || ' percent) have no route marker and stay unknown/unknown, '
+        || count(*) FILTER (WHERE c.skipped) || ' ('
+        || round(100.0 * count(*) FILTER (WHERE c.skipped) / GREATEST(t.total, 1), 2)
+        || ' percent) are skipped: a route value longer than its column' AS detail
+FROM (SELECT count(*) AS total FROM public.executions) AS t
+LEFT JOIN changes AS c ON true
+GROUP BY t.total"""
+)
+"""Executions the backfill would still change (0 once it ran, whatever the data); the rows it leaves unknown or
+skips are reported in the message (column ``detail``), never failed: they carry nothing to derive a route from."""
 
 RESEARCH_GRANTS_SQL = """
 WITH research AS (
-  SELECT c.oid, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  SELECT c.oid, c.relname, c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname LIKE 'research\\_%'
 ), wanted AS (SELECT unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS privilege),
 missing AS (
   SELECT r.relname || ' lacks ' || w.privilege AS gap FROM research r CROSS JOIN wanted w
   WHERE NOT has_table_privilege('torghut_app', r.oid, w.privilege)
+),
+-- Tables created later by an owner of the research tables: the owner's default privileges for schema public
+-- (its global entry, else the built-in default, plus its entry for public).
+defaults AS (
+  SELECT o.relowner, x.grantee, x.privilege_type
+  FROM (SELECT DISTINCT relowner FROM research) o
+  CROSS JOIN LATERAL (
+    SELECT COALESCE((SELECT d.defaclacl FROM pg_default_acl d WHERE d.defaclrole = o.relowner
+                       AND d.defaclnamespace = 0 AND d.defaclobjtype = 'r'), acldefault('r', o.relowner)) AS acl
+    UNION ALL
+    SELECT d.defaclacl FROM pg_default_acl d WHERE d.defaclrole = o.relowner
+      AND d.defaclnamespace = CAST('public' AS regnamespace) AND d.defaclobjtype = 'r'
+  ) a
+  CROSS JOIN LATERAL aclexplode(a.acl) x
+),
+missing_defaults AS (
+  SELECT 'new tables of ' || pg_get_userbyid(o.relowner) || ' lack ' || w.privilege AS gap
+  FROM (SELECT DISTINCT relowner FROM research) o CROSS JOIN wanted w
+  WHERE NOT EXISTS (
+    SELECT 1 FROM defaults d WHERE d.relowner = o.relowner AND d.privilege_type = w.privilege
+      AND CASE WHEN d.grantee = 0 THEN true ELSE pg_has_role('torghut_app', d.grantee, 'USAGE') END)
 )
 SELECT CASE WHEN (SELECT COUNT(*) FROM research) = 0 THEN 'no research_* tables in schema public'
-            ELSE COALESCE((SELECT string_agg(gap, ', ' ORDER BY gap) FROM missing), '') END AS value
+            ELSE COALESCE((SELECT string_agg(gap, ', ' ORDER BY gap)
+                           FROM (SELECT gap FROM missing UNION ALL SELECT gap FROM missing_defaults) g), '') END AS value
 """.strip()
+"""Empty when ``torghut_app`` holds the four privileges on every research table now and on the ones their owners
+create later (default privileges); else each gap, e.g. ``research_attempts lacks INSERT`` or
+``new tables of torghut_app lack INSERT``."""
 
 RESEARCH_WRITES_SQL = f"""
 SELECT COUNT(*) AS value

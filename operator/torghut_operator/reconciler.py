@@ -76,7 +76,9 @@ class Gates(Protocol):
 
     def measure(self, check: Check, spec: TorghutRolloutSpec, namespace: str, previous: Any | None) -> Measurement: ...
 
-    def apply_sql(self, spec: TorghutRolloutSpec, namespace: str, rollout: str) -> SqlOutcome: ...
+    def apply_sql(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: str, *, catch_up: bool = False
+    ) -> SqlOutcome: ...
 
     def check_expectations(self, spec: TorghutRolloutSpec, namespace: str) -> tuple[ExpectationOutcome, ...]: ...
 
@@ -357,7 +359,10 @@ class Reconciler:
                     self._gates.promotion_evidence, spec, namespace, action
                 )
             elif isinstance(action, ApplySqlMigrations):
-                outcomes["sql"] = await asyncio.to_thread(self._gates.apply_sql, spec, namespace, name)
+                outcome = await asyncio.to_thread(
+                    self._gates.apply_sql, spec, namespace, name, catch_up=action.catch_up
+                )
+                outcomes["sql_catch_up" if action.catch_up else "sql"] = outcome
             elif isinstance(action, CheckExpectations):
                 outcomes["expectations"] = await asyncio.to_thread(self._gates.check_expectations, spec, namespace)
             elif isinstance(action, Measure):

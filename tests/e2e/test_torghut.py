@@ -3,7 +3,9 @@ simulator, the evidence ledger and report, gated trading-mode promotion, and a K
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import pytest
@@ -98,6 +100,96 @@ def test_a_healthy_release_succeeds_writes_the_ledger_and_the_report(world: Worl
     text = report["data"]["report.md"]
     for expected in ("route-null-rate", "research-grants", "Succeeded", NEW_IMAGE, "research_runs"):
         assert expected in text, expected
+
+
+def seed_history(world: World, n: int, *, created_at: datetime, **kwargs: Any) -> list[str]:
+    engine = torghut_db.make_engine(world.postgres.dsn(world.database))
+    try:
+        return torghut_db.seed_executions(engine, n, created_at=created_at, step=timedelta(seconds=30), **kwargs)
+    finally:
+        engine.dispose()
+
+
+def routes_of(world: World, ids: list[str]) -> list[tuple[Any, ...]]:
+    listed = ", ".join(f"'{i}'" for i in ids)
+    return query(
+        world,
+        "SELECT execution_expected_adapter, execution_actual_adapter, execution_fallback_count,"
+        f" execution_fallback_reason FROM executions WHERE id IN ({listed}) ORDER BY created_at DESC",
+    )
+
+
+def test_the_bug_report_history_now_succeeds_and_reports_rows_left_unknown(world: World, superuser_secret: str) -> None:
+    """Issue 9: realistic history (no marker, markers set to JSON null, _execution_adapter alpaca_fallback alone,
+    _execution_adapter next to a response's execution_expected_adapter, a marker longer than its column) made a
+    correct release roll back. Now the backfill follows the service, and what it cannot derive is reported."""
+    day_ago = datetime.now(UTC) - timedelta(days=1)
+    history = seed_history(world, 50, created_at=day_ago, route_markers=torghut_db.HISTORY_MARKER_MIX, seed=11)
+    seed_history(world, 5, created_at=day_ago, route_markers="none", null_adapters="unknown", seed=12)
+    too_long = seed_history(
+        world, 1, created_at=day_ago, route_markers={"_execution_route_expected": "lean-" + "x" * 40}, seed=13
+    )
+
+    world.apply(completion_rollout(world, "history"))
+    obj = world.wait_phase("history", "Succeeded", "Failed", "RolledBack", timeout=180)
+
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
+    backfill = next(c for c in obj["status"]["checks"] if c["name"] == "route-backfill")
+    assert backfill["phase"] == "Successful"
+    message = backfill["measurements"][-1]["message"]
+    assert "value 0 at or below max 0" in message
+    assert re.search(r"; 15 of \d+ executions \(.* percent\) have no route marker", message), message
+    assert ", 1 (" in message, message
+    assert "skipped: a route value longer than its column" in message
+    # HISTORY_MARKER_MIX, newest first: alpaca, lean, lean_fallback, alpaca, adapter_marker, fallback_marker,
+    # adapter_and_response, response_fields, null_markers, none
+    assert routes_of(world, history[:10]) == [
+        ("alpaca", "alpaca", 0, None),
+        ("lean", "lean", 0, None),
+        ("lean", "alpaca", 1, "fallback_from_lean_to_alpaca"),
+        ("alpaca", "alpaca", 0, None),
+        ("alpaca", "alpaca", 0, None),
+        ("alpaca", "alpaca", 0, None),  # _execution_adapter alpaca_fallback alone
+        ("alpaca", "alpaca", 0, None),  # execution_expected_adapter is not an expected-adapter source
+        ("simulation", "simulation", 0, None),
+        ("unknown", "unknown", 0, None),  # markers set to JSON null
+        ("unknown", "unknown", 0, None),  # no marker at all
+    ]
+    assert routes_of(world, too_long) == [(None, None, 0, None)]  # skipped, never aborting the migration
+
+
+def test_rows_the_old_image_writes_after_the_migration_are_caught_up_before_verifying(
+    world: World, superuser_secret: str
+) -> None:
+    """The old image keeps filling orders, without route provenance, between the migration and the new image's
+    rollout. The deploy stage re-runs the repeatable backfill once the new image is available."""
+    world.kubectl("rollout", "pause", "deployment/torghut", "-n", world.namespace)  # hold the deploy stage
+    world.apply(completion_rollout(world, "old-fills"))
+
+    def migrated_and_deploying() -> dict[str, Any]:
+        obj = world.rollout("old-fills")
+        status = obj.get("status") or {}
+        if status.get("phase") != "Deploying" or not (status.get("migration") or {}).get("completedAt"):
+            raise NotYet(f"phase {status.get('phase')}: {status.get('message')}")
+        return obj
+
+    wait_for(migrated_and_deploying, timeout=120, what="migrated, the new image not yet available")
+    old_fills = seed_history(
+        world, 12, created_at=datetime.now(UTC), route_markers=["lean_fallback", "alpaca", "fallback_marker"], seed=21
+    )
+    assert {r[:2] for r in routes_of(world, old_fills)} == {(None, None)}  # what the old image writes
+    world.kubectl("rollout", "resume", "deployment/torghut", "-n", world.namespace)
+
+    obj = world.wait_phase("old-fills", "Succeeded", "Failed", "RolledBack", timeout=180)
+
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
+    migration = obj["status"]["migration"]
+    assert migration["caughtUpAt"] >= migration["completedAt"]
+    assert {r[:2] for r in routes_of(world, old_fills)} == {("lean", "alpaca"), ("alpaca", "alpaca")}
+    verdicts = {c["name"]: c["phase"] for c in obj["status"]["checks"]}
+    assert verdicts["route-backfill"] == verdicts["route-null-rate"] == "Successful"
+    reasons = [e.get("reason") for e in world.events("old-fills")]
+    assert "SqlCaughtUp" in reasons
 
 
 def test_a_null_rate_regression_rolls_back(world: World, superuser_secret: str) -> None:

@@ -11,11 +11,13 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from torghut_localstack import sql_pack
 from torghut_localstack.ports import free_port
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.torghut_db import (
     APP_ROLE,
     DEFAULT_HEADS,
+    LATER_RESEARCH_TABLES,
     RESEARCH_TABLES,
     create_database,
     create_schema,
@@ -34,6 +36,8 @@ from torghut_operator.migrate.sqlfiles import SqlMigrator, pg_engine
 
 pytestmark = pytest.mark.integration
 
+RESEARCH = (*RESEARCH_TABLES, *LATER_RESEARCH_TABLES)
+"""Every research_* table of the schema: 0006's five and 0026's four (owned by postgres, which created them)."""
 LONG_HEAD = "0012_" + "x" * 123  # 128 characters, the width of alembic_version.version_num
 CRUD = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 
@@ -66,6 +70,11 @@ def sql(dsn: str, *statements: str) -> None:
     with psycopg.connect(dsn, connect_timeout=5, autocommit=True, options="-c statement_timeout=10000") as conn:
         for statement in statements:
             conn.execute(statement)
+
+
+def defaults(grantee: str, privileges: str = "SELECT, INSERT, UPDATE, DELETE") -> str:
+    """Default privileges on the tables the research tables' owner (postgres) creates later."""
+    return f"ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT {privileges} ON TABLES TO {grantee}"
 
 
 def grant(role: str, tables: str = "research_*", privileges: list[str] | None = None) -> GrantExpectation:
@@ -131,26 +140,30 @@ def test_torghut_app_lacks_research_grants_before_0007(dsn: str) -> None:
 
     assert not result.passed
     assert not result.error
-    for table in RESEARCH_TABLES:
+    for table in RESEARCH:
         assert f"{APP_ROLE} lacks SELECT, INSERT, UPDATE, DELETE on {table}" in result.message
-    assert "(0 of 5 tables matching research_* are fine)" in result.message
+    assert f"tables postgres creates later would lack SELECT, INSERT, UPDATE, DELETE for {APP_ROLE}" in result.message
+    assert "(0 of 9 tables matching research_* are fine)" in result.message
 
 
 def test_grants_present(dsn: str, role: str) -> None:
-    sql(dsn, *(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO "{role}"' for t in RESEARCH_TABLES))
+    sql(dsn, *(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO "{role}"' for t in RESEARCH), defaults(f'"{role}"'))
 
     result = check_grants(dsn, grant(role))
 
     assert result.passed, result.message
-    assert result.message.startswith(f"{role} holds SELECT, INSERT, UPDATE, DELETE on all 5 tables")
-    assert all(t in result.message for t in RESEARCH_TABLES)
+    assert result.message.startswith(
+        f"{role} holds SELECT, INSERT, UPDATE, DELETE on all 9 tables matching research_*, and on tables created "
+        "later by postgres: "
+    )
+    assert all(t in result.message for t in RESEARCH)
 
 
-def test_partial_grants_name_each_table_and_privilege(dsn: str, role: str) -> None:
+def test_grants_on_every_table_without_default_privileges_fail_naming_the_owner(dsn: str, role: str) -> None:
     sql(
         dsn,
-        *(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO "{role}"' for t in RESEARCH_TABLES[1:]),
-        f'GRANT SELECT, DELETE ON research_runs TO "{role}"',
+        *(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO "{role}"' for t in RESEARCH),
+        defaults(f'"{role}"', "SELECT, DELETE"),
     )
 
     result = check_grants(dsn, grant(role))
@@ -158,7 +171,48 @@ def test_partial_grants_name_each_table_and_privilege(dsn: str, role: str) -> No
     assert not result.passed
     assert not result.error
     assert result.message == (
-        f"{role} lacks INSERT, UPDATE on research_runs (4 of 5 tables matching research_* are fine)"
+        f"tables postgres creates later would lack INSERT, UPDATE for {role} (no default privileges: ALTER DEFAULT "
+        f"PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT ... TO {role}) (9 of 9 tables matching research_* "
+        "are fine)"
+    )
+
+
+def test_default_privileges_are_checked_for_every_owner(postgres: PostgresServer, dsn: str, role: str) -> None:
+    owner = f"{role}_owner"
+    sql(
+        dsn,
+        f'CREATE ROLE "{owner}" NOLOGIN',
+        f'ALTER TABLE research_attempts OWNER TO "{owner}"',
+        *(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO "{role}"' for t in RESEARCH),
+        defaults(f'"{role}"'),
+    )
+    try:
+        result = check_grants(dsn, grant(role))
+        assert not result.passed
+        assert f"tables {owner} creates later would lack SELECT, INSERT, UPDATE, DELETE for {role}" in result.message
+        assert "tables postgres creates later" not in result.message
+
+        sql(dsn, f'ALTER DEFAULT PRIVILEGES FOR ROLE "{owner}" GRANT ALL ON TABLES TO "{role}"')  # a global entry
+        assert check_grants(dsn, grant(role)).passed
+    finally:
+        sql(dsn, f'DROP OWNED BY "{owner}"')
+        postgres.execute(f'DROP ROLE "{owner}"')
+
+
+def test_partial_grants_name_each_table_and_privilege(dsn: str, role: str) -> None:
+    sql(
+        dsn,
+        *(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO "{role}"' for t in RESEARCH if t != "research_runs"),
+        f'GRANT SELECT, DELETE ON research_runs TO "{role}"',
+        defaults(f'"{role}"'),
+    )
+
+    result = check_grants(dsn, grant(role))
+
+    assert not result.passed
+    assert not result.error
+    assert result.message == (
+        f"{role} lacks INSERT, UPDATE on research_runs (8 of 9 tables matching research_* are fine)"
     )
 
 
@@ -168,8 +222,10 @@ def test_grants_through_membership_and_public_count(dsn: str, role: str) -> None
         dsn,
         f'CREATE ROLE "{group}" NOLOGIN',
         f'GRANT "{group}" TO "{role}"',
-        *(f'GRANT INSERT, UPDATE ON {t} TO "{group}"' for t in RESEARCH_TABLES),
-        *(f"GRANT SELECT ON {t} TO PUBLIC" for t in RESEARCH_TABLES),
+        *(f'GRANT INSERT, UPDATE ON {t} TO "{group}"' for t in RESEARCH),
+        *(f"GRANT SELECT ON {t} TO PUBLIC" for t in RESEARCH),
+        defaults(f'"{group}"', "INSERT, UPDATE"),
+        defaults("PUBLIC", "SELECT"),
     )
     try:
         assert check_grants(dsn, grant(role, privileges=["SELECT", "INSERT", "UPDATE"])).passed
@@ -201,8 +257,9 @@ def test_pattern_wildcards_are_only_stars(dsn: str, role: str) -> None:
         "CREATE TABLE pctxdone (id int)",  # `%` must not match anything
         "CREATE SCHEMA other",
         "CREATE TABLE other.research_elsewhere (id int)",  # other schemas don't count
-        *(f'GRANT SELECT ON {t} TO "{role}"' for t in RESEARCH_TABLES),
+        *(f'GRANT SELECT ON {t} TO "{role}"' for t in RESEARCH),
         f'GRANT SELECT ON "pct%done" TO "{role}"',
+        defaults(f'"{role}"', "SELECT"),
     )
 
     research = check_grants(dsn, grant(role, privileges=["SELECT"]))
@@ -218,12 +275,21 @@ def test_pattern_wildcards_are_only_stars(dsn: str, role: str) -> None:
     assert exact.message == f"{role} lacks SELECT on researchxruns (0 of 1 tables matching researchxruns are fine)"
 
 
-def test_a_0007_style_sql_migration_makes_the_grants_pass(dsn: str) -> None:
-    """The migrate stage end to end: apply the grant patch, then the expectation holds."""
+def test_0007s_grants_are_not_enough_and_the_sql_pack_makes_the_grants_pass(dsn: str) -> None:
+    """The migrate stage end to end: Torghut's 0007 grants on five tables leave 0026's tables and every later one
+    out, and the check names them; the pack's grant file covers both."""
+    migrator = SqlMigrator(dsn, connect_timeout=5, lock_timeout=5, statement_timeout=30)
     patch = "".join(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {APP_ROLE};\n" for t in RESEARCH_TABLES)
-    applied = SqlMigrator(dsn, connect_timeout=5, lock_timeout=5, statement_timeout=30).apply(
-        {"0007_research_grants.sql": patch}, rollout="torghut/r"
-    )
+    assert migrator.apply({"0000_torghut_0007_grants.sql": patch}, rollout="torghut/r").ok
+
+    partial = check_grants(dsn, grant(APP_ROLE))
+    assert not partial.passed
+    for table in LATER_RESEARCH_TABLES:
+        assert f"{APP_ROLE} lacks SELECT, INSERT, UPDATE, DELETE on {table}" in partial.message
+    assert "tables postgres creates later would lack" in partial.message
+
+    pack = {p.name: p.read_text("utf-8") for p in sql_pack.pack_files()}
+    applied = migrator.apply({"0000_torghut_0007_grants.sql": patch, **pack}, rollout="torghut/r")
     assert applied.ok, applied.error
 
     assert check_grants(dsn, grant(APP_ROLE)).passed

@@ -129,6 +129,72 @@ def test_changed_checksum_is_a_hard_error_that_applies_nothing(dsn: str) -> None
     assert "0011_new.sql" not in history_names(dsn)
 
 
+REPEATABLE = {
+    "0001_first.sql": FILES["0001_first.sql"],
+    "0002_backfill.sql": (
+        "-- torghut-rollout: repeatable\n"
+        "-- fills the rows that have no label yet\n"
+        "UPDATE order_log SET file = 'wrong' WHERE file = 'unlabelled';\n"
+    ),
+}
+
+
+def test_a_corrected_repeatable_backfill_ships_by_changing_the_file(dsn: str) -> None:
+    """The way to fix a backfill that was applied wrong: change the repeatable file; the next apply runs it again
+    (a versioned file would be a hard error) and the history records the new checksum."""
+    assert migrator(dsn).apply(REPEATABLE, rollout=ROLLOUT).ok
+    rows(dsn, "INSERT INTO order_log (file) VALUES ('unlabelled') RETURNING seq")
+    assert migrator(dsn).apply(REPEATABLE, rollout=ROLLOUT).applied == ()  # unchanged: not run again
+    corrected = {
+        **REPEATABLE,
+        "0002_backfill.sql": REPEATABLE["0002_backfill.sql"].replace("'wrong'", "'right'"),
+    }
+
+    result = migrator(dsn).apply(corrected, rollout="torghut/fix")
+
+    assert result.ok, result.error
+    assert [r.name for r in result.applied] == ["0002_backfill.sql"]
+    assert [r.name for r in result.skipped] == ["0001_first.sql"]
+    assert order_log(dsn) == ["right"]
+    [record] = [r for r in migrator(dsn).history() if r.name == "0002_backfill.sql"]
+    assert (record.checksum, record.applied_by) == (checksum(corrected["0002_backfill.sql"]), "torghut/fix")
+    assert history_names(dsn) == ["0001_first.sql", "0002_backfill.sql"]  # one row per file, updated
+
+
+def test_catch_up_runs_every_repeatable_file_again_and_nothing_else(dsn: str) -> None:
+    files = {**REPEATABLE, "0003_versioned.sql": "INSERT INTO order_log (file) VALUES ('once');\n"}
+    first = migrator(dsn).apply(files, rollout=ROLLOUT)
+    assert first.ok
+    before = {r.name: r.applied_at for r in migrator(dsn).history()}
+    rows(dsn, "INSERT INTO order_log (file) VALUES ('unlabelled') RETURNING seq")  # written after the migration
+
+    caught_up = migrator(dsn).apply(files, rollout=ROLLOUT, catch_up=True)
+
+    assert caught_up.ok, caught_up.error
+    assert [r.name for r in caught_up.applied] == ["0002_backfill.sql"]
+    assert sorted(r.name for r in caught_up.skipped) == ["0001_first.sql", "0003_versioned.sql"]
+    assert order_log(dsn) == ["once", "wrong"]  # the versioned file did not run twice
+    after = {r.name: r.applied_at for r in migrator(dsn).history()}
+    assert after["0002_backfill.sql"] > before["0002_backfill.sql"]
+    assert after["0003_versioned.sql"] == before["0003_versioned.sql"]
+    assert [f.name for f in caught_up.status_files()] == ["0001_first.sql", "0002_backfill.sql", "0003_versioned.sql"]
+
+
+def test_a_failing_catch_up_rolls_its_file_back(dsn: str) -> None:
+    assert migrator(dsn).apply(REPEATABLE, rollout=ROLLOUT).ok
+    rows(dsn, "INSERT INTO order_log (file) VALUES ('unlabelled') RETURNING seq")
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        conn.execute("ALTER TABLE order_log ADD CONSTRAINT no_wrong CHECK (file <> 'wrong') NOT VALID")
+
+    result = migrator(dsn).apply(REPEATABLE, rollout=ROLLOUT, catch_up=True)
+
+    assert result.error is not None
+    assert result.error.kind is SqlErrorKind.FILE_FAILED
+    assert result.error.file == "0002_backfill.sql"
+    assert not result.error.retryable
+    assert order_log(dsn) == ["unlabelled"]
+
+
 def test_failing_file_leaves_no_trace_and_earlier_files_stay(dsn: str) -> None:
     files = {
         "0001_first.sql": FILES["0001_first.sql"],

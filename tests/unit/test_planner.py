@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.api.status import Measurement, Phase, RestorePoint, TorghutRolloutStatus, Verdict
+from torghut_operator.api.status import AppliedFile, Measurement, Phase, RestorePoint, TorghutRolloutStatus, Verdict
 from torghut_operator.gates.judge import judge
 from torghut_operator.gates.reading import Reading
 from torghut_operator.observations import (
@@ -267,6 +267,87 @@ def test_available_deployment_moves_to_verifying_with_fresh_checks() -> None:
     assert [c.name for c in p.status.checks] == ["c"]
     assert p.status.next_measurement_at == format_time(T0 + timedelta(seconds=30))
     assert p.requeue_after == 30
+
+
+# --- Deploying: the SQL catch-up (sql mode) ---
+
+MIGRATED = {"mode": "sql", "completedAt": format_time(T0)}
+APPLIED = (AppliedFile(name="0002_backfill.sql", checksum="c0ffee", applied_at=format_time(T0)),)
+
+
+def test_sql_mode_reruns_the_repeatable_files_once_the_new_image_is_available() -> None:
+    spec = sql_spec()
+    status = started(spec, Phase.DEPLOYING, migration=MIGRATED)
+    waiting = run(spec, status, target=target(NEW, rolled_out=False))
+    assert waiting.actions == ()  # not while the old image may still write
+
+    p = run(spec, status, target=target(NEW))
+
+    assert p.actions == (ApplySqlMigrations(catch_up=True),)
+    assert p.status.phase is Phase.DEPLOYING
+    assert "catch-up" in p.status.message
+    assert not any(c.type == "Deployed" and c.status == "True" for c in p.status.conditions)
+
+
+def test_a_successful_catch_up_is_recorded_then_verifying_starts() -> None:
+    spec = sql_spec()
+    status = started(spec, Phase.DEPLOYING, migration=MIGRATED)
+    outcome = SqlOutcome(applied=APPLIED, applied_now=("0002_backfill.sql",), skipped=("0001_grants.sql",))
+
+    p = run(spec, status, target=target(NEW), sql_catch_up=outcome)
+
+    assert p.status.phase is Phase.VERIFYING
+    assert p.actions == ()
+    assert p.status.migration is not None
+    assert p.status.migration.caught_up_at == format_time(T0)
+    assert p.status.migration.completed_at == format_time(T0)
+    assert [f.name for f in p.status.migration.applied] == ["0002_backfill.sql"]
+    assert any(e.reason == "SqlCaughtUp" and "1 repeatable file(s)" in e.message for e in p.events)
+    assert condition(p, "Deployed") == ("True", "Available")
+
+
+def test_after_a_restart_a_recorded_catch_up_is_not_repeated() -> None:
+    spec = sql_spec()
+    status = started(spec, Phase.DEPLOYING, migration={**MIGRATED, "caughtUpAt": format_time(T0)})
+    p = run(spec, status, target=target(NEW))
+    assert p.actions == ()
+    assert p.status.phase is Phase.VERIFYING
+
+
+def test_a_retryable_catch_up_error_waits_until_the_progress_deadline() -> None:
+    spec = sql_spec()
+    status = started(spec, Phase.DEPLOYING, migration=MIGRATED)
+    busy = SqlOutcome(error="another migration holds the advisory lock", retryable=True)
+
+    p = run(spec, status, target=target(NEW), sql_catch_up=busy)
+
+    assert p.status.phase is Phase.DEPLOYING
+    assert "will be retried" in p.status.message
+    assert p.requeue_after is not None
+    assert run(spec, p.status, target=target(NEW)).actions == (ApplySqlMigrations(catch_up=True),)
+    late = run(spec, status, at=T0 + timedelta(minutes=11), target=target(NEW), sql_catch_up=busy)
+    assert late.status.phase is Phase.ROLLING_BACK
+    assert condition(late, "Deployed") == ("False", "MigrationFailed")
+
+
+def test_a_failing_catch_up_fails_the_deploy_stage_and_rolls_back() -> None:
+    spec = sql_spec()
+    status = started(spec, Phase.DEPLOYING, migration=MIGRATED)
+    failed = SqlOutcome(error="0002_backfill.sql failed and was rolled back, nothing of it applied: 42P01 ...")
+
+    p = run(spec, status, target=target(NEW), sql_catch_up=failed)
+
+    assert p.status.phase is Phase.ROLLING_BACK
+    assert "0002_backfill.sql" in p.status.message
+    assert condition(p, "Deployed") == ("False", "MigrationFailed")
+    assert p.status.failed_stage == "deploy"
+
+
+def test_job_mode_has_no_catch_up() -> None:
+    spec = make_spec()
+    p = run(spec, started(spec, Phase.DEPLOYING, migration={"mode": "job"}), target=target(NEW))
+    assert p.actions == ()
+    assert p.status.phase is Phase.VERIFYING
 
 
 def test_progress_deadline_fails_and_rolls_back() -> None:

@@ -13,6 +13,7 @@ from torghut_operator.migrate.sqlfiles import (
     AppliedRecord,
     SqlMigrator,
     checksum,
+    is_repeatable,
     plan_files,
     redact,
     transaction_control,
@@ -247,3 +248,58 @@ def test_migrator_rejects_non_positive_timeouts(connect: float, lock: float, sta
 
 def test_migrator_does_not_connect_when_built() -> None:
     SqlMigrator("postgresql://nowhere.invalid/db", connect_timeout=1, lock_timeout=1, statement_timeout=None)
+
+
+# --- repeatable files ----------------------------------------------------------------------------------------
+
+R1 = "-- torghut-rollout: repeatable\n-- a backfill\nUPDATE a SET id = id;\n"
+R2 = "-- torghut-rollout: repeatable\n-- a backfill, corrected\nUPDATE a SET id = id + 0;\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "repeatable"),
+    [
+        (R1, True),
+        ("\n\n   -- torghut-rollout: repeatable   \nSELECT 1;\n", True),
+        ("-- header\n--\n-- torghut-rollout: repeatable\nSELECT 1;\n", True),
+        ("SELECT 1;\n-- torghut-rollout: repeatable\n", False),  # not in the header
+        ("-- torghut-rollout: Repeatable\nSELECT 1;\n", False),
+        ("-- torghut-rollout: repeatable later\nSELECT 1;\n", False),
+        ("/* -- torghut-rollout: repeatable */ SELECT 1;\n", False),
+        ("", False),
+    ],
+)
+def test_repeatable_marker_is_a_header_line(content: str, repeatable: bool) -> None:
+    assert is_repeatable(content) is repeatable
+
+
+def test_a_changed_repeatable_file_is_applied_again_instead_of_an_error() -> None:
+    plan = plan_files({"0001_a.sql": A, "0002_r.sql": R2}, [rec("0001_a.sql", A), rec("0002_r.sql", R1)])
+    assert plan.ok, plan.errors
+    assert [f.name for f in plan.pending] == ["0002_r.sql"]
+    assert [r.name for r in plan.applied] == ["0001_a.sql"]
+
+
+def test_an_unchanged_repeatable_file_runs_again_only_on_catch_up() -> None:
+    files = {"0001_a.sql": A, "0002_r.sql": R1}
+    history = [rec("0001_a.sql", A), rec("0002_r.sql", R1)]
+    assert plan_files(files, history).pending == ()
+    caught_up = plan_files(files, history, catch_up=True)
+    assert caught_up.ok
+    assert [f.name for f in caught_up.pending] == ["0002_r.sql"]  # never the versioned file
+    assert [r.name for r in caught_up.applied] == ["0001_a.sql"]
+
+
+def test_a_changed_versioned_file_is_still_an_error_and_names_the_way_out() -> None:
+    plan = plan_files({"0001_a.sql": B}, [rec("0001_a.sql", A)], catch_up=True)
+    assert not plan.ok
+    assert "torghut-rollout: repeatable" in plan.errors[0]
+
+
+def test_a_repeatable_file_may_not_hold_transaction_control_either() -> None:
+    bad = R1 + "COMMIT;\n"
+    plan = plan_files({"0002_r.sql": bad}, [rec("0002_r.sql", R1)])
+    assert plan.errors == (
+        "0002_r.sql line 4: COMMIT inside a file is not allowed; each file already runs in its "
+        "own transaction, committed together with its history row",
+    )

@@ -290,7 +290,9 @@ class ConfigMapRef(ApiModel):
 
 class SqlMigration(ApiModel):
     """Ordered SQL files applied by the operator itself: each once, in its own transaction, under an advisory
-    lock, recorded with a checksum in torghut_rollout.sql_migrations."""
+    lock, recorded with a checksum in torghut_rollout.sql_migrations. Files whose header has the line
+    ``-- torghut-rollout: repeatable`` are applied again when they change and run once more after the new image is
+    available (the deploy stage's catch-up)."""
 
     config_map_ref: ConfigMapRef = Field(
         description="ConfigMap whose keys ending in .sql are applied in lexical order."
@@ -309,7 +311,10 @@ class GrantExpectation(ApiModel):
     tables: str = Field(
         min_length=1,
         max_length=128,
-        description="Table name pattern in schema public; * matches any characters (e.g. research_*).",
+        description=(
+            "Table name pattern in schema public; * matches any characters (e.g. research_*). A pattern with * also "
+            "covers tables created later: the owners' default privileges must grant the same."
+        ),
     )
     privileges: list[Literal["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"]] = Field(
         min_length=1, description="Privileges required on every matching table."

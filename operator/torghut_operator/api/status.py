@@ -100,6 +100,10 @@ class MigrationStatus(ApiModel):
     applied: list[AppliedFile] = Field(default_factory=list)
     message: str = ""
     completed_at: str | None = None
+    caught_up_at: str | None = Field(
+        default=None,
+        description="When the repeatable SQL files ran again after the new image became available (sql mode).",
+    )
 
 
 class PromotionStatus(ApiModel):

@@ -174,7 +174,9 @@ class LiveGates:
             return "explain: no series"
         return "explain: " + ", ".join(f"{labels} {value}" for labels, value in series)
 
-    def apply_sql(self, spec: TorghutRolloutSpec, namespace: str, rollout: str) -> SqlOutcome:
+    def apply_sql(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: str, *, catch_up: bool = False
+    ) -> SqlOutcome:
         assert spec.migrate is not None
         assert spec.migrate.sql is not None
         assert spec.database is not None
@@ -186,7 +188,7 @@ class LiveGates:
             lock_timeout=60.0,
             statement_timeout=None,
         )
-        result = migrator.apply(files, rollout=f"{namespace}/{rollout}")
+        result = migrator.apply(files, rollout=f"{namespace}/{rollout}", catch_up=catch_up)
         error = result.error
         return SqlOutcome(
             applied=tuple(result.status_files()),

@@ -13,6 +13,8 @@ passed the judgement, all before the deadline:
 * any other exception from the provider or the judge -> Error (a bug is never a pass);
 * otherwise ``judge`` decides (see ``gates.judge``).
 
+A provider's ``note`` (the Postgres column ``detail``) follows the verdict message after ``; ``.
+
 ``Measurement.value`` is the value as text (numbers compact, strings as they are, JSON for structures,
 shortened to 256 characters); ``at`` is RFC 3339 UTC, when the measurement finished.
 """
@@ -38,6 +40,8 @@ from torghut_operator.gates.reading import ProviderError, Reading
 from torghut_operator.timefmt import format_time
 
 VALUE_TEXT_LIMIT = 256
+NOTE_LIMIT = 400
+"""A provider's note (e.g. the Postgres column ``detail``) is shortened to this many characters in a message."""
 _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 
 
@@ -73,6 +77,8 @@ def take_measurement(
 
     def finish(verdict: Verdict, message: str, reading: Reading | None = None) -> Measurement:
         at = _utc(now) + dt.timedelta(seconds=time.monotonic() - started)
+        if reading is not None and reading.note:
+            message = f"{message}; {shorten(reading.note, NOTE_LIMIT)}"
         return Measurement(
             phase=verdict,
             at=rfc3339(at),

@@ -150,9 +150,10 @@ class PostgresGateway:
 
     def read(self, check: Check, deadline: Deadline) -> Reading:
         """Run the check's query. One row expected: column ``value`` (else the first column other than
-        ``samples``) is the value and
-        an optional column ``samples`` the sample count. No row or a NULL value is no data; several rows, a
-        statement that returns no result set, a write attempt, an error or a timeout raise ProviderError."""
+        ``samples`` and ``detail``) is the value, an optional column ``samples`` the sample count and an optional
+        text column ``detail`` context quoted in the verdict message. No row or a NULL value is no data; several
+        rows, a statement that returns no result set, a write attempt, an error or a timeout raise
+        ProviderError."""
         if check.postgres is None:
             raise ProviderError(f"check {check.name} has no postgres query")
         columns, rows = self._run(check.postgres.query, check.postgres.query, None, limit=2, deadline=deadline)
@@ -161,12 +162,13 @@ class PostgresGateway:
         if len(rows) > 1:
             raise ProviderError("query returned more than one row; a gate query must return exactly one")
         row = dict(zip(columns, rows[0], strict=True))
-        others = [column for column in columns if column != "samples"] or columns
+        others = [column for column in columns if column not in ("samples", "detail")] or columns
         value = row["value"] if "value" in row else row[others[0]]
         samples = _samples(row["samples"]) if "samples" in row else None
+        note = "" if row.get("detail") is None else str(row["detail"])
         if value is None:
-            return Reading(None, samples=samples, detail="value is NULL")
-        return Reading(plain(value), samples=samples)
+            return Reading(None, samples=samples, detail="value is NULL", note=note)
+        return Reading(plain(value), samples=samples, note=note)
 
     def query_rows(
         self,

@@ -22,4 +22,8 @@ class Reading:
     value: Any | None
     samples: int | None = None
     detail: str = ""
+    """Why there is no data (with ``value is None``)."""
     warnings: tuple[str, ...] = ()
+    note: str = ""
+    """Context the provider measured along with the value (the Postgres column ``detail``); quoted after the
+    verdict message, never judged."""

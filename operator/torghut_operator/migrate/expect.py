@@ -101,6 +101,30 @@ _PRIVILEGES = sa.text(
 )
 
 
+# A table created later in schema public by an owner of the matching tables gets that owner's default privileges:
+# its global pg_default_acl entry (else the built-in default, which only names the owner) plus its entry for
+# schema public. A grant to PUBLIC or to a role the checked role inherits from counts, as has_table_privilege does.
+_DEFAULT_PRIVILEGES = sa.text(
+    "WITH owners AS ("
+    " SELECT DISTINCT c.relowner AS owner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition"
+    " AND c.relname LIKE :pattern ESCAPE '\\'), "
+    "acl AS ("
+    " SELECT o.owner, x.grantee, x.privilege_type FROM owners o"
+    " CROSS JOIN LATERAL ("
+    "  SELECT COALESCE((SELECT d.defaclacl FROM pg_default_acl d WHERE d.defaclrole = o.owner"
+    "   AND d.defaclnamespace = 0 AND d.defaclobjtype = 'r'), acldefault('r', o.owner)) AS acl"
+    "  UNION ALL SELECT d.defaclacl FROM pg_default_acl d WHERE d.defaclrole = o.owner"
+    "   AND d.defaclnamespace = CAST('public' AS regnamespace) AND d.defaclobjtype = 'r') a"
+    " CROSS JOIN LATERAL aclexplode(a.acl) x) "
+    "SELECT pg_get_userbyid(o.owner), p.privilege, EXISTS ("
+    " SELECT 1 FROM acl WHERE acl.owner = o.owner AND acl.privilege_type = p.privilege"
+    " AND CASE WHEN acl.grantee = 0 THEN true ELSE pg_has_role(:role, acl.grantee, 'USAGE') END) "
+    "FROM owners o CROSS JOIN unnest(CAST(:privileges AS text[])) WITH ORDINALITY AS p(privilege, ord) "
+    "ORDER BY 1, p.ord"
+)
+
+
 def check_grants(
     db: Db,
     grant: GrantExpectation,
@@ -109,7 +133,9 @@ def check_grants(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> ExpectationResult:
     """``grant.role`` holds every privilege in ``grant.privileges`` (directly, through role membership or PUBLIC)
-    on every table of schema public matching ``grant.tables``; at least one table must match."""
+    on every table of schema public matching ``grant.tables``; at least one table must match. A pattern with ``*``
+    also covers the tables created later: the default privileges of every owner of the matching tables must grant
+    the same (``ALTER DEFAULT PRIVILEGES FOR ROLE owner IN SCHEMA public GRANT ... TO role``)."""
     name = _grant_name(grant)
     privileges = list(dict.fromkeys(grant.privileges))
 
@@ -127,18 +153,35 @@ def check_grants(
             return ExpectationResult(
                 name, False, f"no table in schema public matches {grant.tables}: nothing proves the grant"
             )
+        future: dict[str, list[str]] = {}
+        if "*" in grant.tables:
+            for owner, privilege, granted in conn.execute(
+                _DEFAULT_PRIVILEGES,
+                {"role": grant.role, "privileges": privileges, "pattern": like_pattern(grant.tables)},
+            ):
+                missing = future.setdefault(owner, [])
+                if not granted:
+                    missing.append(privilege)
         failing = {t: p for t, p in lacking.items() if p}
-        if failing:
+        failing_future = {o: p for o, p in future.items() if p}
+        if failing or failing_future:
+            gaps = [f"{grant.role} lacks {', '.join(p)} on {t}" for t, p in failing.items()]
+            gaps += [
+                f"tables {owner} creates later would lack {', '.join(p)} for {grant.role} (no default privileges: "
+                f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT ... TO {grant.role})"
+                for owner, p in failing_future.items()
+            ]
             return ExpectationResult(
                 name,
                 False,
-                "; ".join(f"{grant.role} lacks {', '.join(p)} on {t}" for t, p in failing.items())
+                "; ".join(gaps)
                 + f" ({len(lacking) - len(failing)} of {len(lacking)} tables matching {grant.tables} are fine)",
             )
+        later = f", and on tables created later by {', '.join(future)}" if future else ""
         return ExpectationResult(
             name,
             True,
-            f"{grant.role} holds {', '.join(privileges)} on all {len(lacking)} tables matching {grant.tables}: "
+            f"{grant.role} holds {', '.join(privileges)} on all {len(lacking)} tables matching {grant.tables}{later}: "
             + ", ".join(lacking),
         )
 

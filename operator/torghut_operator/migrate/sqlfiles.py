@@ -6,6 +6,12 @@ Decisions (the brief was silent on these):
 * The checksum is the sha256 (lower-case hex) of the file's exact UTF-8 bytes as stored in the ConfigMap. Line
   endings and trailing whitespace are NOT normalised: what runs is what is hashed, so ``|`` vs ``|-`` in the
   ConfigMap's YAML is a change.
+* A file whose header (the comment lines before its first statement) has the line
+  ``-- torghut-rollout: repeatable`` is *repeatable* (Flyway's word): it must be idempotent, and instead of the
+  hard "checksum changed" error it is applied again whenever its checksum changes (how a corrected backfill
+  ships), and ``apply(..., catch_up=True)`` runs every repeatable file again whatever its checksum (the rollout's
+  catch-up after the new image is available). Its history row records the last application. Every other file is
+  *versioned*: applied once, never changed.
 * Keys not ending in ``.sql`` are ignored (a README may sit beside the files). Order is by code point (C
   collation): zero-pad numbers (``0002`` < ``0010``).
 * An applied file that is no longer in the ConfigMap is a WARNING, not an error: its effects are in the
@@ -54,6 +60,9 @@ from torghut_operator.api.status import AppliedFile
 
 HISTORY_TABLE = "torghut_rollout.sql_migrations"
 
+REPEATABLE_MARKER = "-- torghut-rollout: repeatable"
+"""A header line that makes a SQL file repeatable."""
+
 LOCK_KEY = 1375901641654169416
 """The advisory lock (bigint form) held while SQL files are applied: the first 8 bytes of
 sha256(b"torghut_rollout.sql_migrations") as a signed big-endian integer. Advisory locks are per database, so this
@@ -79,11 +88,26 @@ def checksum(content: str) -> str:
     return hashlib.sha256(content.encode("utf-8")).hexdigest()
 
 
+def is_repeatable(content: str) -> bool:
+    """True when a line of the file's header (its leading comment and blank lines) is :data:`REPEATABLE_MARKER`."""
+    for line in content.splitlines():
+        text = line.strip()
+        if text == REPEATABLE_MARKER:
+            return True
+        if text and not text.startswith("--"):
+            return False
+    return False
+
+
 @dataclass(frozen=True)
 class SqlFile:
     name: str
     content: str
     checksum: str
+
+    @property
+    def repeatable(self) -> bool:
+        return is_repeatable(self.content)
 
 
 @dataclass(frozen=True)
@@ -130,8 +154,9 @@ class SqlPlan:
         )
 
 
-def plan_files(files: Mapping[str, str], history: Sequence[AppliedRecord]) -> SqlPlan:
-    """What to apply from ConfigMap ``files`` given the recorded ``history``."""
+def plan_files(files: Mapping[str, str], history: Sequence[AppliedRecord], *, catch_up: bool = False) -> SqlPlan:
+    """What to apply from ConfigMap ``files`` given the recorded ``history``; ``catch_up`` re-runs every repeatable
+    file too."""
     recorded = {r.name: r for r in history}
     names = sorted(n for n in files if n.endswith(".sql"))
     last_applied = max(recorded, default=None)
@@ -144,12 +169,17 @@ def plan_files(files: Mapping[str, str], history: Sequence[AppliedRecord]) -> Sq
     for name in names:
         file = SqlFile(name=name, content=files[name], checksum=checksum(files[name]))
         record = recorded.get(name)
+        if record is not None and file.repeatable and (catch_up or record.checksum != file.checksum):
+            pending.append(file)
+            errors.extend(_transaction_errors(file))
+            continue
         if record is not None:
             if record.checksum != file.checksum:
                 errors.append(
                     f"{name} was applied with checksum {record.checksum[:12]} but the ConfigMap now has "
                     f"{file.checksum[:12]}: an applied file must never change; restore it and put the change in "
-                    "a new file"
+                    f"a new file (or, for an idempotent file, mark it repeatable with the header line "
+                    f"'{REPEATABLE_MARKER}')"
                 )
             else:
                 applied.append(record)
@@ -165,11 +195,7 @@ def plan_files(files: Mapping[str, str], history: Sequence[AppliedRecord]) -> Sq
                 f"{name} has the same checksum {file.checksum[:12]} as {missing_by_checksum[file.checksum]}, "
                 "which was applied and is gone from the ConfigMap: a renamed file would run twice"
             )
-        errors.extend(
-            f"{name} line {line}: {command} inside a file is not allowed; each file already runs in its own "
-            "transaction, committed together with its history row"
-            for line, command in transaction_control(file.content)
-        )
+        errors.extend(_transaction_errors(file))
     return SqlPlan(
         pending=tuple(pending),
         applied=tuple(applied),
@@ -177,6 +203,14 @@ def plan_files(files: Mapping[str, str], history: Sequence[AppliedRecord]) -> Sq
         ignored=tuple(sorted(n for n in files if not n.endswith(".sql"))),
         errors=tuple(errors),
     )
+
+
+def _transaction_errors(file: SqlFile) -> list[str]:
+    return [
+        f"{file.name} line {line}: {command} inside a file is not allowed; each file already runs in its own "
+        "transaction, committed together with its history row"
+        for line, command in transaction_control(file.content)
+    ]
 
 
 _WORD = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
@@ -445,7 +479,11 @@ _SELECT_HISTORY = sa.text(
 _HISTORY_EXISTS = sa.text(f"SELECT to_regclass('{HISTORY_TABLE}') IS NOT NULL")
 _INSERT_HISTORY = sa.text(
     f"INSERT INTO {HISTORY_TABLE} (name, checksum, applied_by, duration_ms) "
-    "VALUES (:name, :checksum, :applied_by, :duration_ms) RETURNING applied_at"
+    "VALUES (:name, :checksum, :applied_by, :duration_ms) "
+    # a repeatable file's row records its last application
+    "ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now(), "
+    "applied_by = EXCLUDED.applied_by, duration_ms = EXCLUDED.duration_ms "
+    "RETURNING applied_at"
 )
 _FRESH_SESSION = "RESET ALL; RESET ROLE; DISCARD TEMP"
 """Run before each file: a file sees the session as it was at connection start, whatever an earlier file SET,
@@ -497,8 +535,9 @@ class SqlMigrator:
         finally:
             engine.dispose()
 
-    def apply(self, files: Mapping[str, str], *, rollout: str) -> SqlMigrationResult:
+    def apply(self, files: Mapping[str, str], *, rollout: str, catch_up: bool = False) -> SqlMigrationResult:
         """Apply the pending SQL files of ``files`` (ConfigMap data); ``rollout`` is recorded as applied_by.
+        ``catch_up``: run every repeatable file again as well.
 
         Never raises for database trouble: the result carries the error. Until the history has been read under the
         lock, every SQL file counts as pending (not known to be applied)."""
@@ -509,7 +548,7 @@ class SqlMigrator:
             with engine.connect() as conn:
                 self._lock(conn)
                 try:
-                    plan = self._plan(conn, files)
+                    plan = self._plan(conn, files, catch_up=catch_up)
                     if not plan.ok:
                         raise _Stop(SqlMigrationError(kind=SqlErrorKind.PLAN_REJECTED, message="; ".join(plan.errors)))
                     for file in plan.pending:
@@ -575,13 +614,13 @@ class SqlMigrator:
         except sa.exc.DBAPIError:
             conn.invalidate()
 
-    def _plan(self, conn: sa.Connection, files: Mapping[str, str]) -> SqlPlan:
+    def _plan(self, conn: sa.Connection, files: Mapping[str, str], *, catch_up: bool) -> SqlPlan:
         """Create the history table when missing and plan against the history read under the lock."""
         with conn.begin():
             if not conn.execute(_HISTORY_EXISTS).scalar_one():
                 _run_script(conn, _history_ddl())
         with conn.begin():
-            return plan_files(files, self._read_history(conn))
+            return plan_files(files, self._read_history(conn), catch_up=catch_up)
 
     @staticmethod
     def _read_history(conn: sa.Connection) -> list[AppliedRecord]:
