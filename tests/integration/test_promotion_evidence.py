@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import GATE_READER
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.torghut_db import create_database, create_schema, drop_database, make_engine
 from torghut_operator.gates.live import PROMOTION_EVIDENCE_SQL, promotion_evidence_verdict
@@ -19,13 +20,12 @@ from torghut_operator.observations import PromotionEvidence
 from torghut_operator.planner import CheckPromotionEvidence
 from torghut_operator.timefmt import format_time
 
-pytestmark = pytest.mark.integration
-
 STARTED = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def dsn(postgres: PostgresServer) -> Iterator[str]:
+    """The database, as its superuser (to write the rows)."""
     name = f"evidence_{uuid.uuid4().hex[:16]}"
     create_database(postgres.dsn(), name)
     engine = make_engine(postgres.dsn(name))
@@ -55,10 +55,15 @@ def add_row(dsn: str, *, candidate: str, mode: str, at: datetime, deny: str | No
 
 
 def evidence(dsn: str, request: CheckPromotionEvidence) -> PromotionEvidence:
+    """Read as a gate reads: a read-only role (the gates refuse a superuser)."""
     params = {"mode": request.mode, "since": request.since, "candidate": request.candidate_id}
-    with PostgresGateway(dsn, statement_timeout=5, connect_timeout=5) as gateway:
+    reader = dsn.replace("postgresql://postgres@", f"postgresql://{GATE_READER}@")
+    with PostgresGateway(reader, statement_timeout=5, connect_timeout=5) as gateway:
         rows = gateway.query_rows(PROMOTION_EVIDENCE_SQL, params)
     return promotion_evidence_verdict(request, rows[0] if rows else None)
+
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("gate_reader")]
 
 
 def test_an_approval_older_than_the_attempt_another_candidate_or_a_denial_never_opens_a_step(dsn: str) -> None:
