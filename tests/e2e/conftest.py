@@ -159,7 +159,8 @@ def operator(
 
 @dataclass
 class World:
-    """One test's Torghut: its namespace, database, simulator and helpers to drive rollouts."""
+    """One test's Torghut: its namespace, database (in schema state ``schema_state``), simulator and helpers to
+    drive rollouts."""
 
     namespace: str
     kubectl: Kubectl
@@ -169,6 +170,7 @@ class World:
     database: str
     dsn: str
     simulator: TorghutSimulator
+    schema_state: torghut_db.SchemaState = "head"
     created: list[str] = field(default_factory=list)
 
     @property
@@ -235,7 +237,15 @@ def rollout_manifest(name: str, world: World, **spec: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
+def schema_state() -> torghut_db.SchemaState:
+    """The Torghut schema of the test's database: ``head`` (the newest); a test parametrizes ``schema_state``
+    with ``checklist`` for the state before migration 0007."""
+    return "head"
+
+
+@pytest.fixture
 def world(
+    schema_state: torghut_db.SchemaState,
     namespace: str,
     kubectl: Kubectl,
     postgres: PostgresServer,
@@ -248,7 +258,7 @@ def world(
     postgres.create_database(database)
     engine = torghut_db.make_engine(postgres.dsn(database))
     try:
-        torghut_db.create_schema(engine)
+        torghut_db.create_schema(engine, state=schema_state)
     finally:
         engine.dispose()
     postgres.execute(f"ALTER ROLE {torghut_db.APP_ROLE} WITH LOGIN PASSWORD '{APP_PASSWORD}'")
@@ -274,10 +284,11 @@ def world(
         follow=FollowTarget.parse(f"{namespace}/torghut/torghut"),
         kubeconfig=str(cluster.kubeconfig),
         tick_seconds=0.5,
+        expected_heads=torghut_db.heads_of(schema_state),
     ).start()
     prometheus.set_targets(namespace, [f"127.0.0.1:{simulator.port}"])
     prometheus.wait_for_targets(namespace, timeout=30)
-    world = World(namespace, kubectl, postgres, prometheus, operator, database, app_dsn, simulator)
+    world = World(namespace, kubectl, postgres, prometheus, operator, database, app_dsn, simulator, schema_state)
     try:
         yield world
     finally:

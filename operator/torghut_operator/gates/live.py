@@ -20,6 +20,7 @@ from torghut_operator.evidence.ledger import (
     transitions,
 )
 from torghut_operator.evidence.report import TorghutFacts, collect_torghut_facts, render_report
+from torghut_operator.gates import trading_status
 from torghut_operator.gates.http import HttpGateway
 from torghut_operator.gates.measure import Provider, take_measurement
 from torghut_operator.gates.postgres import PostgresGateway
@@ -125,10 +126,20 @@ class LiveGates:
         explain = check.prometheus.explain_query if check.prometheus is not None else None
         if explain and measurement.phase is not Verdict.SUCCESSFUL:
             assert isinstance(provider, PrometheusGateway)
-            measurement = measurement.model_copy(
-                update={"message": f"{measurement.message}; {self._explain(provider, explain)}"}
-            )
+            parts = [self._explain(provider, explain)]
+            if spec.service_url:  # the service's own view of its signal path names the block
+                parts.append(self._status_blocks(spec.service_url, parse_duration(check.timeout)))
+            measurement = measurement.model_copy(update={"message": "; ".join([measurement.message, *parts])})
         return measurement
+
+    def _status_blocks(self, service_url: str, timeout: float) -> str:
+        url = service_url.rstrip("/") + trading_status.STATUS_PATH
+        probe = Check.model_validate({"name": "trading-status", "http": {"url": url}, "successCondition": "true"})
+        try:
+            reading = self._http.get(timeout, lambda: HttpGateway(timeout=timeout)).read(probe)
+        except ProviderError as exc:
+            return f"{trading_status.STATUS_PATH}: {exc}"
+        return reading.explain or f"{trading_status.STATUS_PATH}: nothing blocks the loop"
 
     @staticmethod
     def _explain(provider: PrometheusGateway, query: str) -> str:

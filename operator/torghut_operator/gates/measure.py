@@ -75,6 +75,8 @@ def take_measurement(check: Check, provider: Provider, *, previous: Any | None, 
         verdict, message = judge(check, reading, previous)
     except Exception as error:  # noqa: BLE001 - fail closed
         return finish(Verdict.ERROR, _error_message(check, _unexpected(error)))
+    if reading.explain and verdict is not Verdict.SUCCESSFUL:
+        message = f"{message}; {reading.explain}"
     return finish(verdict, message, reading)
 
 

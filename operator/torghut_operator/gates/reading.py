@@ -20,3 +20,6 @@ class Reading:
     value: Any | None
     samples: int | None = None
     detail: str = ""
+    explain: str | None = None
+    """Why the value may not pass, in words (e.g. the blocks of a /trading/status answer); appended to the
+    verdict message of a measurement that does not pass."""
