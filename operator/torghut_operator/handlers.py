@@ -11,19 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from torghut_operator import metrics
-from torghut_operator.api.spec import GROUP, PLURAL, VERSION
+from torghut_operator.api.spec import GROUP, PLURAL, VERSION, TorghutRolloutSpec
 from torghut_operator.errors import PermanentError
 from torghut_operator.health import WatchFreshness
 from torghut_operator.kube.builders import MANAGED_BY
 from torghut_operator.reconciler import Reconciler
-from torghut_operator.settings import OperatorConfig
+from torghut_operator.route_stats import RouteStats
+from torghut_operator.settings import OperatorConfig, route_interval
 
 log = logging.getLogger(__name__)
 TURN_TIMEOUT = 180.0
@@ -42,6 +45,8 @@ class Runtime:
     wakers: dict[str, asyncio.Event] = field(default_factory=dict)
     targets: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     """uid -> (namespace, target kind, target name)"""
+    route_reader: Callable[[TorghutRolloutSpec, str], RouteStats] | None = None
+    """Reads a rollout's target database's route statistics (blocking); None: route metrics off."""
 
     def wake(self, uid: str) -> None:
         event = self.wakers.get(uid)
@@ -76,6 +81,7 @@ async def drive(
 ) -> None:
     assert namespace is not None  # the resource is namespaced
     runtime = _runtime(memo)
+    metrics.watching(namespace, name)
     wake = runtime.wakers.setdefault(uid, asyncio.Event())
     target = spec.get("target") or {}
     runtime.targets[uid] = (namespace, target.get("kind", "Deployment"), target.get("name", ""))
@@ -96,7 +102,9 @@ async def drive(
                 turn, backoff = None, min(backoff * 2, IDLE_SECONDS)
                 await _wait(wake, backoff)
                 continue
-            if turn is None:
+            if turn is None:  # deleted: nothing of it may stay exported
+                metrics.forget(namespace, name)
+                metrics.forget_route(uid)
                 return
             delay = IDLE_SECONDS if turn.requeue_after is None else min(turn.requeue_after, IDLE_SECONDS)
             if delay > 0:
@@ -120,12 +128,42 @@ async def rollout_changed(
     if type == "DELETED":
         runtime.freshness.forget(uid)
         metrics.forget(namespace or "", name)
+        metrics.forget_route(uid)
     target = body.spec.get("target") or {}
     key = (namespace or "", target.get("kind", "Deployment"), target.get("name", ""))
     # Any change to one rollout may unblock another on the same target.
     for other, other_key in list(runtime.targets.items()):
         if other == uid or other_key == key:
             runtime.wake(other)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=route_interval(), initial_delay=1.0)
+async def route_visibility(
+    *, namespace: str | None, uid: str, spec: kopf.Spec, meta: kopf.Meta, memo: Any, **_: Any
+) -> None:
+    """Route null rate, unknown rate and fallback ratio of the rollout's target database, exported all the time
+    (not only while it verifies), labelled namespace/target; gone with the last rollout watching the target."""
+    runtime = _runtime(memo)
+    if runtime.route_reader is None or namespace is None or meta.get("deletionTimestamp"):
+        return
+    try:
+        parsed = TorghutRolloutSpec.model_validate(dict(spec))
+    except ValidationError:
+        return  # an invalid spec is reported by its daemon
+    if parsed.database is None:
+        return
+    try:
+        stats: RouteStats | None = await asyncio.to_thread(runtime.route_reader, parsed, namespace)
+    except Exception as exc:  # noqa: BLE001 (fail closed: no rates rather than stale ones)
+        log.warning("route statistics of %s/%s: %s", namespace, parsed.target.name, _secret_free(exc))
+        stats = None
+    metrics.observe_route(uid, namespace, parsed.target.name, stats)
+
+
+def _secret_free(exc: Exception) -> str:
+    from torghut_operator.gates.reading import ProviderError  # noqa: PLC0415 (keep import cheap)
+
+    return str(exc) if isinstance(exc, ProviderError | ValueError) else type(exc).__name__
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_BY)

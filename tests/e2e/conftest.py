@@ -47,6 +47,7 @@ class OperatorProcess:
             **cluster.env,
             "KUBECONFIG": str(kubeconfig),
             "TORGHUT_OPERATOR_METRICS_PORT": "0",
+            "TORGHUT_OPERATOR_ROUTE_INTERVAL": "2",
             "PYTHONUNBUFFERED": "1",
         }
         self._log_dir = log_dir
@@ -94,6 +95,11 @@ class OperatorProcess:
                 self._proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def scrape(self) -> str:
+        """The operator's /metrics text."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
 
     def tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

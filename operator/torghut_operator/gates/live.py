@@ -31,6 +31,7 @@ from torghut_operator.migrate.expect import ExpectationResult, run_expectations
 from torghut_operator.migrate.sqlfiles import SqlMigrator
 from torghut_operator.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
 from torghut_operator.planner import Event
+from torghut_operator.route_stats import ROUTE_STATS_SQL, RouteStats
 from torghut_operator.timefmt import format_time, parse_time, utcnow
 
 EXPLAIN_LIMIT = 8
@@ -201,6 +202,14 @@ class LiveGates:
         if count == 0:
             return PromotionEvidence(False, f"no approved research_promotions row for mode {mode}")
         return PromotionEvidence(True, f"{count} approved research_promotions row(s) for mode {mode}")
+
+    def route_stats(self, spec: TorghutRolloutSpec, namespace: str) -> RouteStats:
+        """The target database's route statistics of the last 15 minutes, through the read-only gate gateway
+        (ProviderError when it can't be read; ValueError for a malformed answer)."""
+        rows = self._postgres_gateway(spec, namespace).query_rows(ROUTE_STATS_SQL, max_rows=1)
+        if len(rows) != 1:
+            raise ProviderError(f"route statistics: expected one row, got {len(rows)}")
+        return RouteStats.from_row(rows[0])
 
     # --- evidence ---
 
