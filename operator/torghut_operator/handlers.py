@@ -21,12 +21,13 @@ from pydantic import ValidationError
 
 from torghut_operator import metrics
 from torghut_operator.api.spec import GROUP, PLURAL, VERSION, TorghutRolloutSpec
+from torghut_operator.api.status import Phase
 from torghut_operator.errors import PermanentError
 from torghut_operator.health import WatchFreshness
 from torghut_operator.kube.builders import MANAGED_BY
 from torghut_operator.reconciler import Reconciler
 from torghut_operator.route_stats import RouteStats
-from torghut_operator.settings import OperatorConfig, route_interval
+from torghut_operator.settings import OperatorConfig, report_refresh_interval, route_interval
 
 log = logging.getLogger(__name__)
 TURN_TIMEOUT = 180.0
@@ -47,6 +48,9 @@ class Runtime:
     """uid -> (namespace, target kind, target name)"""
     route_reader: Callable[[TorghutRolloutSpec, str], RouteStats] | None = None
     """Reads a rollout's target database's route statistics (blocking); None: route metrics off."""
+    reports_done: set[tuple[str, str, int]] = field(default_factory=set)
+    """(uid, spec hash, attempt) of finished runs whose report needs no more refreshing (in memory: after a restart
+    a report is refreshed once more, which is harmless)."""
 
     def wake(self, uid: str) -> None:
         event = self.wakers.get(uid)
@@ -158,6 +162,26 @@ async def route_visibility(
         log.warning("route statistics of %s/%s: %s", namespace, parsed.target.name, _secret_free(exc))
         stats = None
     metrics.observe_route(uid, namespace, parsed.target.name, stats)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=report_refresh_interval(), initial_delay=5.0)
+async def refresh_report(
+    *, namespace: str | None, name: str, uid: str, status: kopf.Status, memo: Any, **_: Any
+) -> None:
+    """A finished run's evidence report is refreshed until it shows the first three lane runs after the deploy, for
+    a bounded time (evidence.report.REFRESH_HOURS); the report says how many it saw."""
+    runtime = _runtime(memo)
+    phase = status.get("phase")
+    key = (uid, str(status.get("specHash") or ""), int(status.get("attempt") or 0))
+    if namespace is None or key in runtime.reports_done or phase not in {p.value for p in Phase if p.terminal}:
+        return
+    try:
+        more = await runtime.reconciler.refresh_report(namespace, name)
+    except Exception as exc:  # noqa: BLE001 (tried again at the next interval)
+        log.warning("refreshing the evidence report of %s/%s: %s", namespace, name, _secret_free(exc))
+        return
+    if not more:
+        runtime.reports_done.add(key)
 
 
 def _secret_free(exc: Exception) -> str:

@@ -19,7 +19,13 @@ from torghut_operator.evidence.ledger import (
     status_measurements,
     transitions,
 )
-from torghut_operator.evidence.report import TorghutFacts, collect_torghut_facts, render_report
+from torghut_operator.evidence.report import (
+    TorghutFacts,
+    collect_torghut_facts,
+    facts_since,
+    lane_runs_seen,
+    render_report,
+)
 from torghut_operator.gates import trading_status
 from torghut_operator.gates.http import HttpGateway
 from torghut_operator.gates.measure import Provider, take_measurement
@@ -32,7 +38,7 @@ from torghut_operator.migrate.sqlfiles import SqlMigrator
 from torghut_operator.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
 from torghut_operator.planner import Event
 from torghut_operator.route_stats import ROUTE_STATS_SQL, RouteStats
-from torghut_operator.timefmt import format_time, parse_time, utcnow
+from torghut_operator.timefmt import format_time, utcnow
 
 EXPLAIN_LIMIT = 8
 """Series of an explainQuery quoted in a verdict message."""
@@ -241,20 +247,26 @@ class LiveGates:
     def report(
         self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
     ) -> str:
+        return self.report_with_lane_runs(spec, namespace, rollout, status)[0]
+
+    def report_with_lane_runs(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
+    ) -> tuple[str, int | None]:
+        """The report, and how many lane runs since the deploy it shows (None: they could not be read)."""
         measurements: list[MeasurementRecord] = []
         decisions: list[DecisionRecord] = []
         facts: TorghutFacts | None = None
         if spec.database is not None:
             ledger = self._ledger(spec, namespace)
             measurements, decisions = ledger.measurements(rollout.uid), ledger.decisions(rollout.uid)
-            since = parse_time(status.started_at) if status.started_at else utcnow()
+            since = facts_since(status) or utcnow()
             facts = collect_torghut_facts(
                 self._dsn(spec, namespace),
                 since=since,
                 connect_timeout=parse_duration(spec.database.connect_timeout),
                 statement_timeout=parse_duration(spec.database.statement_timeout),
             )
-        return render_report(
+        text = render_report(
             name=rollout.name,
             namespace=namespace,
             spec=spec,
@@ -263,3 +275,4 @@ class LiveGates:
             decisions=decisions,
             facts=facts,
         )
+        return text, lane_runs_seen(facts)
