@@ -185,9 +185,11 @@ async def refresh_report(
 
 
 def _secret_free(exc: Exception) -> str:
-    from torghut_operator.gates.reading import ProviderError  # noqa: PLC0415 (keep import cheap)
+    """Our own errors (and a malformed answer's ValueError) are written secret-free; others by type only."""
+    from torghut_operator.errors import OperatorError  # noqa: PLC0415 (keep import cheap)
+    from torghut_operator.gates.reading import ProviderError  # noqa: PLC0415
 
-    return str(exc) if isinstance(exc, ProviderError | ValueError) else type(exc).__name__
+    return str(exc) if isinstance(exc, OperatorError | ProviderError | ValueError) else type(exc).__name__
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_BY)
