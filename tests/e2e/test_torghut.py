@@ -96,8 +96,16 @@ def test_a_healthy_release_succeeds_writes_the_ledger_and_the_report(world: Worl
         what="the evidence report ConfigMap",
     )
     text = report["data"]["report.md"]
-    for expected in ("route-null-rate", "research-grants", "Succeeded", NEW_IMAGE, "research_runs"):
+    for expected in (
+        "route-null-rate",
+        "research-grants",
+        "Succeeded",
+        NEW_IMAGE,
+        "research_runs",
+        "research_attempts",
+    ):
         assert expected in text, expected
+    assert "Lane runs seen since" in text, "the report says how many lane runs after the deploy it saw"
 
 
 def test_a_null_rate_regression_rolls_back(world: World, superuser_secret: str) -> None:
