@@ -103,3 +103,22 @@ def test_zero_signal_throughput_quotes_the_no_signal_reasons_and_the_block(prome
             assert "blocked: kill switch on (kill_switch_enabled=true)" in message
         finally:
             prometheus.remove_targets(job)
+
+
+@pytest.mark.parametrize(("scenario", "verdict"), [("healthy", Verdict.SUCCESSFUL), ("null_routes", Verdict.FAILED)])
+def test_executions_api_fails_on_fresh_rows_without_both_adapters(
+    sim: TorghutSimulator, scenario: str, verdict: Verdict
+) -> None:
+    sim.set_scenario(scenario)
+    sim.tick()  # null_routes writes one row with NULL adapters and one with 'unknown'
+    check = preset_check(spec_for(sim), "executions-api")
+    with HttpGateway(timeout=5) as http:
+        measured = take_measurement(check, http, previous=None, now=dt.datetime.now(dt.UTC))
+    assert measured.phase is verdict, measured.message
+
+
+def test_executions_api_without_rows_is_not_yet(sim: TorghutSimulator) -> None:
+    check = preset_check(spec_for(sim), "executions-api")
+    with HttpGateway(timeout=5) as http:
+        measured = take_measurement(check, http, previous=None, now=dt.datetime.now(dt.UTC))
+    assert measured.phase is Verdict.INCONCLUSIVE, measured.message
