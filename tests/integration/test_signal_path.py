@@ -89,7 +89,19 @@ def test_zero_signal_throughput_quotes_the_no_signal_reasons_and_the_block(prome
         try:
             prometheus.wait_for_targets(job, timeout=30)
             spec = spec_for(sim, prometheus.url)
-            check = preset_check(spec, "signal-throughput")
+            preset = preset_check(spec, "signal-throughput")
+            assert preset.prometheus is not None
+            # the preset's queries, limited to this test's job: the session's Prometheus scrapes other simulators
+            scoped = preset.prometheus.model_copy(
+                update={
+                    "query": preset.prometheus.query.replace("_total[", f'_total{{job="{job}"}}['),
+                    "explain_query": (preset.prometheus.explain_query or "").replace(
+                        "_total[", f'_total{{job="{job}"}}['
+                    ),
+                }
+            )
+            check = preset.model_copy(update={"prometheus": scoped})
+            assert f'job="{job}"' in check.query_text
             gates = LiveGates(cast(KubeGateway, None))  # no Secret involved: the spec has no bearer token
 
             def blocked() -> str:
