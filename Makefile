@@ -12,7 +12,7 @@ help:
 	@echo "make cluster-up    start the local control plane (prints KUBECONFIG); cluster-down stops it"
 	@echo "make cluster-smoke check the running cluster (Deployment Available, Job Complete); cluster-status"
 	@echo "make bench         benchmark stage-advance latency and operator overhead"
-	@echo "make bench-sql     EXPLAIN and time the preset's SQL on a million executions"
+	@echo "make bench-sql     EXPLAIN and time the preset's SQL on a million executions (ROWS=10000000 for 10 M)"
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
@@ -45,7 +45,7 @@ test-e2e: install binaries
 	$(PY) -m pytest -m e2e
 
 bench-sql: install
-	$(PY) -m torghut_localstack.bench_sql
+	$(PY) -m torghut_localstack.bench_sql $(if $(ROWS),--rows $(ROWS),) $(if $(STATE),--state $(STATE),)
 
 bench: install binaries
 	$(PY) -m torghut_localstack.bench

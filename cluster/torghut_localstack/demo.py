@@ -2,12 +2,13 @@
 
     python -m torghut_localstack.demo [--cluster local|kind]
 
-Builds the world of `torghut_localstack.world` (control plane or kind, Postgres with a Torghut-like database
-still missing migration 0007, Prometheus, the Torghut simulator, the operator as a process), then applies one
+Builds the world of `torghut_localstack.world` (control plane or kind, Postgres with a Torghut database at its
+newest schema, where `torghut_app` holds nothing on the research tables of migration 0026 and old fills have
+'unknown' adapters, Prometheus, the Torghut simulator, the operator as a process), then applies one
 TorghutRollout that does what a Torghut release needs:
 
 * migrate: the route/grant SQL pack (`manifests/torghut`), applied by the operator, then proven in Postgres
-  (Alembic head 0007 present, `torghut_app` holds SELECT/INSERT/UPDATE/DELETE on every `research_*` table);
+  (the Alembic heads present, `torghut_app` holds SELECT/INSERT/UPDATE/DELETE on every `research_*` table);
 * deploy: the new image, pinned by digest;
 * verify: the `torghut-completion` preset (route provenance and backfill, grants, research writes, signal
   throughput, fallback ratio, the service's endpoints and build), three measurements two seconds apart;
@@ -103,7 +104,7 @@ def rollout_manifest(world: World, name: str = ROLLOUT) -> dict[str, Any]:
             "migrate": {
                 "sql": {"configMapRef": {"name": sql_pack.CONFIGMAP_NAME}},
                 "expect": {
-                    "alembicHeads": [torghut_db.DEFAULT_HEADS[0]],
+                    "alembicHeads": [torghut_db.heads_of(world.schema_state)[0]],
                     "grants": [
                         {
                             "role": torghut_db.APP_ROLE,
@@ -140,7 +141,8 @@ def database_before(world: World) -> str:
             unset = conn.execute(
                 text(
                     "SELECT count(*) FROM executions"
-                    " WHERE execution_expected_adapter IS NULL OR execution_actual_adapter IS NULL"
+                    " WHERE COALESCE(execution_expected_adapter, 'unknown') = 'unknown'"
+                    " OR COALESCE(execution_actual_adapter, 'unknown') = 'unknown'"
                 )
             ).scalar_one()
     finally:

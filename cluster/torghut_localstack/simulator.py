@@ -33,6 +33,17 @@ HTTP (``POST /_sim/scenario {"scenario": "..."}``):
 ``null_routes``
     new executions are written with NULL / ``'unknown'`` adapters and no route markers.
 
+Blocked signal paths (``/trading/status`` shows the block; no signals, decisions, orders or lane runs):
+
+``trading_disabled``
+    ``enabled: false`` (as with ``TRADING_ENABLED=false``, which also works); the loop does not run.
+``kill_switch``
+    ``kill_switch_enabled: true`` (as with ``TRADING_KILL_SWITCH_ENABLED=true``); the loop runs, trades nothing.
+``loop_stopped``
+    ``running: false``: the scheduler is not running; nothing grows.
+``loop_error``
+    the loop runs but every run fails: ``last_error`` set, ``signals_total`` stays.
+
 Importing this module starts nothing.
 """
 
@@ -76,7 +87,21 @@ __all__ = [
 
 log = logging.getLogger("torghut_localstack.simulator")
 
-Scenario = Literal["healthy", "zero_signals", "fallback_storm", "schema_not_current", "slow", "null_routes"]
+Scenario = Literal[
+    "healthy",
+    "zero_signals",
+    "fallback_storm",
+    "schema_not_current",
+    "slow",
+    "null_routes",
+    "trading_disabled",
+    "kill_switch",
+    "loop_stopped",
+    "loop_error",
+]
+BLOCKED: Final[frozenset[str]] = frozenset({"trading_disabled", "kill_switch", "loop_stopped", "loop_error"})
+LOOP_ERROR: Final = "signal ingest failed: ClickHouse query timed out after 10s"
+"""The ``last_error`` of scenario ``loop_error`` (shaped like the service's own messages)."""
 SCENARIOS: Final[tuple[str, ...]] = get_args(Scenario)
 
 SERVICE: Final = "torghut"
@@ -267,6 +292,7 @@ class _TickPlan:
     research_status: str
     research_candidates: int
     decision_action: str
+    research: bool = True
 
 
 class TorghutSimulator:
@@ -508,10 +534,20 @@ class TorghutSimulator:
         with self._lock:
             s = self._state
             s.ticks += 1
+            scenario = s.scenario
+            env = s.followed_env
+            disabled = scenario == "trading_disabled" or not _env_bool(env, "TRADING_ENABLED", True)
+            if disabled or scenario == "loop_stopped":  # no loop run at all
+                return _TickPlan(now, (), "skipped", 0, "hold", research=False)
             s.runs_total += 1
             s.last_run_at = now
+            if scenario == "loop_error":
+                s.last_error = LOOP_ERROR
+                return _TickPlan(now, (), "failed", 0, "hold", research=False)
+            s.last_error = None  # a run that gets this far did not fail (a failed write below sets it again)
+            if scenario == "kill_switch" or _env_bool(env, "TRADING_KILL_SWITCH_ENABLED", False):
+                return _TickPlan(now, (), "skipped", 0, "hold", research=False)
             reason = self._no_signal_reason
-            scenario = s.scenario
             executions: list[_ExecutionPlan] = []
             symbols = torghut_db.SYMBOLS
             sym = symbols[s.ticks % len(symbols)]
@@ -634,7 +670,6 @@ class TorghutSimulator:
             self._last_warnings.pop("trading", None)
             with self._lock:
                 self._state.db_writes += len(plan.executions)
-                self._state.last_error = None
         except (SQLAlchemyError, OSError) as exc:
             message = _short_error(exc)
             self._warn_changed("trading", "trading write failed (will retry next tick): %s", message)
@@ -642,6 +677,8 @@ class TorghutSimulator:
                 self._state.db_errors += 1
                 self._state.last_db_error = message
                 self._state.last_error = f"execution persistence failed: {message}"
+        if not plan.research:
+            return
         try:
             seeded = torghut_db.seed_research_run(
                 engine,
@@ -853,10 +890,11 @@ class TorghutSimulator:
             s = self._state
             env = s.followed_env
             return 200, {
-                "enabled": _env_bool(env, "TRADING_ENABLED", True),
+                "enabled": _env_bool(env, "TRADING_ENABLED", True) and s.scenario != "trading_disabled",
                 "mode": self._trading_mode,
-                "kill_switch_enabled": _env_bool(env, "TRADING_KILL_SWITCH_ENABLED", False),
-                "running": not self._stop.is_set(),
+                "kill_switch_enabled": _env_bool(env, "TRADING_KILL_SWITCH_ENABLED", False)
+                or s.scenario == "kill_switch",
+                "running": not self._stop.is_set() and s.scenario != "loop_stopped",
                 "last_run_at": _iso(s.last_run_at),
                 "last_error": s.last_error,
                 "execution": {

@@ -1,8 +1,18 @@
 """A Torghut-like database for tests and the demo: schema loader, route resolution and seeders.
 
-The schema (``torghut_schema.sql``) reproduces Torghut's tables as they stand *before* its migration
-0007: route-provenance columns present but never backfilled, the research ledger without any
-privilege for the runtime role ``torghut_app``, and an ``alembic_version`` holding several long heads.
+Two states (:data:`SCHEMA_STATES`, the ``state`` of :func:`create_schema`):
+
+``checklist``
+    ``torghut_schema.sql``: Torghut's tables as they stand *before* its migration 0007, the state the
+    owners' checklist describes: route-provenance columns present but nullable and never backfilled, the
+    research ledger of 0006 without any privilege for the runtime role ``torghut_app`` and without the
+    promotion audit columns of 0011, and an ``alembic_version`` holding several long heads.
+``head``
+    that plus ``torghut_schema_head.sql``: the newest state: adapters ``NOT NULL DEFAULT 'unknown'``, the
+    columns of 0011, the research tables of 0026 (no privilege for ``torghut_app`` on them), the extensions
+    the chain needs where this PostgreSQL has them, several long heads.
+
+Neither state has an index on ``executions`` that leads with ``created_at`` (the real chain never has one).
 
 Everything here takes a SQLAlchemy :class:`~sqlalchemy.engine.Engine`; build one with
 :func:`make_engine`, which sets a connect timeout and a statement/lock timeout on every session.
@@ -35,31 +45,42 @@ __all__ = [
     "APP_ROLE",
     "DEFAULT_HEADS",
     "DEFAULT_MARKER_MIX",
+    "EXTENSIONS",
     "GRANT_PRIVILEGES",
+    "HEAD_HEADS",
+    "HEAD_RESEARCH_TABLES",
     "HISTORY_MARKER_MIX",
     "LATER_RESEARCH_TABLES",
     "NEXT_HEAD",
     "RESEARCH_TABLES",
     "ROUTE_MARKER_PRESETS",
+    "SCHEMA_STATES",
     "SYMBOLS",
     "ResearchRunSeed",
+    "Route",
+    "SchemaState",
     "alembic_heads",
     "alpaca_order_payload",
     "bulk_seed_executions",
     "create_database",
     "create_schema",
     "drop_database",
+    "existing_research_tables",
+    "heads_of",
     "insert_execution",
     "insert_trade_decision",
     "make_engine",
     "research_privileges",
     "research_row_counts",
+    "research_tables_of",
     "schema_sql",
     "seed_executions",
     "seed_research_run",
     "set_alembic_heads",
     "sqlalchemy_url",
+    "table_columns",
     "temporary_database",
+    "ungranted_research_tables",
 ]
 
 APP_ROLE: Final = "torghut_app"
@@ -72,21 +93,35 @@ RESEARCH_TABLES: Final[tuple[str, ...]] = (
     "research_stress_metrics",
     "research_promotions",
 )
-"""The research ledger of migration 0006 (the tables the seeders write)."""
+"""The research ledger of migration 0006 (state ``checklist``)."""
 LATER_RESEARCH_TABLES: Final[tuple[str, ...]] = (
     "research_attempts",
     "research_cost_calibrations",
     "research_sequential_trials",
     "research_validation_tests",
 )
-"""Research tables migration 0026 adds; no Torghut migration grants torghut_app anything on them."""
+"""Added by migration 0026_strategy_factory_research_objects; no migration grants torghut_app anything on them."""
+HEAD_RESEARCH_TABLES: Final[tuple[str, ...]] = RESEARCH_TABLES + LATER_RESEARCH_TABLES
 GRANT_PRIVILEGES: Final[tuple[str, ...]] = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+SchemaState = Literal["checklist", "head"]
+SCHEMA_STATES: Final[tuple[str, ...]] = ("checklist", "head")
 
 DEFAULT_HEADS: Final[tuple[str, ...]] = (
     "0007_autonomy_permissions_backfill_routes",
     "0008_order_feed_execution_events",
 )
 """The Alembic heads :func:`create_schema` writes into ``alembic_version`` (several, long ids)."""
+
+HEAD_HEADS: Final[tuple[str, ...]] = (
+    "0063_options_archive_finalization_index",
+    "0083_hyperliquid_execution_order_read_indexes",
+)
+"""The heads of state ``head``: two real revision ids of Torghut's chain (long file stems, several heads; which
+revisions are heads at a given commit varies, the pair is illustrative)."""
+
+EXTENSIONS: Final[tuple[str, ...]] = ("pgcrypto", "vector")
+"""Extensions the migration chain needs (vector: 0017; pgcrypto: 0059, 0076); created where available."""
 
 NEXT_HEAD: Final = "0009_execution_tca_metrics"
 """A head a newer image expects but this database lacks (the simulator's ``schema_not_current``)."""
@@ -137,6 +172,7 @@ DEFAULT_MARKER_MIX: Final[tuple[str, ...]] = (
 SYMBOLS: Final[tuple[str, ...]] = ("AAPL", "MSFT", "NVDA", "AMZN", "META", "GOOGL", "TSLA", "SPY")
 
 _SCHEMA_RESOURCE: Final = "torghut_schema.sql"
+_HEAD_RESOURCE: Final = "torghut_schema_head.sql"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,27 +248,67 @@ def drop_database(admin_dsn: str, name: str, *, connect_timeout: float = 5.0) ->
 # Schema
 
 
-def schema_sql() -> str:
-    """The text of ``torghut_schema.sql``."""
-    return resources.files(__package__ or "torghut_localstack").joinpath(_SCHEMA_RESOURCE).read_text("utf-8")
+def schema_sql(state: SchemaState = "checklist") -> str:
+    """The SQL of state ``state``: ``torghut_schema.sql``, plus ``torghut_schema_head.sql`` for ``head``."""
+    files = resources.files(__package__ or "torghut_localstack")
+    text_ = files.joinpath(_SCHEMA_RESOURCE).read_text("utf-8")
+    if state == "head":
+        text_ += "\n" + files.joinpath(_HEAD_RESOURCE).read_text("utf-8")
+    elif state != "checklist":
+        raise ValueError(f"unknown schema state {state!r}; expected one of {', '.join(SCHEMA_STATES)}")
+    return text_
+
+
+def heads_of(state: SchemaState) -> tuple[str, ...]:
+    """The Alembic heads :func:`create_schema` writes for ``state`` by default."""
+    return HEAD_HEADS if state == "head" else DEFAULT_HEADS
+
+
+def research_tables_of(state: SchemaState) -> tuple[str, ...]:
+    """Every ``research_*`` table of ``state``."""
+    return HEAD_RESEARCH_TABLES if state == "head" else RESEARCH_TABLES
+
+
+def ungranted_research_tables(state: SchemaState) -> tuple[str, ...]:
+    """The research tables on which ``torghut_app`` holds nothing in ``state`` (what the grant pack fixes):
+    all five of 0006 before 0007; at head the four of 0026, which no migration grants."""
+    return LATER_RESEARCH_TABLES if state == "head" else RESEARCH_TABLES
 
 
 def create_schema(
     engine: Engine,
     *,
-    heads: Sequence[str] = DEFAULT_HEADS,
+    state: SchemaState = "checklist",
+    heads: Sequence[str] | None = None,
     with_adapter_columns: bool = True,
     raw_order_type: Literal["jsonb", "json"] = "jsonb",
-) -> None:
-    """Load the pre-0007 Torghut schema into the (empty) database of ``engine``.
+) -> tuple[str, ...]:
+    """Load Torghut's schema in state ``state`` (see the module docstring) into the (empty) database of
+    ``engine``; return the extensions created (at ``head``: those of :data:`EXTENSIONS` this PostgreSQL has;
+    ``vector`` is not installed on the Debian machines this runs on).
 
-    ``heads`` are written into ``alembic_version``. ``with_adapter_columns=False`` drops the four
-    route-provenance columns and their indexes (the shape from before migration 0006), and
-    ``raw_order_type="json"`` stores ``raw_order`` as ``json`` instead of ``jsonb`` (both exist in the
-    wild).
+    ``heads`` (default: :func:`heads_of` ``state``) are written into ``alembic_version``.
+    ``with_adapter_columns=False`` drops the four route-provenance columns and their indexes (the shape from
+    before migration 0006, state ``checklist`` only), and ``raw_order_type="json"`` stores ``raw_order`` as
+    ``json`` instead of ``jsonb`` (both exist in the wild).
     """
+    if state == "head" and not with_adapter_columns:
+        raise ValueError("state head has the route-provenance columns")
+    created: list[str] = []
     with engine.begin() as conn:
-        conn.exec_driver_sql(schema_sql())
+        if state == "head":
+            available = {
+                str(r[0])
+                for r in conn.execute(
+                    text("SELECT name FROM pg_available_extensions WHERE name = ANY(:names)"),
+                    {"names": list(EXTENSIONS)},
+                )
+            }
+            for extension in EXTENSIONS:
+                if extension in available:
+                    conn.exec_driver_sql(f'CREATE EXTENSION IF NOT EXISTS "{extension}"')
+                    created.append(extension)
+        conn.exec_driver_sql(schema_sql(state))
         if not with_adapter_columns:
             conn.exec_driver_sql(
                 "ALTER TABLE executions"
@@ -243,7 +319,8 @@ def create_schema(
             )
         if raw_order_type == "json":
             conn.exec_driver_sql("ALTER TABLE executions ALTER COLUMN raw_order TYPE json USING raw_order::json")
-        _write_heads(conn, heads)
+        _write_heads(conn, heads_of(state) if heads is None else heads)
+    return tuple(created)
 
 
 def set_alembic_heads(engine: Engine, heads: Sequence[str]) -> None:
@@ -265,21 +342,53 @@ def alembic_heads(engine: Engine) -> list[str]:
         return [str(r[0]) for r in rows]
 
 
+def existing_research_tables(conn: Connection) -> tuple[str, ...]:
+    """The ``research_*`` tables of schema public, sorted."""
+    rows = conn.execute(
+        text(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname LIKE 'research\\_%'"
+            " ORDER BY c.relname"
+        )
+    )
+    return tuple(str(r[0]) for r in rows)
+
+
+def table_columns(conn: Connection, table: str) -> frozenset[str]:
+    """The columns of ``public.<table>`` (empty when it does not exist). From pg_attribute, which every role
+    may read, so a role without privileges on the table still sees its shape."""
+    rows = conn.execute(
+        text("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attnum > 0 AND NOT attisdropped"),
+        {"t": f"public.{table}"},
+    )
+    return frozenset(str(r[0]) for r in rows)
+
+
+def _route_columns_nullable(conn: Connection) -> bool:
+    """Whether the adapter columns take NULL (state ``checklist``) or are NOT NULL DEFAULT 'unknown' (``head``)."""
+    row = conn.execute(
+        text(
+            "SELECT NOT attnotnull FROM pg_attribute"
+            " WHERE attrelid = to_regclass('public.executions') AND attname = 'execution_expected_adapter'"
+        )
+    ).first()
+    return True if row is None else bool(row[0])
+
+
 def research_row_counts(engine: Engine) -> dict[str, int]:
-    """Row count of each ``research_*`` table."""
+    """Row count of each ``research_*`` table that exists."""
     with engine.connect() as conn:
         return {
-            table: int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()) for table in RESEARCH_TABLES
+            table: int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+            for table in existing_research_tables(conn)
         }
 
 
-def research_privileges(
-    engine: Engine, role: str = APP_ROLE, tables: Sequence[str] = (*RESEARCH_TABLES, *LATER_RESEARCH_TABLES)
-) -> dict[tuple[str, str], bool]:
-    """``has_table_privilege(role, table, privilege)`` for every research table and privilege."""
+def research_privileges(engine: Engine, role: str = APP_ROLE) -> dict[tuple[str, str], bool]:
+    """``has_table_privilege(role, table, privilege)`` for every research table that exists and privilege."""
     out: dict[tuple[str, str], bool] = {}
     with engine.connect() as conn:
-        for table in tables:
+        for table in existing_research_tables(conn):
             for privilege in GRANT_PRIVILEGES:
                 value = conn.execute(
                     text("SELECT has_table_privilege(:role, :table, :priv)"),
@@ -402,7 +511,8 @@ def insert_execution(
     """Insert one filled execution whose ``raw_order`` carries ``markers``; return its id.
 
     ``adapters``: ``"resolved"`` fills the route columns as Torghut does at fill time (via
-    :func:`route_rules.service_route`), ``"null"`` leaves them NULL (a historical row), ``"unknown"`` writes
+    :func:`route_rules.service_route`), ``"null"`` leaves them NULL (a historical row; where the columns are NOT
+    NULL, state ``head``, the column default ``'unknown'`` as the service would get), ``"unknown"`` writes
     ``'unknown'``. ``with_route_columns=False`` is for a table without those columns.
     """
     rnd = rng or _rng(None)
@@ -427,7 +537,7 @@ def insert_execution(
     )
     if adapters == "resolved":
         route = route_rules.service_route(dict(markers or {}))
-    elif adapters == "unknown":
+    elif adapters == "unknown" or (with_route_columns and not _route_columns_nullable(conn)):
         route = Route(expected="unknown", actual="unknown")
     else:
         route = Route(expected=None, actual=None)
@@ -652,6 +762,10 @@ def _seed_research_run(
     rnd = _rng(seed)
     ts = created_at or datetime.now(UTC)
     rid = run_id or f"run-{ts.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    # Write what the service of this schema version writes: the 0011 audit columns and the 0026 tables only
+    # where they exist.
+    audit = "decision_action" in table_columns(conn, "research_promotions")
+    later = set(existing_research_tables(conn)) & set(LATER_RESEARCH_TABLES) if candidates else set()
     day = ts.replace(hour=0, minute=0, second=0, microsecond=0)
     conn.execute(
         text(
@@ -757,36 +871,64 @@ def _seed_research_run(
         promote = action == "promote"
         if promote:
             promoted = cid
-        conn.execute(
-            text(
-                """
-                INSERT INTO research_promotions (candidate_id, requested_mode, approved_mode,
-                    approver, approver_role, approve_reason, deny_reason, paper_candidate_patch_ref,
-                    effective_time, decision_action, decision_rationale, evidence_bundle, created_at,
-                    updated_at)
-                VALUES (:cid, :requested, :approved, 'torghut-autonomy', 'system', :approve_reason,
-                    :deny_reason, :patch_ref, :effective, :action, :rationale,
-                    CAST(:evidence AS jsonb), :ts, :ts)
-                """
-            ),
-            {
-                "cid": cid,
-                "requested": requested_mode or approved_mode,
-                "approved": approved_mode if promote else None,
-                "approve_reason": "walk_forward_and_stress_gates_passed" if promote else None,
-                "deny_reason": None if promote else "insufficient_fold_stability",
-                "patch_ref": f"autonomy/patches/{cid}.yaml" if promote else None,
-                "effective": ts if promote else None,
-                "action": action,
-                "rationale": "all folds net positive, stress delta within budget"
+        values: dict[str, Any] = {
+            "candidate_id": cid,
+            "requested_mode": requested_mode or approved_mode,
+            "approved_mode": approved_mode if promote else None,
+            "approver": "torghut-autonomy",
+            "approver_role": "system",
+            "approve_reason": "walk_forward_and_stress_gates_passed" if promote else None,
+            "deny_reason": None if promote else "insufficient_fold_stability",
+            "paper_candidate_patch_ref": f"autonomy/patches/{cid}.yaml" if promote else None,
+            "effective_time": ts if promote else None,
+            "created_at": ts,
+            "updated_at": ts,
+        }
+        if audit:  # the promotion audit columns of migration 0011
+            values["decision_action"] = action
+            values["decision_rationale"] = (
+                "all folds net positive, stress delta within budget"
                 if promote
-                else "fold net pnl dispersion above limit",
-                "evidence": json.dumps({"folds": folds, "stress_cases": list(stress_cases)}),
-                "ts": ts,
-            },
-        )
+                else "fold net pnl dispersion above limit"
+            )
+            values["evidence_bundle"] = json.dumps({"folds": folds, "stress_cases": list(stress_cases)})
+        _insert(conn, "research_promotions", values, jsonb=("evidence_bundle",))
         rows["research_promotions"] += 1
+        if "research_attempts" in later:  # the strategy-factory ledger of migration 0026
+            _insert(
+                conn,
+                "research_attempts",
+                {
+                    "attempt_id": f"{cid}-a1",
+                    "run_id": rid,
+                    "candidate_hash": hashlib.sha256(cid.encode()).hexdigest(),
+                    "generator_family": "momentum",
+                    "attempt_stage": "evaluation",
+                    "status": "completed",
+                    "created_at": ts,
+                },
+            )
+            rows["research_attempts"] = rows.get("research_attempts", 0) + 1
+        if "research_validation_tests" in later:
+            _insert(
+                conn,
+                "research_validation_tests",
+                {
+                    "candidate_id": cid,
+                    "test_name": "deflated_sharpe",
+                    "status": "passed" if promote else "failed",
+                    "computed_at": ts,
+                    "created_at": ts,
+                },
+            )
+            rows["research_validation_tests"] = rows.get("research_validation_tests", 0) + 1
     return ResearchRunSeed(run_id=rid, candidate_ids=tuple(candidate_ids), promoted_candidate_id=promoted, rows=rows)
+
+
+def _insert(conn: Connection, table: str, values: Mapping[str, Any], *, jsonb: Sequence[str] = ()) -> None:
+    columns = ", ".join(values)
+    params = ", ".join(f"CAST(:{k} AS jsonb)" if k in jsonb else f":{k}" for k in values)
+    conn.execute(text(f"INSERT INTO {table} ({columns}) VALUES ({params})"), dict(values))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -803,8 +945,8 @@ INSERT INTO executions (
 SELECT
     'paper', o.order_id, 'torghut-' || o.order_id, o.symbol, o.side, 'market', 'day',
     o.qty, o.qty, o.price, 'filled',
-    CASE WHEN o.is_null THEN NULL ELSE o.expected END,
-    CASE WHEN o.is_null THEN NULL ELSE o.actual END,
+    CASE WHEN o.is_null THEN CAST(:missing AS varchar) ELSE o.expected END,
+    CASE WHEN o.is_null THEN CAST(:missing AS varchar) ELSE o.actual END,
     CASE WHEN NOT o.is_null AND o.expected <> o.actual
         THEN 'fallback_from_' || o.expected || '_to_' || o.actual END,
     CASE WHEN NOT o.is_null AND o.expected <> o.actual THEN 1 ELSE 0 END,
@@ -869,6 +1011,8 @@ def bulk_seed_executions(
     begin = start or (datetime.now(UTC) - span)
     step = span / n
     prefix = f"bulk-{uuid.uuid4().hex[:10]}"
+    with engine.connect() as conn:
+        missing = None if _route_columns_nullable(conn) else "unknown"
     inserted = 0
     stmt = text(_BULK_INSERT)
     for lo in range(1, n + 1, batch_size):
@@ -880,6 +1024,7 @@ def bulk_seed_executions(
                 stmt,
                 {
                     "prefix": prefix,
+                    "missing": missing,
                     "lean_permille": lean_permille,
                     "fallback_permille": fallback_permille,
                     "null_permille": round(null_fraction * 1000),

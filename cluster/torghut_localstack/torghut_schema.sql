@@ -1,12 +1,15 @@
--- A Torghut-like schema as it stands BEFORE Torghut's migration 0007
--- (0007_autonomy_permissions_backfill_routes), for tests and the demo.
+-- State (a), "checklist": a Torghut-like schema as it stands BEFORE Torghut's migration 0007
+-- (0007_autonomy_permissions_backfill_routes), the state the owners' checklist describes. For tests and
+-- the demo. The newest state (b) is this file plus torghut_schema_head.sql (see torghut_db.create_schema).
 --
 --  * executions: every column of the real model, with the route-provenance columns present but
 --    nullable and never backfilled (historical rows only carry route markers in raw_order)
 --  * trade_decisions
 --  * the research ledger created by 0006 (five research_* tables, no foreign keys), plus the four research
 --    tables of 0026 (research_attempts, research_cost_calibrations, research_sequential_trials,
---    research_validation_tests), so "every research_* table" means more than 0007's five
+--    research_validation_tests), so "every research_* table" means more than 0007's five; research_promotions
+--    WITHOUT decision_action / decision_rationale / evidence_bundle (those arrive in migration 0011)
+--  * no index on executions that leads with created_at (the real chain never creates one)
 --  * alembic_version widened to VARCHAR(128) (the rows, i.e. the heads, are written by the loader)
 --  * the runtime role torghut_app, which may use executions / trade_decisions / alembic_version
 --    but has NO privilege on the research_* tables (the bug 0007 fixes)
@@ -75,7 +78,6 @@ CREATE TABLE IF NOT EXISTS executions (
 );
 CREATE INDEX IF NOT EXISTS ix_executions_expected_adapter ON executions (execution_expected_adapter);
 CREATE INDEX IF NOT EXISTS ix_executions_actual_adapter ON executions (execution_actual_adapter);
-CREATE INDEX IF NOT EXISTS ix_executions_created_at ON executions (created_at);
 CREATE INDEX IF NOT EXISTS ix_executions_symbol ON executions (symbol);
 CREATE INDEX IF NOT EXISTS ix_executions_trade_decision_id ON executions (trade_decision_id);
 
@@ -156,9 +158,6 @@ CREATE TABLE IF NOT EXISTS research_promotions (
     deny_reason text,
     paper_candidate_patch_ref varchar(255),
     effective_time timestamptz,
-    decision_action varchar(32) NOT NULL DEFAULT 'hold',
-    decision_rationale text,
-    evidence_bundle jsonb,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );

@@ -7,9 +7,12 @@
 
 1. the cluster: the embedded control plane (`local`, default) or a kind cluster from `kind-config.yaml`
    (`kind`, needs a container engine: without one the start fails at once with one line);
-2. PostgreSQL 15 with a Torghut-like database `torghut`: the pre-0007 schema, owned by the runtime role
-   `torghut_app` as CloudNativePG sets it up, with the 0007 bug still in place (no privilege of `torghut_app`
-   on `research_*`) and a day-old history of fills whose route columns were never backfilled;
+2. PostgreSQL 15 with a Torghut-like database `torghut` in schema state `schema_state` (`torghut_db`): `head`
+   (default: the newest schema, adapters NOT NULL DEFAULT 'unknown', the research tables of migration 0026 on
+   which `torghut_app` holds nothing) or `checklist` (before migration 0007: no privilege of `torghut_app` on
+   any `research_*` table, no promotion audit columns), owned by the runtime role `torghut_app` as
+   CloudNativePG sets it up, and a day-old history of fills whose route columns were never backfilled (NULL,
+   or 'unknown' at head);
 3. Prometheus;
 4. the CRD (server-side apply, waited Established), namespace `torghut` with the Secret `torghut-db-app`
    (key `uri`: the app DSN), the Deployment `torghut` (container `torghut`, `OLD_IMAGE`, env
@@ -401,6 +404,7 @@ class World:
     `workdir`: None → a temp dir, removed on a clean `stop()` and kept (for its logs) after a failure.
     `namespace`: where the Torghut target lives. `tick_seconds`: the simulator's trading-loop period.
     `target_env`: the env of Torghut's container (default `TRADING_MODE=paper`).
+    `schema_state`: the Torghut database's schema, `head` (default) or `checklist` (see `torghut_db`).
     `operator_env`: extra environment for the operator process.
     """
 
@@ -414,11 +418,13 @@ class World:
         target_env: Mapping[str, str] | None = None,
         operator_verbose: bool = False,
         operator_env: Mapping[str, str] | None = None,
+        schema_state: torghut_db.SchemaState = "head",
         log: Callable[[str], None] = _ignore,
     ) -> None:
         if cluster not in CLUSTER_MODES:
             raise WorldError(f"unknown cluster {cluster!r}: use one of {', '.join(CLUSTER_MODES)}")
         self.cluster_mode: ClusterMode = cluster
+        self.schema_state: torghut_db.SchemaState = schema_state
         self.namespace = namespace
         self.tick_seconds = tick_seconds
         self.target_env = dict(target_env or {"TRADING_MODE": "paper"})
@@ -555,7 +561,7 @@ class World:
         postgres.create_database(DATABASE)
         engine = torghut_db.make_engine(postgres.dsn(DATABASE))
         try:
-            torghut_db.create_schema(engine)
+            torghut_db.create_schema(engine, state=self.schema_state)
             torghut_db.seed_executions(
                 engine,
                 HISTORY_FILLS,
@@ -578,10 +584,9 @@ class World:
             ).format(role),
             DATABASE,
         )
-        # ... but, the bug Torghut's migration 0007 fixes, holds no privilege on the research ledger.
-        tables = sql.SQL(", ").join(
-            sql.Identifier("public", t) for t in (*torghut_db.RESEARCH_TABLES, *torghut_db.LATER_RESEARCH_TABLES)
-        )
+        # ... but holds no privilege on the research ledger (before 0007: none of it; at head: the tables of 0026).
+        ungranted = torghut_db.ungranted_research_tables(self.schema_state)
+        tables = sql.SQL(", ").join(sql.Identifier("public", t) for t in ungranted)
         postgres.execute(sql.SQL("REVOKE ALL PRIVILEGES ON TABLE {} FROM {}").format(tables, role), DATABASE)
         self._database = Database(
             name=DATABASE,
@@ -634,6 +639,7 @@ class World:
         simulator = TorghutSimulator(
             dsn=self.database.app_dsn,
             image=OLD_IMAGE,
+            expected_heads=torghut_db.heads_of(self.schema_state),
             follow=FollowTarget.parse(f"{self.namespace}/{TARGET}/{CONTAINER}"),
             kubeconfig=str(self.kubeconfig),
             tick_seconds=self.tick_seconds,

@@ -1073,6 +1073,10 @@ def report(
     output_path: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the Markdown here instead of stdout.")
     ] = None,
+    pr: Annotated[
+        bool,
+        typer.Option("--pr", help="Fit the report into a pull request body (under 65,536 characters)."),
+    ] = False,
     namespace: NamespaceOpt = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
@@ -1096,6 +1100,10 @@ def report(
                 facts=None,
             )
             source = "status (the operator has not published a report)"
+        if pr:
+            from torghut_operator.evidence.report import fit_for_pr  # noqa: PLC0415 (sqlalchemy: load on use)
+
+            text = fit_for_pr(text)
         if output_path is None:
             typer.echo(text, nl=not text.endswith("\n"))
             return

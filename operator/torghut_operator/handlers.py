@@ -11,18 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from torghut_operator import metrics
-from torghut_operator.api.spec import GROUP, PLURAL, VERSION
+from torghut_operator.api.spec import GROUP, PLURAL, VERSION, TorghutRolloutSpec
+from torghut_operator.api.status import Phase
 from torghut_operator.health import WatchFreshness
 from torghut_operator.kube.builders import MANAGED_BY
 from torghut_operator.reconciler import Reconciler, describe_error, is_transient
-from torghut_operator.settings import OperatorConfig
+from torghut_operator.route_stats import RouteStats
+from torghut_operator.settings import OperatorConfig, report_refresh_interval, route_interval
 
 log = logging.getLogger(__name__)
 TURN_TIMEOUT = 180.0
@@ -41,6 +45,11 @@ class Runtime:
     wakers: dict[str, asyncio.Event] = field(default_factory=dict)
     targets: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     """uid -> (namespace, target kind, target name)"""
+    route_reader: Callable[[TorghutRolloutSpec, str], RouteStats] | None = None
+    """Reads a rollout's target database's route statistics (blocking); None: route metrics off."""
+    reports_done: set[tuple[str, str, int]] = field(default_factory=set)
+    """(uid, spec hash, attempt) of finished runs whose report needs no more refreshing (in memory: after a restart
+    a report is refreshed once more, which is harmless)."""
 
     def wake(self, uid: str) -> None:
         event = self.wakers.get(uid)
@@ -75,6 +84,7 @@ async def drive(
 ) -> None:
     assert namespace is not None  # the resource is namespaced
     runtime = _runtime(memo)
+    metrics.watching(namespace, name)
     wake = runtime.wakers.setdefault(uid, asyncio.Event())
     target = spec.get("target") or {}
     runtime.targets[uid] = (namespace, target.get("kind", "Deployment"), target.get("name", ""))
@@ -99,7 +109,9 @@ async def drive(
                         await asyncio.wait_for(runtime.reconciler.report_stuck(namespace, name, exc), TURN_TIMEOUT)
                 await _wait(wake, backoff)
                 continue
-            if turn is None:
+            if turn is None:  # deleted: nothing of it may stay exported
+                metrics.forget(namespace, name)
+                metrics.forget_route(uid)
                 return
             delay = IDLE_SECONDS if turn.requeue_after is None else min(turn.requeue_after, IDLE_SECONDS)
             if delay > 0:
@@ -132,12 +144,64 @@ async def rollout_changed(
     if type == "DELETED":
         runtime.freshness.forget(uid)
         metrics.forget(namespace or "", name)
+        metrics.forget_route(uid)
     target = body.spec.get("target") or {}
     key = (namespace or "", target.get("kind", "Deployment"), target.get("name", ""))
     # Any change to one rollout may unblock another on the same target.
     for other, other_key in list(runtime.targets.items()):
         if other == uid or other_key == key:
             runtime.wake(other)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=route_interval(), initial_delay=1.0)
+async def route_visibility(
+    *, namespace: str | None, uid: str, spec: kopf.Spec, meta: kopf.Meta, memo: Any, **_: Any
+) -> None:
+    """Route null rate, unknown rate and fallback ratio of the rollout's target database, exported all the time
+    (not only while it verifies), labelled namespace/target; gone with the last rollout watching the target."""
+    runtime = _runtime(memo)
+    if runtime.route_reader is None or namespace is None or meta.get("deletionTimestamp"):
+        return
+    try:
+        parsed = TorghutRolloutSpec.model_validate(dict(spec))
+    except ValidationError:
+        return  # an invalid spec is reported by its daemon
+    if parsed.database is None:
+        return
+    try:
+        stats: RouteStats | None = await asyncio.to_thread(runtime.route_reader, parsed, namespace)
+    except Exception as exc:  # noqa: BLE001 (fail closed: no rates rather than stale ones)
+        log.warning("route statistics of %s/%s: %s", namespace, parsed.target.name, _secret_free(exc))
+        stats = None
+    metrics.observe_route(uid, namespace, parsed.target.name, stats)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=report_refresh_interval(), initial_delay=5.0)
+async def refresh_report(
+    *, namespace: str | None, name: str, uid: str, status: kopf.Status, memo: Any, **_: Any
+) -> None:
+    """A finished run's evidence report is refreshed until it shows the first three lane runs after the deploy, for
+    a bounded time (evidence.report.REFRESH_HOURS); the report says how many it saw."""
+    runtime = _runtime(memo)
+    phase = status.get("phase")
+    key = (uid, str(status.get("specHash") or ""), int(status.get("attempt") or 0))
+    if namespace is None or key in runtime.reports_done or phase not in {p.value for p in Phase if p.terminal}:
+        return
+    try:
+        more = await runtime.reconciler.refresh_report(namespace, name)
+    except Exception as exc:  # noqa: BLE001 (tried again at the next interval)
+        log.warning("refreshing the evidence report of %s/%s: %s", namespace, name, _secret_free(exc))
+        return
+    if not more:
+        runtime.reports_done.add(key)
+
+
+def _secret_free(exc: Exception) -> str:
+    """Our own errors (and a malformed answer's ValueError) are written secret-free; others by type only."""
+    from torghut_operator.errors import OperatorError  # noqa: PLC0415 (keep import cheap)
+    from torghut_operator.gates.reading import ProviderError  # noqa: PLC0415
+
+    return str(exc) if isinstance(exc, OperatorError | ProviderError | ValueError) else type(exc).__name__
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED_BY)

@@ -1,12 +1,21 @@
-"""The operator's own Prometheus metrics."""
+"""The operator's own Prometheus metrics.
+
+Per-rollout series (labels namespace, name) exist while the rollout does: :func:`forget` removes every one of them
+when it is deleted, and a turn that was still in flight cannot bring them back. Route series (labels namespace,
+target) exist while at least one rollout watches that target: :func:`forget_route` removes them with the last one.
+So no alert ever fires on the stale value of something that is gone.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
+import threading
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from torghut_operator.api.status import Phase, TorghutRolloutStatus, Verdict
+from torghut_operator.route_stats import RouteStats
 
 RECONCILES = Counter("torghut_rollout_reconciles_total", "Reconcile turns by result.", ["result"])
 ERRORS = Counter("torghut_rollout_reconcile_errors_total", "Reconcile turns that raised, by error type.", ["kind"])
@@ -53,12 +62,73 @@ RESTORE_FAILED = Gauge(
 )
 
 
+ROUTE_NULL_RATE = Gauge(
+    "torghut_rollout_route_null_rate",
+    "Share of the target's executions of the last 15 minutes whose expected or actual adapter is NULL, empty or "
+    "'unknown' (NaN: no executions in the window).",
+    ["namespace", "target"],
+)
+ROUTE_UNKNOWN_RATE = Gauge(
+    "torghut_rollout_route_unknown_rate",
+    "Share of the target's executions of the last 15 minutes with an adapter exactly 'unknown' (NaN: none).",
+    ["namespace", "target"],
+)
+ROUTE_FALLBACK_RATIO = Gauge(
+    "torghut_rollout_route_fallback_ratio",
+    "Share of the target's executions of the last 15 minutes that fell back to another adapter (NaN: none).",
+    ["namespace", "target"],
+)
+ROUTE_EXECUTIONS = Gauge(
+    "torghut_rollout_route_executions",
+    "Executions of the target in the last 15 minutes (the denominator of the route rates).",
+    ["namespace", "target"],
+)
+ROUTE_UP = Gauge(
+    "torghut_rollout_route_read_success",
+    "1 when the last read of the target's route statistics succeeded, 0 when it failed (rates then absent).",
+    ["namespace", "target"],
+)
+_ROUTE_RATES = (ROUTE_NULL_RATE, ROUTE_UNKNOWN_RATE, ROUTE_FALLBACK_RATIO, ROUTE_EXECUTIONS)
+_PER_ROLLOUT = (PHASE, CHECK_VERDICT, GATE_VALUE, NOT_PASSING_STREAK, RESTORE_FAILED)
+
+_lock = threading.Lock()
+_forgotten: set[tuple[str, str]] = set()
+"""(namespace, name) of rollouts deleted: a turn still in flight must not recreate their series."""
+_watchers: dict[str, tuple[str, str]] = {}
+"""rollout uid -> (namespace, target) whose route series it keeps alive."""
+
+
+def watching(namespace: str, name: str) -> None:
+    """A rollout of this name exists (again): its series may be exported."""
+    with _lock:
+        _forgotten.discard((namespace, name))
+
+
 def observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> None:
+    with _lock:
+        if (namespace, name) not in _forgotten:
+            _observe_status(namespace, name, status)
+
+
+def _observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> None:
     restored = next((c for c in status.conditions if c.type == "Restored"), None)
     failed = restored is not None and restored.status == "False" and restored.reason == "RestoreFailed"
     RESTORE_FAILED.labels(namespace=namespace, name=name).set(1 if failed else 0)
     for phase in Phase:
         PHASE.labels(namespace=namespace, name=name, phase=phase.value).set(1 if status.phase is phase else 0)
+    # A check of an earlier stage or run is gone from status: its series go too, so no alert reads stale ones.
+    present = {c.name for c in status.checks}
+    for gauge in (CHECK_VERDICT, GATE_VALUE, NOT_PASSING_STREAK):
+        for family in gauge.collect():
+            stale = {
+                sample.labels["check"]
+                for sample in family.samples
+                if sample.labels.get("namespace") == namespace
+                and sample.labels.get("name") == name
+                and sample.labels.get("check") not in present
+            }
+            for check_name in stale:
+                _remove_matching(gauge, {"namespace": namespace, "name": name, "check": check_name})
     for check in status.checks:
         value = _number(check.measurements[-1].value) if check.measurements else None
         if value is not None:
@@ -69,18 +139,58 @@ def observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> N
                 break
             streak += 1
         NOT_PASSING_STREAK.labels(namespace=namespace, name=name, check=check.name).set(streak)
+        # An Inconclusive verdict a human accepted (promote) awaits nobody any more.
+        awaiting = not (check.approved and check.phase is Verdict.INCONCLUSIVE)
         for verdict in Verdict:
-            value = 1 if check.phase is verdict else 0
+            value = 1 if check.phase is verdict and awaiting else 0
             CHECK_VERDICT.labels(namespace=namespace, name=name, check=check.name, verdict=verdict.value).set(value)
 
 
 def forget(namespace: str, name: str) -> None:
-    """Drop the series of a deleted rollout."""
-    for phase in Phase:
-        with contextlib.suppress(KeyError):
-            PHASE.remove(namespace, name, phase.value)
-    with contextlib.suppress(KeyError):
-        RESTORE_FAILED.remove(namespace, name)
+    """Drop every series of a deleted rollout (phase, verdicts, gate values, streaks)."""
+    with _lock:
+        _forgotten.add((namespace, name))
+        for gauge in _PER_ROLLOUT:
+            _remove_matching(gauge, {"namespace": namespace, "name": name})
+
+
+def observe_route(uid: str, namespace: str, target: str, stats: RouteStats | None) -> None:
+    """The route statistics of ``target`` read for rollout ``uid`` (None: the read failed, rates removed)."""
+    with _lock:
+        _watchers[uid] = (namespace, target)
+        ROUTE_UP.labels(namespace=namespace, target=target).set(0 if stats is None else 1)
+        if stats is None:
+            for gauge in _ROUTE_RATES:
+                _remove_matching(gauge, {"namespace": namespace, "target": target})
+            return
+        ROUTE_EXECUTIONS.labels(namespace=namespace, target=target).set(stats.executions)
+        for gauge, value in (
+            (ROUTE_NULL_RATE, stats.null_rate),
+            (ROUTE_UNKNOWN_RATE, stats.unknown_rate),
+            (ROUTE_FALLBACK_RATIO, stats.fallback_ratio),
+        ):
+            gauge.labels(namespace=namespace, target=target).set(math.nan if value is None else value)
+
+
+def forget_route(uid: str) -> None:
+    """Rollout ``uid`` is gone: drop its target's route series unless another rollout still watches it."""
+    with _lock:
+        key = _watchers.pop(uid, None)
+        if key is None or key in _watchers.values():
+            return
+        namespace, target = key
+        for gauge in (*_ROUTE_RATES, ROUTE_UP):
+            _remove_matching(gauge, {"namespace": namespace, "target": target})
+
+
+def _remove_matching(gauge: Gauge, labels: dict[str, str]) -> None:
+    """Remove every child of ``gauge`` whose labels include ``labels`` (found through the public collect())."""
+    for family in gauge.collect():
+        for sample in family.samples:
+            if all(sample.labels.get(k) == v for k, v in labels.items()):
+                # sample labels come in the gauge's label-name order
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*sample.labels.values())
 
 
 def _number(text: str | None) -> float | None:

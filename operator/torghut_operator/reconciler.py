@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 import urllib3
@@ -25,6 +26,7 @@ from torghut_operator.api.spec import Check, TargetKind, TorghutRolloutSpec
 from torghut_operator.api.status import Measurement, Phase, RestorePoint, TorghutRolloutStatus, Verdict
 from torghut_operator.errors import OperatorError, PermanentError, TemporaryError
 from torghut_operator.evidence.ledger import RolloutRef
+from torghut_operator.evidence.report import LANE_RUNS, REFRESH_HOURS
 from torghut_operator.kube.builders import (
     ACTION_ANNOTATION,
     deployment_state,
@@ -99,6 +101,10 @@ class Gates(Protocol):
     def report(
         self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
     ) -> str: ...
+
+    def report_with_lane_runs(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
+    ) -> tuple[str, int | None]: ...
 
 
 @dataclass(frozen=True)
@@ -273,6 +279,28 @@ class Reconciler:
         else:
             self._emit(body, Event("Warning", "DeletedUnrestored", f"{result.status.message}; deleted anyway"))
         return True
+
+    async def refresh_report(self, namespace: str, name: str) -> bool:
+        """Re-render and republish a finished run's report so it shows the first lane runs after the deploy as they
+        happen. True while there is more to wait for (fewer than LANE_RUNS seen, within REFRESH_HOURS of the end);
+        False when done or not applicable (running, no database, deleted)."""
+        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return False
+        try:
+            spec = TorghutRolloutSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return False
+        status = _parse_status(body.get("status"))
+        if spec.database is None or not status.phase.terminal or status.completed_at is None:
+            return False
+        if self._clock() - parse_time(status.completed_at) > timedelta(hours=REFRESH_HOURS):
+            return False
+        meta = body["metadata"]
+        ref = RolloutRef(meta["uid"], meta["name"], namespace, status.attempt, status.spec_hash or "")
+        text, seen = await asyncio.to_thread(self._gates.report_with_lane_runs, spec, namespace, ref, status)
+        await asyncio.to_thread(self._kube.publish_report, namespace, meta["name"], meta["uid"], text)
+        return seen is None or seen < LANE_RUNS
 
     async def _invalid_spec(self, body: dict[str, Any], exc: Exception) -> None:
         meta = body["metadata"]

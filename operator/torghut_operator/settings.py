@@ -11,6 +11,18 @@ import kopf
 from torghut_operator.api.spec import GROUP
 
 
+def route_interval() -> float:
+    """Seconds between two reads of each watched target's route statistics (TORGHUT_OPERATOR_ROUTE_INTERVAL,
+    default 30). Read at import: Kopf fixes a timer's interval when the handler is registered."""
+    return max(1.0, float(os.environ.get("TORGHUT_OPERATOR_ROUTE_INTERVAL", "30")))
+
+
+def report_refresh_interval() -> float:
+    """Seconds between two refreshes of a finished rollout's evidence report while it waits for lane runs
+    (TORGHUT_OPERATOR_REPORT_REFRESH_INTERVAL, default 60)."""
+    return max(1.0, float(os.environ.get("TORGHUT_OPERATOR_REPORT_REFRESH_INTERVAL", "60")))
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     watch_server_timeout: int = 300

@@ -42,9 +42,11 @@ def build_runtime(cfg: OperatorConfig) -> Runtime:
 
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
-    reconciler = Reconciler(kube, LiveGates(kube, denied_functions=cfg.gate_sql_denylist), post_event)
+    gates = LiveGates(kube, denied_functions=cfg.gate_sql_denylist)
+    reconciler = Reconciler(kube, gates, post_event)
     return Runtime(
         reconciler=reconciler,
+        route_reader=gates.route_stats,
         config=cfg,
         freshness=WatchFreshness(list_versions, grace_seconds=cfg.freshness_grace_seconds),
     )

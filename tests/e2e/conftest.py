@@ -47,6 +47,7 @@ class OperatorProcess:
             **cluster.env,
             "KUBECONFIG": str(kubeconfig),
             "TORGHUT_OPERATOR_METRICS_PORT": "0",
+            "TORGHUT_OPERATOR_ROUTE_INTERVAL": "2",
             "PYTHONUNBUFFERED": "1",
         }
         self._log_dir = log_dir
@@ -94,6 +95,11 @@ class OperatorProcess:
                 self._proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def scrape(self) -> str:
+        """The operator's /metrics text."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
 
     def tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -159,7 +165,8 @@ def operator(
 
 @dataclass
 class World:
-    """One test's Torghut: its namespace, database, simulator and helpers to drive rollouts."""
+    """One test's Torghut: its namespace, database (in schema state ``schema_state``), simulator and helpers to
+    drive rollouts."""
 
     namespace: str
     kubectl: Kubectl
@@ -169,6 +176,7 @@ class World:
     database: str
     dsn: str
     simulator: TorghutSimulator
+    schema_state: torghut_db.SchemaState = "head"
     created: list[str] = field(default_factory=list)
 
     @property
@@ -235,7 +243,15 @@ def rollout_manifest(name: str, world: World, **spec: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
+def schema_state() -> torghut_db.SchemaState:
+    """The Torghut schema of the test's database: ``head`` (the newest); a test parametrizes ``schema_state``
+    with ``checklist`` for the state before migration 0007."""
+    return "head"
+
+
+@pytest.fixture
 def world(
+    schema_state: torghut_db.SchemaState,
     namespace: str,
     kubectl: Kubectl,
     postgres: PostgresServer,
@@ -248,7 +264,7 @@ def world(
     postgres.create_database(database)
     engine = torghut_db.make_engine(postgres.dsn(database))
     try:
-        torghut_db.create_schema(engine)
+        torghut_db.create_schema(engine, state=schema_state)
     finally:
         engine.dispose()
     postgres.execute(f"ALTER ROLE {torghut_db.APP_ROLE} WITH LOGIN PASSWORD '{APP_PASSWORD}'")
@@ -274,10 +290,11 @@ def world(
         follow=FollowTarget.parse(f"{namespace}/torghut/torghut"),
         kubeconfig=str(cluster.kubeconfig),
         tick_seconds=0.5,
+        expected_heads=torghut_db.heads_of(schema_state),
     ).start()
     prometheus.set_targets(namespace, [f"127.0.0.1:{simulator.port}"])
     prometheus.wait_for_targets(namespace, timeout=30)
-    world = World(namespace, kubectl, postgres, prometheus, operator, database, app_dsn, simulator)
+    world = World(namespace, kubectl, postgres, prometheus, operator, database, app_dsn, simulator, schema_state)
     try:
         yield world
     finally:

@@ -46,7 +46,7 @@ def completion_rollout(world: World, name: str, *, expect: bool = True, **spec: 
         }
     }
     if expect:
-        migrate["expect"] = {"alembicHeads": list(torghut_db.DEFAULT_HEADS), "grants": [GRANTS]}
+        migrate["expect"] = {"alembicHeads": list(torghut_db.heads_of(world.schema_state)), "grants": [GRANTS]}
     body: dict[str, Any] = {
         "serviceUrl": world.simulator.url,
         "migrate": migrate,
@@ -98,8 +98,16 @@ def test_a_healthy_release_succeeds_writes_the_ledger_and_the_report(world: Worl
         what="the evidence report ConfigMap",
     )
     text = report["data"]["report.md"]
-    for expected in ("route-null-rate", "research-grants", "Succeeded", NEW_IMAGE, "research_runs"):
+    for expected in (
+        "route-null-rate",
+        "research-grants",
+        "Succeeded",
+        NEW_IMAGE,
+        "research_runs",
+        "research_attempts",
+    ):
         assert expected in text, expected
+    assert "Lane runs seen since" in text, "the report says how many lane runs after the deploy it saw"
 
 
 def seed_history(world: World, n: int, *, created_at: datetime, **kwargs: Any) -> list[str]:
@@ -211,7 +219,8 @@ def test_missing_grants_fail_migrate_naming_table_and_privilege_and_the_sql_pack
     failed = world.wait_phase("grants", "Failed", timeout=120)
     assert condition(failed, "Migrated")["reason"] == "GateFailed"
     assert "torghut_app lacks" in failed["status"]["message"]
-    assert "research_runs" in failed["status"]["message"]
+    # at head the ledger of 0006 was granted by 0007; the tables of 0026 never were
+    assert torghut_db.ungranted_research_tables(world.schema_state)[0] in failed["status"]["message"]
     assert "INSERT" in failed["status"]["message"]
     assert world.deployment_image() == OLD_IMAGE
     fixed = completion_rollout(world, "grants")
@@ -396,3 +405,63 @@ def test_the_same_release_on_a_knative_service_target(
     svc = world.kubectl.get("services.serving.knative.dev", "torghut", namespace=world.namespace)
     assert svc is not None
     assert svc["spec"]["template"]["spec"]["containers"][0]["image"] == NEW_IMAGE
+
+
+def series(text: str, metric: str, **labels: str) -> list[float]:
+    """Values of ``metric`` samples in a /metrics text whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    return [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
+def test_route_metrics_are_exported_while_a_rollout_watches_the_target_and_vanish_with_it(world: World) -> None:
+    check = {
+        "name": "healthz",
+        "http": {"url": f"{world.simulator.url}/healthz", "jsonPath": "$.status"},
+        "successCondition": 'result == "ok"',
+    }
+    world.apply(rollout_manifest("routes", world, verify={"interval": "1s", "count": 1, "checks": [check]}))
+    world.wait_phase("routes", "Succeeded", timeout=120)
+    target = {"namespace": world.namespace, "target": "torghut"}
+    mine = {"namespace": world.namespace, "name": "routes"}
+
+    def exported() -> str:
+        text = world.operator.scrape()
+        if not series(text, "torghut_rollout_route_executions", **target):
+            raise NotYet("no route series yet")
+        return text
+
+    # after the run ended: visibility does not depend on a rollout being in progress
+    text = wait_for(exported, timeout=60, what="route metrics of the target")
+    assert series(text, "torghut_rollout_route_executions", **target)[0] > 0, "the simulator fills every tick"
+    assert series(text, "torghut_rollout_route_null_rate", **target) == [0.0]
+    assert series(text, "torghut_rollout_route_read_success", **target) == [1.0]
+    assert series(text, "torghut_rollout_phase", **mine)
+    assert series(text, "torghut_rollout_check_verdict", **mine)
+
+    world.kubectl("delete", "torghutrollout", "routes", "-n", world.namespace, "--wait=true", timeout=60)
+
+    def gone() -> bool:
+        text = world.operator.scrape()
+        left = [
+            metric
+            for metric, labels in (
+                ("torghut_rollout_route_null_rate", target),
+                ("torghut_rollout_route_executions", target),
+                ("torghut_rollout_route_read_success", target),
+                ("torghut_rollout_phase", mine),
+                ("torghut_rollout_check_verdict", mine),
+                ("torghut_rollout_gate_value", mine),
+            )
+            if series(text, metric, **labels)
+        ]
+        if left:
+            raise NotYet(f"still exported: {left}")
+        return True
+
+    wait_for(gone, timeout=30, what="every series of the deleted rollout gone")

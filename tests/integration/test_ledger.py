@@ -17,6 +17,8 @@ from torghut_localstack.ports import free_port
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.torghut_db import (
     APP_ROLE,
+    HEAD_RESEARCH_TABLES,
+    RESEARCH_TABLES,
     create_database,
     create_schema,
     drop_database,
@@ -36,8 +38,8 @@ from torghut_operator.evidence.ledger import (
     query_hash,
 )
 from torghut_operator.evidence.report import (
-    RESEARCH_TABLES,
     RouteNullRate,
+    TableUnavailable,
     TableWrites,
     Unavailable,
     collect_torghut_facts,
@@ -275,7 +277,7 @@ def test_errors_never_show_the_dsn_or_password(postgres: PostgresServer) -> None
 @pytest.fixture
 def torghut(dsn: str) -> Iterator[sa.Engine]:
     engine = make_engine(dsn)
-    create_schema(engine)
+    create_schema(engine, state="head")
     yield engine
     engine.dispose()
 
@@ -302,10 +304,13 @@ def test_facts_from_a_torghut_database(torghut: sa.Engine, dsn: str) -> None:
     facts = collect_torghut_facts(dsn, since=since)
 
     assert facts.route_null_rate == RouteNullRate(executions=9, unset=3)
-    in_window = {t: sum(r.rows[t] for r in runs) for t in RESEARCH_TABLES}
+    in_window = {t: sum(r.rows.get(t, 0) for r in runs) for t in HEAD_RESEARCH_TABLES}
+    # every research_* table that exists: the ledger of 0006 first, then the later tables of 0026 by name
+    ordered = RESEARCH_TABLES + tuple(sorted(HEAD_RESEARCH_TABLES[len(RESEARCH_TABLES) :]))
     assert facts.research_writes == tuple(
-        TableWrites(t, in_window[t], in_window[t] + before.rows[t]) for t in RESEARCH_TABLES
+        TableWrites(t, in_window[t], in_window[t] + before.rows.get(t, 0)) for t in ordered
     )
+    assert in_window["research_attempts"] > 0, "the lane of this schema writes the tables of 0026 too"
     assert not isinstance(facts.lane_runs, Unavailable)
     assert [r.run_id for r in facts.lane_runs] == ["run-1", "run-2", "run-3"]
     first, second, third = facts.lane_runs
@@ -336,23 +341,27 @@ def test_facts_from_a_torghut_database(torghut: sa.Engine, dsn: str) -> None:
     )
     assert "| `run-3` |" in text
     assert "| `run-4` |" not in text
+    assert "**3 of 3**" in text
 
 
 def test_facts_read_as_the_runtime_role_without_research_grants(
     torghut: sa.Engine, postgres: PostgresServer, dsn: str
 ) -> None:
-    """Before Torghut's 0007, torghut_app may read executions but no research_* table: those facts are
-    unavailable, the others are not."""
+    """torghut_app may read executions but not the research tables of 0026 (no migration grants them): those
+    writes are unavailable, named by table, the others are counted."""
     seed_executions(torghut, 4, route_markers="alpaca", null_adapters=False, seed=5)
     database = dsn.rsplit("/", 1)[1]
 
     facts = collect_torghut_facts(postgres.dsn(database, user=APP_ROLE), since=datetime.now(UTC) - timedelta(hours=1))
 
     assert facts.route_null_rate == RouteNullRate(executions=4, unset=0)
-    assert facts.research_writes == tuple(
-        Unavailable(f"permission denied for table {t} (42501)") for t in RESEARCH_TABLES
-    )
-    assert facts.lane_runs == Unavailable("permission denied for table research_runs (42501)")
+    assert isinstance(facts.research_writes, tuple)
+    denied = {w.table: w for w in facts.research_writes if isinstance(w, TableUnavailable)}
+    assert denied == {
+        t: TableUnavailable(t, f"permission denied for table {t} (42501)") for t in HEAD_RESEARCH_TABLES[5:]
+    }
+    assert {w.table for w in facts.research_writes if isinstance(w, TableWrites)} == set(RESEARCH_TABLES)
+    assert not isinstance(facts.lane_runs, Unavailable)
 
 
 def test_facts_when_tables_are_missing(dsn: str) -> None:
@@ -361,15 +370,33 @@ def test_facts_when_tables_are_missing(dsn: str) -> None:
     facts = collect_torghut_facts(dsn, since=since)
 
     assert facts.route_null_rate == Unavailable('relation "executions" does not exist (42P01)')
-    assert facts.research_writes == tuple(
-        Unavailable(f'relation "{t}" does not exist (42P01)') for t in RESEARCH_TABLES
+    assert facts.research_writes == ()
+    assert facts.lane_runs == Unavailable(
+        "schema lacks table research_runs (added by Torghut migration 0006_autonomy_ledger_and_execution_route) (42P01)"
     )
-    assert facts.lane_runs == Unavailable('relation "research_runs" does not exist (42P01)')
     text = render_report(
         name="r", namespace="n", spec=None, status=TorghutRolloutStatus(), measurements=[], decisions=[], facts=facts
     )
     assert '- Execution route null rate: unavailable: relation "executions" does not exist (42P01)' in text
-    assert '| research_promotions | unavailable: relation "research_promotions" does not exist (42P01) | — |' in text
+    assert "No research_* table in schema public." in text
+
+
+def test_lane_run_decisions_on_a_schema_before_0011_say_the_schema_is_too_old(dsn: str) -> None:
+    engine = make_engine(dsn)
+    try:
+        create_schema(engine, state="checklist")
+        seed_research_run(engine, run_id="run-1")
+    finally:
+        engine.dispose()
+
+    facts = collect_torghut_facts(dsn, since=datetime.now(UTC) - timedelta(hours=1))
+
+    assert facts.lane_runs == Unavailable(
+        "schema lacks research_promotions.decision_action (added by Torghut migration "
+        "0011_autonomy_lifecycle_and_promotion_audit) (42703)"
+    )
+    assert isinstance(facts.research_writes, tuple)
+    assert [w.table for w in facts.research_writes] == list(RESEARCH_TABLES)
 
 
 def test_facts_before_route_provenance_columns(dsn: str) -> None:
@@ -381,7 +408,10 @@ def test_facts_before_route_provenance_columns(dsn: str) -> None:
 
     facts = collect_torghut_facts(dsn, since=datetime.now(UTC) - timedelta(hours=1))
 
-    assert facts.route_null_rate == Unavailable('column "execution_expected_adapter" does not exist (42703)')
+    assert facts.route_null_rate == Unavailable(
+        "schema lacks executions.execution_expected_adapter (added by Torghut migration "
+        "0006_autonomy_ledger_and_execution_route) (42703)"
+    )
     assert isinstance(facts.research_writes, tuple)
     assert all(isinstance(w, TableWrites) for w in facts.research_writes)
 

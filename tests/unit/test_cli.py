@@ -651,3 +651,32 @@ def test_the_namespace_defaults_to_the_kubeconfig_contexts(runner: CliRunner, tm
         assert one_line(result) == 'error: torghutrollout "x" not found in namespace "team-a"'
         result = invoke(runner, "status", "x", "--kubeconfig", str(config), "-n", "team-b")
         assert one_line(result) == 'error: torghutrollout "x" not found in namespace "team-b"'
+
+
+def test_report_pr_prints_a_body_that_fits_a_pull_request(
+    runner: CliRunner, fake: FakeSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long = "value 0.5 above max 0 " + "x" * 900
+    checks = [
+        {
+            "name": f"check-{i:03d}",
+            "stage": "verify",
+            "provider": "postgres",
+            "query": "SELECT " + "y" * 3000,
+            "threshold": "max 0",
+            "phase": "Failed",
+            "measurements": [{"phase": "Failed", "at": ago(j), "value": "0.5", "message": long} for j in range(10)],
+        }
+        for i in range(300)
+    ]
+    fake.obj = rollout_object({"phase": "Failed", "message": "m" * 4000, "checks": checks})
+    monkeypatch.setattr(fake, "get_report", lambda name, uid: None, raising=False)
+    whole = invoke(runner, "report", NAME)
+    assert whole.exit_code == 0, whole.stderr
+    assert len(whole.stdout) > 65_536
+    result = invoke(runner, "report", NAME, "--pr")
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout) < 65_536
+    assert result.stdout.startswith(f"# TorghutRollout evidence: {NAMESPACE}/{NAME}")
+    assert "## Verdicts" in result.stdout
+    assert "Shortened to fit a pull request" in result.stdout

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from prometheus_client import REGISTRY
 
 from torghut_operator import metrics
 from torghut_operator.api.status import CheckStatus, Condition, Measurement, Phase, TorghutRolloutStatus, Verdict
+from torghut_operator.route_stats import RouteStats
 
 pytestmark = pytest.mark.unit
 
@@ -38,3 +41,108 @@ def test_a_restore_that_failed_is_a_series_an_alert_reads_until_the_rollout_goes
     assert REGISTRY.get_sample_value("torghut_rollout_restore_failed", labels) == 0
     metrics.forget("ns", "stuck")
     assert REGISTRY.get_sample_value("torghut_rollout_restore_failed", labels) is None
+
+
+def _series(metric: str, /, **labels: str) -> list[dict[str, str]]:
+    return [
+        s.labels
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
+def _status() -> TorghutRolloutStatus:
+    m = Measurement(phase=Verdict.FAILED, at="2026-11-24T00:00:00.000Z", value="0.5")
+    check = CheckStatus(
+        name="route-null-rate", stage="verify", provider="postgres", query="q", threshold="t", measurements=[m]
+    )
+    return TorghutRolloutStatus(checks=[check])
+
+
+def test_every_series_of_a_deleted_rollout_disappears_and_a_late_turn_cannot_bring_it_back() -> None:
+    metrics.watching("del", "gone")
+    metrics.watching("del", "kept")
+    metrics.observe_status("del", "gone", _status())
+    metrics.observe_status("del", "kept", _status())
+    per_rollout = (
+        "torghut_rollout_phase",
+        "torghut_rollout_check_verdict",
+        "torghut_rollout_gate_value",
+        "torghut_rollout_check_not_passing_streak",
+    )
+    assert all(_series(n, namespace="del", name="gone") for n in per_rollout)
+    metrics.forget("del", "gone")
+    assert not any(_series(n, namespace="del", name="gone") for n in per_rollout)
+    metrics.observe_status("del", "gone", _status())  # a turn that was in flight when it was deleted
+    assert not any(_series(n, namespace="del", name="gone") for n in per_rollout)
+    assert all(_series(n, namespace="del", name="kept") for n in per_rollout), "another rollout keeps its series"
+    metrics.watching("del", "gone")  # created again under the same name
+    metrics.observe_status("del", "gone", _status())
+    assert _series("torghut_rollout_phase", namespace="del", name="gone")
+
+
+def test_route_series_live_while_any_rollout_watches_the_target() -> None:
+    stats = RouteStats(executions=40, unset=4, unknown=2, fallback=10)
+    metrics.observe_route("uid-a", "routes", "torghut", stats)
+    metrics.observe_route("uid-b", "routes", "torghut", stats)
+    labels = {"namespace": "routes", "target": "torghut"}
+    assert REGISTRY.get_sample_value("torghut_rollout_route_null_rate", labels) == 0.1
+    assert REGISTRY.get_sample_value("torghut_rollout_route_unknown_rate", labels) == 0.05
+    assert REGISTRY.get_sample_value("torghut_rollout_route_fallback_ratio", labels) == 0.25
+    assert REGISTRY.get_sample_value("torghut_rollout_route_executions", labels) == 40
+    assert REGISTRY.get_sample_value("torghut_rollout_route_read_success", labels) == 1
+    metrics.forget_route("uid-a")
+    assert REGISTRY.get_sample_value("torghut_rollout_route_null_rate", labels) == 0.1
+    metrics.forget_route("uid-b")
+    for name in ("null_rate", "unknown_rate", "fallback_ratio", "executions", "read_success"):
+        assert not _series(f"torghut_rollout_route_{name}", **labels), name
+
+
+def test_a_failed_read_removes_the_rates_instead_of_keeping_stale_ones() -> None:
+    labels = {"namespace": "routes-err", "target": "torghut"}
+    metrics.observe_route("uid-e", "routes-err", "torghut", RouteStats(10, 0, 0, 0))
+    assert REGISTRY.get_sample_value("torghut_rollout_route_null_rate", labels) == 0
+    metrics.observe_route("uid-e", "routes-err", "torghut", None)
+    assert REGISTRY.get_sample_value("torghut_rollout_route_read_success", labels) == 0
+    assert REGISTRY.get_sample_value("torghut_rollout_route_null_rate", labels) is None
+    metrics.observe_route("uid-e", "routes-err", "torghut", RouteStats(0, 0, 0, 0))
+    value = REGISTRY.get_sample_value("torghut_rollout_route_null_rate", labels)
+    assert value is not None
+    assert math.isnan(value), "no executions: no rate, never 0"
+    metrics.forget_route("uid-e")
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"executions": 3, "unset": 4, "unknown": 0, "fallback": 0},
+        {"executions": -1, "unset": 0, "unknown": 0, "fallback": 0},
+        {"executions": None, "unset": 0, "unknown": 0, "fallback": 0},
+        {"executions": True, "unset": 0, "unknown": 0, "fallback": 0},
+        {"executions": 3, "unset": 0, "unknown": 0},
+    ],
+)
+def test_a_malformed_route_answer_is_refused(row: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="route stats"):
+        RouteStats.from_row(row)
+
+
+def test_an_accepted_inconclusive_or_a_check_of_an_earlier_stage_leaves_no_series_an_alert_reads() -> None:
+    waiting = CheckStatus(
+        name="research-writes",
+        stage="verify",
+        provider="postgres",
+        query="q",
+        threshold="t",
+        phase=Verdict.INCONCLUSIVE,
+    )
+    metrics.watching("acc", "r")
+    metrics.observe_status("acc", "r", TorghutRolloutStatus(checks=[waiting]))
+    labels = {"namespace": "acc", "name": "r", "check": "research-writes", "verdict": "Inconclusive"}
+    assert REGISTRY.get_sample_value("torghut_rollout_check_verdict", labels) == 1
+    approved = waiting.model_copy(update={"approved": True})
+    metrics.observe_status("acc", "r", TorghutRolloutStatus(checks=[approved]))
+    assert REGISTRY.get_sample_value("torghut_rollout_check_verdict", labels) == 0
+    metrics.observe_status("acc", "r", TorghutRolloutStatus(checks=[]))  # the next stage has other checks
+    assert REGISTRY.get_sample_value("torghut_rollout_check_verdict", labels) is None

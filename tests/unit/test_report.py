@@ -6,10 +6,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from torghut_operator.api.spec import TorghutRolloutSpec
 from torghut_operator.api.status import (
     CheckStatus,
+    Condition,
     LastAction,
     Measurement,
     MigrationStatus,
@@ -28,14 +31,19 @@ from torghut_operator.evidence.ledger import (
     transitions,
 )
 from torghut_operator.evidence.report import (
+    PR_BODY_LIMIT,
     GateDecision,
     LaneRun,
     RouteNullRate,
+    TableUnavailable,
     TableWrites,
     TorghutFacts,
     Unavailable,
     cell,
     code,
+    facts_since,
+    fit_for_pr,
+    lane_runs_seen,
     render_report,
     shorten,
 )
@@ -148,7 +156,7 @@ FACTS = TorghutFacts(
     research_writes=(
         TableWrites("research_runs", 3, 7),
         TableWrites("research_candidates", 6, 14),
-        Unavailable("permission denied for table research_fold_metrics (42501)"),
+        TableUnavailable("research_fold_metrics", "permission denied for table research_fold_metrics (42501)"),
         TableWrites("research_stress_metrics", 0, 0),
         TableWrites("research_promotions", 6, 14),
     ),
@@ -459,3 +467,69 @@ def test_a_failure_names_its_reason_and_the_stage_it_failed() -> None:
     ]
     # without phase events, a changed phase is still one decision
     assert transitions(before, after) == [LedgerDecision("Verifying", "RollingBack", "verify", "RollingBack", T0, "m")]
+
+
+# --- lane runs after the deploy, and the pull request body ------------------------------------------------------
+
+
+def test_the_report_says_how_many_lane_runs_it_saw_and_that_it_keeps_watching() -> None:
+    assert isinstance(FACTS.lane_runs, tuple)
+    text = report()
+    assert f"Lane runs seen since {at(0).strftime('%Y-%m-%d %H:%M:%SZ')}: **2 of 3** (not all yet" in text
+    assert lane_runs_seen(FACTS) == 2
+    three = TorghutFacts(
+        at(0), at(10), FACTS.route_null_rate, FACTS.research_writes, (*FACTS.lane_runs, FACTS.lane_runs[0])
+    )
+    done = report(facts=three)
+    assert "**3 of 3**." in done
+    assert "not all yet" not in done
+    assert lane_runs_seen(TorghutFacts(at(0), at(1), RouteNullRate(0, 0), (), Unavailable("x"))) is None
+
+
+def test_lane_runs_are_counted_from_the_deploy_not_from_the_start() -> None:
+    status = TorghutRolloutStatus(started_at=format_time(at(0)))
+    assert facts_since(status) == at(0)
+    deployed = Condition(type="Deployed", status="True", last_transition_time=format_time(at(4)), reason="Deployed")
+    assert facts_since(status.model_copy(update={"conditions": [deployed]})) == at(4)
+    assert facts_since(TorghutRolloutStatus()) is None
+
+
+def huge_status() -> TorghutRolloutStatus:
+    long = "route-null-rate: value 0.5 above max 0 " + "x" * 900
+    checks = [
+        CheckStatus(
+            name=f"check-{i:03d}",
+            stage="verify",
+            provider="postgres",
+            query="SELECT " + "y" * 3000,
+            threshold="max 0",
+            measurements=[
+                Measurement(phase=Verdict.FAILED, at=format_time(at(j)), value="0.5", message=long) for j in range(10)
+            ],
+        )
+        for i in range(400)
+    ]
+    return TorghutRolloutStatus(phase=Phase.FAILED, message="m" * 5000, checks=checks)
+
+
+def test_a_huge_report_fits_a_pull_request_and_keeps_its_sections_and_the_facts() -> None:
+    text = report(status=huge_status())
+    assert len(text) > PR_BODY_LIMIT
+    body = fit_for_pr(text)
+    assert len(body) < PR_BODY_LIMIT
+    for heading in ("# TorghutRollout evidence: torghut/release-42", "## Verdicts", "## Torghut facts"):
+        assert heading in body
+    assert "Execution route null rate" in body
+    assert "Shortened to fit a pull request" in body
+    assert body.count("```") % 2 == 0, "no code fence left open"
+    assert body.count("<details>") == body.count("</details>")
+
+
+def test_a_report_that_fits_is_left_as_it_is() -> None:
+    text = report()
+    assert fit_for_pr(text) == text
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=3000), st.integers(200, 2000))
+def test_any_text_comes_out_under_the_limit(text: str, limit: int) -> None:
+    assert len(fit_for_pr(text, limit)) < limit

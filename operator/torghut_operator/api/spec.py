@@ -134,7 +134,8 @@ class PrometheusProvider(ApiModel):
         default=None,
         description=(
             "Optional PromQL whose series are quoted in the verdict message when a measurement does not pass, "
-            "e.g. the block reasons behind zero signals."
+            "e.g. the block reasons behind zero signals. With spec.serviceUrl set, the message also names what the "
+            "service's /trading/status shows blocks its loop."
         ),
     )
 

@@ -24,19 +24,15 @@ import sqlalchemy as sa
 from torghut_operator.api.spec import TorghutRolloutSpec
 from torghut_operator.api.status import CheckStatus, Measurement, TorghutRolloutStatus, Verdict
 from torghut_operator.evidence.ledger import DecisionRecord, LedgerMeasurement, MeasurementRecord, query_hash
+from torghut_operator.gates.schema_facts import KNOWN_TABLES, missing_column, missing_table
 from torghut_operator.migrate.sqlfiles import describe_db_error, pg_engine, redact, set_local_timeouts
 from torghut_operator.presets import effective_checks
 from torghut_operator.timefmt import parse_time, utcnow
 
-RESEARCH_TABLES = (
-    "research_runs",
-    "research_candidates",
-    "research_fold_metrics",
-    "research_stress_metrics",
-    "research_promotions",
-)
 LANE_RUNS = 3
 """Lane runs shown: the checklist asks for the first three after the release."""
+REFRESH_HOURS = 2
+"""After a run ends, the operator refreshes the report until LANE_RUNS lane runs exist, for at most this long."""
 
 EMPTY = "—"
 QUERY_CHARS = 72
@@ -82,6 +78,17 @@ class TableWrites:
 
 
 @dataclass(frozen=True)
+class TableUnavailable:
+    """A research_* table whose writes could not be counted, and why."""
+
+    table: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"unavailable: {self.reason}"
+
+
+@dataclass(frozen=True)
 class GateDecision:
     """A candidate of a lane run and its research_promotions row (``decision_action`` None: no row)."""
 
@@ -112,8 +119,8 @@ class TorghutFacts:
     since: datetime
     collected_at: datetime
     route_null_rate: RouteNullRate | Unavailable
-    research_writes: tuple[TableWrites | Unavailable, ...] | Unavailable
-    """One entry per table of :data:`RESEARCH_TABLES`, in that order (a missing table: Unavailable)."""
+    research_writes: tuple[TableWrites | TableUnavailable, ...] | Unavailable
+    """One entry per research_* table that exists (those of migration 0006, then the later ones), by name."""
     lane_runs: tuple[LaneRun, ...] | Unavailable
     """The first lane runs created in the window, oldest first."""
 
@@ -126,6 +133,12 @@ SELECT count(*) AS executions,
 FROM executions
 WHERE created_at >= :since
 """.strip()
+RESEARCH_TABLES_SQL = r"""
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname LIKE 'research\_%'
+ORDER BY c.relname
+""".strip()
+"""Every research_* table now (pg_class: visible whatever the role's privileges)."""
 TABLE_WRITES_SQL = "SELECT count(*) FILTER (WHERE created_at >= :since), count(*) FROM {table}"
 LANE_RUNS_SQL = """
 SELECT run_id, status, strategy_id, created_at FROM research_runs
@@ -140,6 +153,22 @@ ORDER BY c.run_id, c.candidate_id, p.created_at, p.id
 """.strip()
 
 _T = TypeVar("_T")
+
+
+def facts_since(status: TorghutRolloutStatus) -> datetime | None:
+    """Where the facts' window starts: when the new image was deployed (the Deployed condition turned True), else
+    when the run started; None before either."""
+    deployed = next((c for c in status.conditions if c.type == "Deployed" and c.status == "True"), None)
+    if deployed is not None:
+        return parse_time(deployed.last_transition_time)
+    return parse_time(status.started_at) if status.started_at else None
+
+
+def lane_runs_seen(facts: TorghutFacts | None) -> int | None:
+    """Lane runs the facts hold (None: not collected or unavailable)."""
+    if facts is None or isinstance(facts.lane_runs, Unavailable):
+        return None
+    return len(facts.lane_runs)
 
 
 def collect_torghut_facts(
@@ -169,7 +198,10 @@ def collect_torghut_facts(
                 conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 set_local_timeouts(conn, statement_timeout=statement_timeout, lock_timeout=statement_timeout)
                 route = _fact(conn, dsn, lambda: _route_null_rate(conn, since))
-                writes = tuple(_fact(conn, dsn, partial(_table_writes, conn, t, since)) for t in RESEARCH_TABLES)
+                tables = _fact(conn, dsn, lambda: _research_tables(conn))
+                writes: tuple[TableWrites | TableUnavailable, ...] | Unavailable = (
+                    tables if isinstance(tables, Unavailable) else tuple(_writes(conn, dsn, t, since) for t in tables)
+                )
                 runs = _fact(conn, dsn, lambda: _lane_runs(conn, since, lane_runs))
             finally:
                 tx.rollback()
@@ -194,7 +226,28 @@ def _fact(conn: sa.Connection, dsn: str, read: Callable[[], _T]) -> _T | Unavail
         if conn.invalidated:
             raise
         error = describe_db_error(exc, dsn)
-        return Unavailable(f"{error.message} ({error.sqlstate})" if error.sqlstate else error.message)
+        message = _schema_gap(error.sqlstate, error.message) or error.message
+        return Unavailable(f"{message} ({error.sqlstate})" if error.sqlstate else message)
+
+
+def _schema_gap(sqlstate: str | None, message: str) -> str | None:
+    """A database older than the query, said as such with the Torghut migration that adds what is missing."""
+    found = {"42703": missing_column, "42P01": missing_table}.get(sqlstate or "", lambda _: None)(message)
+    return found if found is not None and "added by" in found else None
+
+
+_PRIORITY = {table: i for i, table in enumerate(KNOWN_TABLES)}
+
+
+def _research_tables(conn: sa.Connection) -> tuple[str, ...]:
+    names = [str(r[0]) for r in conn.execute(sa.text(RESEARCH_TABLES_SQL))]
+    # the ledger of 0006 in its own order, then later tables by name
+    return tuple(sorted(names, key=lambda t: (_PRIORITY.get(t, len(_PRIORITY)), t)))
+
+
+def _writes(conn: sa.Connection, dsn: str, table: str, since: datetime) -> TableWrites | TableUnavailable:
+    got = _fact(conn, dsn, partial(_table_writes, conn, table, since))
+    return TableUnavailable(table, got.reason) if isinstance(got, Unavailable) else got
 
 
 def _route_null_rate(conn: sa.Connection, since: datetime) -> RouteNullRate:
@@ -203,7 +256,8 @@ def _route_null_rate(conn: sa.Connection, since: datetime) -> RouteNullRate:
 
 
 def _table_writes(conn: sa.Connection, table: str, since: datetime) -> TableWrites:
-    in_window, total = conn.execute(sa.text(TABLE_WRITES_SQL.format(table=table)), {"since": since}).one()
+    quoted = '"' + table.replace('"', '""') + '"'  # a name read from pg_class, quoted as an identifier
+    in_window, total = conn.execute(sa.text(TABLE_WRITES_SQL.format(table=quoted)), {"since": since}).one()
     return TableWrites(table=table, in_window=int(in_window), total=int(total))
 
 
@@ -534,11 +588,13 @@ def _facts(facts: TorghutFacts | None) -> list[str]:
     lines += ["### Research table writes", ""]
     if isinstance(facts.research_writes, Unavailable):
         lines.append(str(facts.research_writes))
+    elif not facts.research_writes:
+        lines.append("No research_* table in schema public.")
     else:
         rows = []
-        for table, writes in zip(RESEARCH_TABLES, facts.research_writes, strict=False):
-            if isinstance(writes, Unavailable):
-                rows.append([table, cell(str(writes)), EMPTY])
+        for writes in facts.research_writes:
+            if isinstance(writes, TableUnavailable):
+                rows.append([writes.table, cell(str(writes)), EMPTY])
             else:
                 rows.append([writes.table, str(writes.in_window), str(writes.total)])
         lines += _table(["Table", "Rows in window", "Rows in total"], rows)
@@ -547,7 +603,15 @@ def _facts(facts: TorghutFacts | None) -> list[str]:
     runs = facts.lane_runs
     if isinstance(runs, Unavailable):
         lines.append(str(runs))
-    elif not runs:
+        return lines
+    seen = f"Lane runs seen since {_time(facts.since)}: **{len(runs)} of {LANE_RUNS}**"
+    if len(runs) < LANE_RUNS:
+        seen += (
+            f" (not all yet: the operator refreshes this report until {LANE_RUNS} exist, for at most "
+            f"{REFRESH_HOURS} h after the run ended)"
+        )
+    lines += [seen + ".", ""]
+    if not runs:
         lines.append("No lane run in the window.")
     else:
         rows = []
@@ -602,3 +666,59 @@ def _queries(rows: Sequence[_CheckRow]) -> list[str]:
             "",
         ]
     return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pull request body
+
+PR_BODY_LIMIT = 65_536
+"""GitHub refuses a pull request body of this many characters or more."""
+_TRIM_ORDER = ("Queries", "Measurements", "Timeline", "Verdicts", "Torghut facts")
+"""Sections shortened first to last when the report is too long for a pull request: the full text of queries
+and every measurement are in the ConfigMap and the ledger; the facts the checklist asks for go last."""
+
+
+def fit_for_pr(markdown: str, limit: int = PR_BODY_LIMIT) -> str:
+    """``markdown`` as a pull request body: unchanged when shorter than ``limit`` characters, else sections
+    shortened in :data:`_TRIM_ORDER` (each keeps its heading, its first lines and a note saying what was left out
+    and where to read it), then, should that not do, cut at a line with the same note. Always < ``limit``."""
+    if len(markdown) < limit:
+        return markdown
+    head, *rest = markdown.split("\n## ")
+    sections = {s.split("\n", 1)[0]: s for s in rest}
+    budget = limit - 1
+    for title in _TRIM_ORDER:
+        if title not in sections:
+            continue
+        for keep in (40, 12, 4, 0):
+            sections[title] = _shorten_section(sections[title], keep)
+            if len(_join(head, sections)) <= budget:
+                return _join(head, sections)
+    text = _join(head, sections)
+    note = "\n\n_Cut to fit a pull request: `kubectl torghut report NAME` prints the whole report._\n"
+    cut = text[: budget - len(note)]
+    return cut[: cut.rfind("\n") if "\n" in cut else len(cut)] + note
+
+
+def _shorten_section(section: str, keep: int) -> str:
+    title, _, body = section.partition("\n")
+    lines = body.strip("\n").split("\n")
+    marker = "_Shortened to fit a pull request"
+    lines = [line for line in lines if not line.startswith(marker)]
+    if len(lines) <= keep:
+        return section
+    left_out = len(lines) - keep
+    note = f"{marker}: {left_out} line(s) left out; `kubectl torghut report NAME` prints them._"
+    kept = lines[:keep]
+    if kept and kept[-1].lstrip().startswith(("<details>", "```", "<summary>")):
+        kept = kept[:-1]  # never leave a code fence or a details block open
+    opened = sum(line.startswith("```") for line in kept) % 2
+    if opened:
+        kept.append("```")
+    if sum("<details>" in line for line in kept) > sum("</details>" in line for line in kept):
+        kept.append("</details>")
+    return "\n".join([title, "", *kept, "", note]).rstrip() + "\n"
+
+
+def _join(head: str, sections: dict[str, str]) -> str:
+    return "\n## ".join([head, *sections.values()]).rstrip() + "\n"

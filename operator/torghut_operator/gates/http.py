@@ -18,6 +18,10 @@ cut; gates run seconds apart, so nothing is lost).
 JSONPath is a small, strict subset: ``$``, ``.name``, ``['name']`` / ``["name"]`` and ``[index]`` (negative
 counts from the end), e.g. ``$.autonomy.signals_total``, ``$.items[0]['execution_actual_adapter']``.
 No wildcards, filters or recursive descent: a gate reads one value.
+
+A whole-body read of Torghut's ``/trading/status`` carries an explanation (``gates.trading_status``): the message
+of a measurement that does not pass names the block (trading disabled, kill switch on, loop not running,
+last_error, zero signals).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 import httpx
 
 from torghut_operator.api.spec import Check
+from torghut_operator.gates import trading_status
 from torghut_operator.gates.deadline import Deadline, DeadlineExceeded
 from torghut_operator.gates.jsonpath import parse_json_path, select
 from torghut_operator.gates.reading import ProviderError, Reading
@@ -223,9 +228,12 @@ class HttpGateway:
         if not text.strip():
             return Reading(None, detail=f"HTTP {status} with an empty body")
         try:
-            return Reading(strict_json(text), detail=f"HTTP {status}")
+            document = strict_json(text)
         except ValueError:
             return Reading(text.strip(), detail=f"HTTP {status}")
+        # Torghut's /trading/status: the message of a measurement that does not pass names what blocks the loop
+        explain = trading_status.explain(document) if trading_status.is_trading_status_url(spec.url) else None
+        return Reading(document, detail=f"HTTP {status}", explain=explain)
 
 
 def _safe_url(url: str) -> str:

@@ -19,7 +19,14 @@ from torghut_operator.evidence.ledger import (
     status_measurements,
     transitions,
 )
-from torghut_operator.evidence.report import TorghutFacts, collect_torghut_facts, render_report
+from torghut_operator.evidence.report import (
+    TorghutFacts,
+    collect_torghut_facts,
+    facts_since,
+    lane_runs_seen,
+    render_report,
+)
+from torghut_operator.gates import trading_status
 from torghut_operator.gates.deadline import Deadline
 from torghut_operator.gates.http import HttpGateway
 from torghut_operator.gates.measure import Explain, Provider, take_measurement
@@ -31,10 +38,13 @@ from torghut_operator.migrate.expect import ExpectationResult, run_expectations
 from torghut_operator.migrate.sqlfiles import SqlMigrator
 from torghut_operator.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
 from torghut_operator.planner import CheckPromotionEvidence, Event
-from torghut_operator.timefmt import format_time, parse_time, utcnow
+from torghut_operator.route_stats import ROUTE_STATS_SQL, RouteStats
+from torghut_operator.timefmt import format_time, utcnow
 
 EXPLAIN_LIMIT = 8
 """Series of an explainQuery quoted in a verdict message."""
+STATUS_TIMEOUT = 10.0
+"""Ceiling of the /trading/status read that explains a signal verdict (the measurement's deadline is lower)."""
 
 PROMOTION_EVIDENCE_SQL = """
 WITH approved AS (
@@ -158,11 +168,25 @@ class LiveGates:
         query = check.prometheus.explain_query if check.prometheus is not None else None
         if query and isinstance(provider, PrometheusGateway):
             gateway = provider
+            service_url = spec.service_url
 
             def explain(deadline: Deadline) -> str:
-                return self._explain(gateway, query, deadline)
+                parts = [self._explain(gateway, query, deadline)]
+                if service_url:  # the service's own view of its signal path names the block
+                    parts.append(self._status_blocks(service_url, deadline))
+                return "; ".join(parts)
 
         return take_measurement(check, provider, previous=previous, now=now, explain=explain, deadline=deadline)
+
+    def _status_blocks(self, service_url: str, deadline: Deadline) -> str:
+        url = service_url.rstrip("/") + trading_status.STATUS_PATH
+        probe = Check.model_validate({"name": "trading-status", "http": {"url": url}, "successCondition": "true"})
+        try:
+            # the measurement's deadline bounds the GET; the gateway's own timeout is only a ceiling
+            reading = self._http.get(STATUS_TIMEOUT, lambda: HttpGateway(timeout=STATUS_TIMEOUT)).read(probe, deadline)
+        except ProviderError as exc:
+            return f"{trading_status.STATUS_PATH}: {exc}"
+        return reading.explain or f"{trading_status.STATUS_PATH}: nothing blocks the loop"
 
     @staticmethod
     def _explain(provider: PrometheusGateway, query: str, deadline: Deadline) -> str:
@@ -227,6 +251,14 @@ class LiveGates:
             return PromotionEvidence(False, f"could not read research_promotions: {exc}")
         return promotion_evidence_verdict(request, rows[0] if rows else None)
 
+    def route_stats(self, spec: TorghutRolloutSpec, namespace: str) -> RouteStats:
+        """The target database's route statistics of the last 15 minutes, through the read-only gate gateway
+        (ProviderError when it can't be read; ValueError for a malformed answer)."""
+        rows = self._postgres_gateway(spec, namespace).query_rows(ROUTE_STATS_SQL, max_rows=1)
+        if len(rows) != 1:
+            raise ProviderError(f"route statistics: expected one row, got {len(rows)}")
+        return RouteStats.from_row(rows[0])
+
     # --- evidence ---
 
     def _ledger(self, spec: TorghutRolloutSpec, namespace: str) -> Ledger:
@@ -257,20 +289,26 @@ class LiveGates:
     def report(
         self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
     ) -> str:
+        return self.report_with_lane_runs(spec, namespace, rollout, status)[0]
+
+    def report_with_lane_runs(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
+    ) -> tuple[str, int | None]:
+        """The report, and how many lane runs since the deploy it shows (None: they could not be read)."""
         measurements: list[MeasurementRecord] = []
         decisions: list[DecisionRecord] = []
         facts: TorghutFacts | None = None
         if spec.database is not None:
             ledger = self._ledger(spec, namespace)
             measurements, decisions = ledger.measurements(rollout.uid), ledger.decisions(rollout.uid)
-            since = parse_time(status.started_at) if status.started_at else utcnow()
+            since = facts_since(status) or utcnow()
             facts = collect_torghut_facts(
                 self._dsn(spec, namespace),
                 since=since,
                 connect_timeout=parse_duration(spec.database.connect_timeout),
                 statement_timeout=parse_duration(spec.database.statement_timeout),
             )
-        return render_report(
+        text = render_report(
             name=rollout.name,
             namespace=namespace,
             spec=spec,
@@ -279,6 +317,7 @@ class LiveGates:
             decisions=decisions,
             facts=facts,
         )
+        return text, lane_runs_seen(facts)
 
 
 def promotion_evidence_verdict(request: CheckPromotionEvidence, row: dict[str, Any] | None) -> PromotionEvidence:

@@ -114,6 +114,8 @@ def take_measurement(
         if isinstance(error, KeyboardInterrupt):
             raise
         return finish(Verdict.ERROR, _error_message(check, _unexpected(error)))
+    if reading.explain and verdict is not Verdict.SUCCESSFUL:
+        message = f"{message}; {reading.explain}"
     return finish(verdict, message, reading)
 
 

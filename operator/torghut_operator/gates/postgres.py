@@ -49,6 +49,7 @@ from sqlalchemy.pool import NullPool
 from torghut_operator.api.spec import Check
 from torghut_operator.gates.deadline import Deadline
 from torghut_operator.gates.reading import ProviderError, Reading
+from torghut_operator.gates.schema_facts import missing_column, missing_table
 from torghut_operator.gates.sql_guard import refusal
 
 APPLICATION_NAME = "torghut-rollout-gates"
@@ -257,6 +258,9 @@ class PostgresGateway:
             text = f"lost the connection to postgres at {self.target}: {_first_line(str(original))}"
         elif isinstance(original, psycopg.errors.SyntaxError) and "multiple commands" in str(original):
             text = "a gate query must be a single statement; several were given"
+        elif isinstance(original, psycopg.Error) and (lacks := _schema_gap(original)):
+            # a database older than the query: "schema too old", naming the Torghut migration where known
+            text = f"{lacks}: {_primary(original)} [SQLSTATE {original.sqlstate}]"
         elif isinstance(original, psycopg.Error):
             code = f" [SQLSTATE {original.sqlstate}]" if original.sqlstate else ""
             text = f"query failed on {self.target}: {_primary(original)}{code}"
@@ -336,6 +340,14 @@ def plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(key): plain(item) for key, item in value.items()}
     return str(value)
+
+
+def _schema_gap(error: psycopg.Error) -> str | None:
+    if isinstance(error, psycopg.errors.UndefinedColumn):
+        return missing_column(_primary(error))
+    if isinstance(error, psycopg.errors.UndefinedTable):
+        return missing_table(_primary(error))
+    return None
 
 
 def _primary(error: psycopg.Error) -> str:

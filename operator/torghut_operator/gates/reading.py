@@ -27,3 +27,6 @@ class Reading:
     note: str = ""
     """Context the provider measured along with the value (the Postgres column ``detail``); quoted after the
     verdict message, never judged."""
+    explain: str | None = None
+    """Why the value may not pass, in words (e.g. the blocks of a /trading/status answer); appended to the
+    verdict message of a measurement that does not pass."""
