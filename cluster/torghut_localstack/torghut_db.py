@@ -265,14 +265,15 @@ def heads_of(state: SchemaState) -> tuple[str, ...]:
 
 
 def research_tables_of(state: SchemaState) -> tuple[str, ...]:
-    """Every ``research_*`` table of ``state``."""
-    return HEAD_RESEARCH_TABLES if state == "head" else RESEARCH_TABLES
+    """Every ``research_*`` table of ``state``: both states hold the four tables of 0026 too (the graph has several
+    heads: the research branch may run ahead of the route/grant patch 0007)."""
+    return HEAD_RESEARCH_TABLES
 
 
 def ungranted_research_tables(state: SchemaState) -> tuple[str, ...]:
     """The research tables on which ``torghut_app`` holds nothing in ``state`` (what the grant pack fixes):
-    all five of 0006 before 0007; at head the four of 0026, which no migration grants."""
-    return LATER_RESEARCH_TABLES if state == "head" else RESEARCH_TABLES
+    all nine before 0007; at head the four of 0026, which no migration grants."""
+    return LATER_RESEARCH_TABLES if state == "head" else HEAD_RESEARCH_TABLES
 
 
 def create_schema(
