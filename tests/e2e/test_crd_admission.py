@@ -192,6 +192,7 @@ def full_status() -> TorghutRolloutStatus:
             applied=[AppliedFile(name="0001_backfill_route_adapters.sql", checksum="ab" * 32, applied_at=at)],
             message="applied 1 file",
             completed_at=at,
+            caught_up_at=at,
         ),
         checks=[
             CheckStatus(
