@@ -64,6 +64,7 @@ SPEC: dict[str, Any] = {
     },
 }
 PARSED = TorghutRolloutSpec.model_validate(SPEC)
+DIGEST_IMAGE = "registry.ide-newton.ts.net/lab/torghut@sha256:884bec35f7d24ef34c51240e697aa996bc134385be9f6936aa170880fe2d601e"
 
 
 def ago(minutes: float) -> str:
@@ -354,20 +355,25 @@ def test_list_rows_come_from_the_raw_objects() -> None:
     assert rows[1]["phase"] == ""
     text = render(cli.render_list(rows, all_namespaces=True))
     header, first, second = text.splitlines()[:3]
-    assert header.split() == ["NAMESPACE", "NAME", "PHASE", "STAGE", "IMAGE", "READY", "AGE"]
-    assert first.split() == [
-        "trading",
-        "release-42",
-        "Promoting",
-        "promote:canary",
-        "registry/torghut:v42",
-        "False",
-        "30m",
-    ]
-    assert second.split() == ["ops", "fresh", "—", "—", "—", "—", "30s"]
+    assert header.split() == ["NAMESPACE", "NAME", "PHASE", "STAGE", "READY", "AGE", "IMAGE"]
+    assert first.split() == ["trading", "release-42", "Promoting", "promote:canary", "False", "30m", "torghut:v42"]
+    assert second.split() == ["ops", "fresh", "—", "—", "—", "30s", "—"]
 
 
-def test_history_merges_events_conditions_and_the_last_verb_oldest_first() -> None:
+def test_list_wide_shows_the_whole_image_and_the_message() -> None:
+    row = cli.rollout_row(rollout_object({**AWAITING_CANARY, "image": DIGEST_IMAGE}), NOW)
+    narrow = render(cli.render_list([row], all_namespaces=False))
+    assert narrow.splitlines()[1].split()[-1] == "torghut@884bec35f7d2"
+    assert DIGEST_IMAGE not in narrow
+    wide = Console(record=True, width=400, color_system=None)
+    wide.print(cli.render_list([row], all_namespaces=False, wide=True))
+    header, line = wide.export_text().splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "STAGE", "READY", "AGE", "IMAGE", "MESSAGE"]
+    assert DIGEST_IMAGE in line
+    assert line.rstrip().endswith("step canary awaits approval: promote to apply it")
+
+
+def test_history_merges_events_conditions_measurements_and_the_last_verb_oldest_first() -> None:
     r = cli.Rollout.from_object(rollout_object(AWAITING_CANARY))
     events: list[dict[str, Any]] = [
         {"type": "Normal", "reason": "Verifying", "message": "Deploying -> Verifying", "lastTimestamp": ago(20)},
@@ -375,15 +381,71 @@ def test_history_merges_events_conditions_and_the_last_verb_oldest_first() -> No
     ]
     entries = cli.history(r, events)
     assert [(e.source, e.reason) for e in entries] == [
-        ("condition", "AwaitingApproval"),
         ("event", "Verifying"),
         ("condition", "ChecksPassed"),
+        ("measurement", "decisions-flowing"),
+        ("measurement", "decisions-flowing"),
+        ("measurement", "decisions-flowing"),
+        ("measurement", "error-rate"),
         ("action", "promote"),
         ("event", "AwaitingApproval"),
+        # Ready=False since the start, but its reason is the one the event above set: it follows that event
+        ("condition", "AwaitingApproval"),
     ]
-    text = render(cli.render_history(entries, NOW))
+    text = render(cli.render_history(r, entries, NOW))
     assert "step canary (x3)" in text
     assert "2026-11-24 11:40:00Z" in text
+    assert "412 > 0" in text
+
+
+def _retried_events() -> list[dict[str, Any]]:
+    def event(minutes: float, reason: str, message: str, type_: str = "Normal") -> dict[str, Any]:
+        return {"type": type_, "reason": reason, "message": message, "lastTimestamp": ago(minutes)}
+
+    return [
+        event(29, "Verifying", "Deploying -> Verifying: 2 checks"),
+        event(26, "RollingBack", "Verifying -> RollingBack: verify failed (GateFailed)", "Warning"),
+        event(25, "RolledBack", "RollingBack -> RolledBack: previous image available", "Warning"),
+        event(15, "Verb", "retry: retrying (attempt 2)"),
+        event(15, "Pending", "RolledBack -> Pending: retry: attempt 2"),
+        event(12, "Deploying", "Pending -> Deploying: rolling out"),
+        event(8, "Promoting", "Verifying -> Promoting: step paper"),
+    ]
+
+
+def test_history_is_grouped_by_attempt_in_time_order_with_the_time_between_entries() -> None:
+    r = cli.Rollout.from_object(rollout_object({**AWAITING_CANARY, "startedAt": ago(15)}))
+    entries = cli.history(r, _retried_events())
+    attempts = cli.by_attempt(entries, r.status.attempt)
+    assert [a.number for a in attempts] == [1, 2]
+    assert [e.reason for e in attempts[0].entries] == ["Verifying", "RollingBack", "RolledBack"]
+    assert attempts[1].entries[0].message == "retry: retrying (attempt 2)"
+    for attempt in attempts:
+        times = [e.sort_key() for e in attempt.entries]
+        assert times == sorted(times)
+    # conditions older than the attempt (kept by retry) are shown in it, not in the attempt before
+    assert all(e.source != "condition" for e in attempts[0].entries)
+    text = render(cli.render_history(r, entries, NOW))
+    first, second = text.index("Attempt 1"), text.index("Attempt 2")
+    assert first < text.index("previous image available") < second
+    assert "Attempt 1  2026-11-24 11:31:00Z, 4m" in text
+    assert "Attempt 2  2026-11-24 11:45:00Z, 15m so far" in text
+    rolled_back = next(x for x in text.splitlines() if "previous image available" in x)
+    assert "+60s" in rolled_back  # a minute after RollingBack
+    deploying = next(x for x in text.splitlines() if "Pending -> Deploying" in x)
+    assert "+3m" in deploying
+
+
+def test_history_after_a_spec_change_starts_a_new_run() -> None:
+    r = cli.Rollout.from_object(rollout_object({"phase": "Verifying", "attempt": 1}))
+    events = [
+        {"type": "Normal", "reason": "Verifying", "message": "Deploying -> Verifying", "lastTimestamp": ago(20)},
+        {"type": "Normal", "reason": "SpecChanged", "message": "spec changed", "lastTimestamp": ago(10)},
+        {"type": "Normal", "reason": "Migrating", "message": "Pending -> Migrating", "lastTimestamp": ago(9)},
+    ]
+    attempts = cli.by_attempt(cli.history(r, events), 1)
+    assert [(a.number, a.new_run, len(a.entries)) for a in attempts] == [(1, False, 1), (1, True, 2)]
+    assert "(new run: the spec changed)" in render(cli.render_history(r, cli.history(r, events), NOW))
 
 
 @pytest.mark.parametrize(
@@ -489,7 +551,8 @@ def test_usage_errors_are_one_line_with_exit_code_2(runner: CliRunner) -> None:
     for args, expected in (
         (["undo", NAME], "error: No such command 'undo'. See 'kubectl torghut --help'."),
         (["status"], "error: Missing argument 'name'. See 'kubectl torghut status --help'."),
-        (["status", NAME, "-o", "yaml"], "error: unknown output format 'yaml': use -o json"),
+        (["status", NAME, "-o", "yaml"], "error: unknown output format 'yaml': use -o json or -o wide"),
+            (["history", NAME, "-o", "wide"], "error: unknown output format 'wide': use -o json"),
         (["retry", NAME, "--timeout", "soon"], "error: --timeout 'soon' is not a duration such as 60s, 5m or 1h30m"),
     ):
         result = invoke(runner, *args)
