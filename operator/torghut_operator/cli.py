@@ -953,7 +953,7 @@ def summary_line(r: Rollout, now: datetime) -> Text:
     """One line (folded at spaces when narrow) with what a glance needs: phase, stage, ready and age."""
     s = r.status
     text = Text(f"{r.namespace}/{r.name}", style="bold")
-    text.append("  phase ")
+    text.append("\nphase ")
     text.append_text(_phase_text(s.phase))
     text.append(f"  stage {s.stage or EMPTY}  ready ")
     text.append(ready_text(s), style=_ready_style(s))

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
@@ -26,6 +28,7 @@ from torghut_operator.observations import Observations
 from torghut_operator.planner import plan
 from torghut_operator.presets import effective_checks
 from torghut_operator.timefmt import format_time
+from torghut_operator.troubleshooting import markdown_table
 from torghut_operator.verbs import VERBS, action_value, is_refusal, parse_action, verb_applies
 
 pytestmark = pytest.mark.unit
@@ -64,7 +67,9 @@ SPEC: dict[str, Any] = {
     },
 }
 PARSED = TorghutRolloutSpec.model_validate(SPEC)
-DIGEST_IMAGE = "registry.ide-newton.ts.net/lab/torghut@sha256:884bec35f7d24ef34c51240e697aa996bc134385be9f6936aa170880fe2d601e"
+DIGEST_IMAGE = (
+    "registry.ide-newton.ts.net/lab/torghut@sha256:884bec35f7d24ef34c51240e697aa996bc134385be9f6936aa170880fe2d601e"
+)
 
 
 def ago(minutes: float) -> str:
@@ -552,7 +557,7 @@ def test_usage_errors_are_one_line_with_exit_code_2(runner: CliRunner) -> None:
         (["undo", NAME], "error: No such command 'undo'. See 'kubectl torghut --help'."),
         (["status"], "error: Missing argument 'name'. See 'kubectl torghut status --help'."),
         (["status", NAME, "-o", "yaml"], "error: unknown output format 'yaml': use -o json or -o wide"),
-            (["history", NAME, "-o", "wide"], "error: unknown output format 'wide': use -o json"),
+        (["history", NAME, "-o", "wide"], "error: unknown output format 'wide': use -o json"),
         (["retry", NAME, "--timeout", "soon"], "error: --timeout 'soon' is not a duration such as 60s, 5m or 1h30m"),
     ):
         result = invoke(runner, *args)
@@ -743,3 +748,297 @@ def test_report_pr_prints_a_body_that_fits_a_pull_request(
     assert result.stdout.startswith(f"# TorghutRollout evidence: {NAMESPACE}/{NAME}")
     assert "## Verdicts" in result.stdout
     assert "Shortened to fit a pull request" in result.stdout
+
+
+# --- views at 80, 100 and 160 columns ---------------------------------------------------------------------------
+
+WIDTHS = (80, 100, 160)
+
+
+def render_at(renderable: Any, width: int) -> list[str]:
+    console = Console(record=True, width=width, color_system=None)
+    console.print(renderable)
+    return console.export_text().splitlines()
+
+
+def _at_a_glance(lines: list[str], *needles: str) -> None:
+    """Every needle whole on some line (not folded, not cut with an ellipsis), and no line wider than the view."""
+    for needle in needles:
+        assert any(needle in line for line in lines), (needle, "\n".join(lines))
+    assert not any("…" in line for line in lines)
+
+
+def _digest_rollout() -> cli.Rollout:
+    return cli.Rollout.from_object(
+        rollout_object(
+            {**AWAITING_CANARY, "image": DIGEST_IMAGE, "previousImage": DIGEST_IMAGE.replace("884b", "1f0c")}
+        )
+    )
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_status_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int) -> None:
+    lines = render_at(cli.render_status(_digest_rollout(), now=NOW, width=width), width)
+    assert max(len(line.rstrip()) for line in lines) <= width
+    _at_a_glance(lines, "Promoting", "promote:canary", "False (AwaitingApproval)", "30m")
+    image = next(line for line in lines if line.startswith("Image"))
+    if width >= 160:
+        assert image.rstrip().endswith(DIGEST_IMAGE)
+    else:
+        assert image.rstrip().endswith("torghut@884bec35f7d2")
+
+
+def test_status_wide_shows_whole_images_at_any_width() -> None:
+    text = "\n".join(render_at(cli.render_status(_digest_rollout(), now=NOW, width=80, wide=True), 80))
+    assert DIGEST_IMAGE.replace("\n", "") in text.replace("\n                   ", "")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("all_namespaces", [False, True])
+def test_list_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int, all_namespaces: bool) -> None:
+    rows = [cli.rollout_row(rollout_object({**AWAITING_CANARY, "image": DIGEST_IMAGE}, name="torghut-2026-11-24"), NOW)]
+    lines = render_at(cli.render_list(rows, all_namespaces=all_namespaces), width)
+    assert max(len(line.rstrip()) for line in lines) <= width
+    header = lines[0].split()
+    assert header[: 7 if all_namespaces else 6][-5:] == ["PHASE", "STAGE", "READY", "AGE", "IMAGE"]
+    first = lines[1].split()
+    assert first[: 6 if all_namespaces else 5][-5:] == [
+        "torghut-2026-11-24",
+        "Promoting",
+        "promote:canary",
+        "False",
+        "30m",
+    ]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_history_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int) -> None:
+    r = cli.Rollout.from_object(rollout_object({**AWAITING_CANARY, "startedAt": ago(15)}))
+    lines = render_at(cli.render_history(r, cli.history(r, _retried_events()), NOW, width), width)
+    assert max(len(line.rstrip()) for line in lines) <= width
+    _at_a_glance(lines, "Promoting", "promote:canary", "False (AwaitingApproval)", "age 30m", "Attempt 1", "Attempt 2")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_why_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int) -> None:
+    r = _digest_rollout()
+    lines = render_at(cli.render_why(cli.explain(r, NOW), NOW, name=r.name, namespace=r.namespace), width)
+    assert max(len(line.rstrip()) for line in lines) <= width
+    _at_a_glance(lines, "Promoting", "promote:canary", "False (AwaitingApproval)", "30m", "Reason", "Do")
+
+
+@given(
+    path=st.lists(st.from_regex(r"[a-z0-9]([a-z0-9._-]{0,20}[a-z0-9])?", fullmatch=True), min_size=1, max_size=4),
+    digest=st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
+    tag=st.none() | st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,40}", fullmatch=True),
+)
+def test_a_short_image_keeps_the_repository_name_and_the_digest_prefix(
+    path: list[str], digest: str, tag: str | None
+) -> None:
+    repository = "/".join(path)
+    by_digest = cli.short_image(f"{repository}@sha256:{digest}")
+    assert by_digest == f"{path[-1]}@{digest[:12]}"
+    if tag is not None:
+        assert cli.short_image(f"{repository}:{tag}") == f"{path[-1]}:{tag}"
+
+
+# --- why --------------------------------------------------------------------------------------------------------
+
+
+def _condition(type_: str, status: str, reason: str, message: str = "", minutes: float = 10) -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": ago(minutes)}
+
+
+def _why(status: dict[str, Any], **meta: Any) -> cli.Why:
+    return cli.explain(cli.Rollout.from_object(rollout_object(status, **meta)), NOW)
+
+
+def test_why_names_the_check_its_value_threshold_query_how_long_and_the_verb() -> None:
+    w = _why(AWAITING_CANARY)
+    assert (w.state, w.reason, w.condition) == ("waiting", "AwaitingApproval", "Ready")
+    assert w.check is None  # every check passed or was accepted: the step waits for a human, not for a check
+    assert w.do == "`promote` to accept, `abort` to roll back"
+    assert w.next_verbs == ("promote", "abort")
+    text = render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+    assert "Next               kubectl torghut promote release-42 -n trading  or  kubectl torghut abort" in text
+    assert "AwaitingApproval (Ready), since 2026-11-24 11:30:00Z (30m)" in text
+
+
+def test_why_for_a_failed_check_gives_value_against_threshold_query_and_since() -> None:
+    failing = {
+        "name": "error-rate",
+        "stage": "verify",
+        "provider": "prometheus",
+        "query": "sum(rate(errors[5m]))",
+        "threshold": "<= 0.01",
+        "phase": "Failed",
+        "failed": 2,
+        "message": "2 failed measurement(s) (limit 1): value 0.2 above max 0.01",
+        "measurements": [
+            {"phase": "Successful", "at": ago(9), "value": "0.001"},
+            {"phase": "Failed", "at": ago(7), "value": "0.3"},
+            {"phase": "Failed", "at": ago(6), "value": "0.2"},
+        ],
+    }
+    w = _why(
+        {
+            "phase": "RolledBack",
+            "failedStage": "verify",
+            "message": "verify failed (GateFailed): error-rate Failed",
+            "checks": [failing],
+            "conditions": [
+                _condition("Ready", "False", "GateFailed", "error-rate Failed"),
+                _condition("Verified", "False", "GateFailed", "error-rate Failed"),
+                _condition("Restored", "True", "Restored"),
+            ],
+        }
+    )
+    assert (w.state, w.reason, w.check, w.value, w.threshold) == (
+        "stopped",
+        "GateFailed",
+        "error-rate",
+        "0.2",
+        "<= 0.01",
+    )
+    assert w.query == "sum(rate(errors[5m]))"
+    assert w.check_since == ago(7)
+    assert w.means == "a check failed more than `failureLimit`; the message has value, threshold, query"
+    assert w.next_verbs == ("retry",)
+    text = render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+    assert "Last value         0.2 against <= 0.01" in text
+    assert "So for             7m (since 2026-11-24 11:53:00Z)" in text
+    assert "Next               kubectl torghut retry release-42 -n trading" in text
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "verbs", "shown"),
+    [
+        (
+            {
+                "phase": "Failed",
+                "message": "rollback could not complete",
+                "restore": {"image": "registry/torghut:v41", "env": {"TRADING_MODE": "paper"}},
+                "conditions": [
+                    _condition("Ready", "False", "RestoreFailed"),
+                    _condition("Restored", "False", "RestoreFailed", "it may still run the new image or trading env"),
+                ],
+            },
+            "RestoreFailed",
+            ("retry",),
+            "registry/torghut:v41; TRADING_MODE=paper",
+        ),
+        (
+            {
+                "phase": "Failed",
+                "conditions": [
+                    _condition("Ready", "False", "GateFailed"),
+                    _condition("Restored", "False", "RollbackDisabled", "image left running"),
+                ],
+            },
+            "RollbackDisabled",
+            ("retry",),
+            "roll the image back by hand",
+        ),
+        (
+            {
+                "phase": "Promoting",
+                "stage": "promote:canary",
+                "promotion": {"step": 1, "stepName": "canary", "message": "step canary blocked: 0 approved rows"},
+                "conditions": [
+                    _condition("Ready", "False", "Promoting"),
+                    _condition("Promoted", "False", "MissingEvidence", "step canary blocked: 0 approved rows"),
+                ],
+            },
+            "MissingEvidence",
+            ("abort",),
+            "step canary blocked: 0 approved rows",
+        ),
+        (
+            {
+                "phase": "Promoting",
+                "stage": "promote:canary",
+                "promotion": {"step": 1, "stepName": "canary", "soakSince": ago(10)},
+                "conditions": [_condition("Promoted", "False", "Soaking", "soaking")],
+            },
+            "Soaking",
+            (),
+            "wait",
+        ),
+        (
+            {"phase": "Verifying", "conditions": [_condition("Ready", "False", "ReconcileError", "403 forbidden")]},
+            "ReconcileError",
+            (),
+            "read the operator log",
+        ),
+        (
+            {"phase": "Paused", "pausedFrom": "Verifying", "pausedBy": "verb", "conditions": []},
+            "Paused",
+            ("resume",),
+            "resume",
+        ),
+        (
+            {
+                "phase": "Verifying",
+                "checks": [
+                    {
+                        "name": "research-writes",
+                        "stage": "verify",
+                        "provider": "postgres",
+                        "query": "SELECT 1",
+                        "threshold": ">= 1",
+                        "phase": "Running",
+                        "errors": 2,
+                        "message": "schema lacks research_promotions.decision_action (added by Torghut migration 0011)",
+                    }
+                ],
+                "conditions": [_condition("Ready", "False", "GateError", "research-writes erroring")],
+            },
+            "GateError",
+            (),
+            "run that migration first",
+        ),
+    ],
+)
+def test_why_explains_each_reason_with_the_troubleshooting_advice(
+    status: dict[str, Any], reason: str, verbs: tuple[str, ...], shown: str
+) -> None:
+    w = _why(status)
+    assert w.reason == reason
+    assert w.next_verbs == verbs
+    text = render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+    assert shown in text
+    assert "Do " in text
+
+
+def test_why_for_a_soaking_step_says_how_much_soak_is_left() -> None:
+    spec = {
+        **SPEC,
+        "promotion": {"steps": [{"name": "paper", "env": {"TRADING_MODE": "paper"}, "requiredSoakTime": "30m"}]},
+    }
+    obj = rollout_object(
+        {
+            "phase": "Promoting",
+            "stage": "promote:paper",
+            "promotion": {"step": 0, "stepName": "paper", "soakSince": ago(10)},
+            "conditions": [_condition("Promoted", "False", "Soaking", "soaking")],
+        },
+        spec=spec,
+    )
+    w = cli.explain(cli.Rollout.from_object(obj), NOW)
+    assert dict(w.details)["Soak"] == "10m of 30m since 2026-11-24 11:50:00Z (20m left)"
+
+
+def test_why_for_a_succeeded_rollout_says_there_is_nothing_to_do() -> None:
+    w = _why({"phase": "Succeeded", "conditions": [_condition("Ready", "True", "Succeeded")]})
+    assert (w.state, w.reason, w.do, w.next_verbs) == ("finished", None, None, ())
+    assert "finished: nothing to do" in render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+
+
+def test_the_readme_troubleshooting_table_is_the_one_why_quotes() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Troubleshooting", 1)[1]
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    table = "\n".join(lines[start:end])
+    assert table == markdown_table(), "regenerate the README's table from torghut_operator.troubleshooting"
