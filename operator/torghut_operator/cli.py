@@ -1,7 +1,8 @@
 """``kubectl torghut``: the kubectl plugin for TorghutRollouts (kubectl runs ``kubectl-torghut`` from PATH).
 
 Read: ``status`` (``--watch`` follows a Kubernetes WATCH until the rollout finishes; exit 0 on Succeeded, 1 on
-Failed, RolledBack or Aborted), ``list``, ``report``, ``history``. Act: ``abort``, ``retry``, ``promote``, ``pause``,
+Failed, RolledBack or Aborted), ``list``, ``report``, ``history``, ``why``. Every view is laid out for the
+terminal's width (80 columns and up). Act: ``abort``, ``retry``, ``promote``, ``pause``,
 ``resume`` - each checked against the rollout's phase first (the rules of :mod:`torghut_operator.verbs`, the same
 the operator applies), then requested through the ``torghut.proompteng.ai/action`` annotation.
 
@@ -56,6 +57,7 @@ from torghut_operator.kube.builders import ACTION_ANNOTATION
 from torghut_operator.kube.gateway import report_name
 from torghut_operator.presets import effective_checks
 from torghut_operator.timefmt import parse_time, utcnow
+from torghut_operator.troubleshooting import advice_for
 from torghut_operator.verbs import APPLIES_TO, VERBS, action_value, is_refusal, parse_action, verb_applies
 
 EXIT_OK = 0
@@ -479,6 +481,12 @@ def age(since: str | None, now: datetime) -> str:
         seconds = max(0, int((now - parse_time(since)).total_seconds()))
     except ValueError:
         return EMPTY
+    return span(seconds)
+
+
+def span(seconds: float) -> str:
+    """A duration as kubectl writes ages: 45s, 3m20s, 17m, 5h, 3d."""
+    seconds = max(0, int(seconds))
     if seconds < 120:
         return f"{seconds}s"
     minutes = seconds // 60
@@ -525,17 +533,70 @@ def _section(title: str) -> Text:
     return Text(f"\n{title}", style="bold underline")
 
 
-def _header(r: Rollout, now: datetime) -> Table:
+WIDE = 160
+"""At this width and more every view shows every column; below it, the narrow layouts."""
+NARROW = 100
+"""Below this width tables drop their least needed columns."""
+LABEL_WIDTH = 19
+"""The label column of the status and why views ("Awaiting approval" and its padding)."""
+DIGEST_SHOWN = 12
+
+
+def short_image(image: str | None) -> str | None:
+    """``registry/lab/torghut@sha256:<64 hex>`` as ``torghut@<first 12 hex>``, ``registry/lab/torghut:v42`` as
+    ``torghut:v42``: what tells releases apart in a narrow view (-o wide and -o json show it whole)."""
+    if not image:
+        return image
+    name, at, digest = image.partition("@")
+    repository = name.rsplit("/", 1)[-1]
+    if not at:
+        return repository
+    _, colon, hexdigits = digest.partition(":")
+    return f"{repository}@{hexdigits[:DIGEST_SHOWN]}" if colon else f"{repository}@{digest[:DIGEST_SHOWN]}"
+
+
+def _fitted_image(image: str | None, width: int, *, wide: bool) -> str | None:
+    """The whole image when it fits on the line (or -o wide asks for it), else the short form."""
+    if wide or image is None or len(image) <= width - LABEL_WIDTH:
+        return image
+    return short_image(image)
+
+
+def ready_text(s: TorghutRolloutStatus) -> str:
+    """The Ready condition as ``False (AwaitingApproval)``; ``—`` before the operator has set it."""
+    ready = next((c for c in s.conditions if c.type == "Ready"), None)
+    if ready is None:
+        return EMPTY
+    return f"{ready.status} ({ready.reason})" if ready.reason else ready.status
+
+
+def _ready_style(s: TorghutRolloutStatus) -> str:
+    ready = next((c for c in s.conditions if c.type == "Ready"), None)
+    if ready is None:
+        return "dim"
+    if ready.status == "True":
+        return "green"
+    return "yellow" if ready.reason in _PROGRESS_REASONS else "red"
+
+
+def _target_image(r: Rollout) -> str | None:
+    s = r.status
+    found = s.image or (r.spec.target.image if r.spec is not None else (r.raw_spec.get("target") or {}).get("image"))
+    return str(found) if found else None
+
+
+def _header(r: Rollout, now: datetime, width: int, wide: bool) -> Table:
     s = r.status
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
-    image = s.image or (r.spec.target.image if r.spec is not None else r.raw_spec.get("target", {}).get("image"))
+    grid.add_column(overflow="fold")
     grid.add_row("Name", _t(f"{r.namespace}/{r.name}"))
     grid.add_row("Phase", _phase_text(s.phase))
     grid.add_row("Stage", _t(s.stage))
-    grid.add_row("Image", _t(image))
-    grid.add_row("Previous image", _t(s.previous_image))
+    grid.add_row("Ready", _t(ready_text(s), _ready_style(s)))
+    grid.add_row("Age", _t(age(r.created, now)))
+    grid.add_row("Image", _t(_fitted_image(_target_image(r), width, wide=wide)))
+    grid.add_row("Previous image", _t(_fitted_image(s.previous_image, width, wide=wide)))
     grid.add_row("Attempt", _t(s.attempt))
     grid.add_row("Message", _t(s.message))
     if s.failed_stage:
@@ -586,17 +647,20 @@ def _counts(c: CheckStatus) -> str:
     return f"{c.successful}/{c.failed}/{c.inconclusive}/{c.errors}"
 
 
-def _checks(s: TorghutRolloutStatus) -> Table:
+def _checks(s: TorghutRolloutStatus, width: int) -> Table:
+    narrow = width < NARROW
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold")
-    table.add_column("Check", no_wrap=True)
-    table.add_column("Provider", no_wrap=True)
+    table.add_column("Check", overflow="fold")
+    if not narrow:
+        table.add_column("Provider", no_wrap=True)
     table.add_column("Verdict", no_wrap=True)
     table.add_column("Counts", no_wrap=True, justify="right")
-    table.add_column("Last value", overflow="fold", max_width=24)
-    table.add_column("Last message", overflow="fold", min_width=30)
+    table.add_column("Last value", overflow="fold", max_width=24 if not narrow else 12)
+    table.add_column("Last message", overflow="fold", min_width=30 if not narrow else 20)
     for c in s.checks:
         last = c.measurements[-1].value if c.measurements else None
-        table.add_row(_t(c.name), _t(c.provider), _verdict_text(c), _t(_counts(c)), _t(last), _t(c.message))
+        cells = [_t(c.name)] + ([] if narrow else [_t(c.provider)])
+        table.add_row(*cells, _verdict_text(c), _t(_counts(c)), _t(last), _t(c.message))
     return table
 
 
@@ -606,21 +670,26 @@ def _checks_title(s: TorghutRolloutStatus) -> str:
     return f"Checks ({where}counts: successful/failed/inconclusive/errors)"
 
 
-def _measurements(s: TorghutRolloutStatus, now: datetime, keep: int) -> Table:
+def _measurements(s: TorghutRolloutStatus, now: datetime, keep: int, width: int) -> Table:
+    narrow = width < NARROW
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold")
-    for column, wrap in (("Check", False), ("At", False), ("Verdict", False), ("Value", True), ("Samples", False)):
-        table.add_column(column, no_wrap=not wrap, overflow="fold", max_width=24 if column == "Value" else None)
+    table.add_column("Check", overflow="fold")
+    table.add_column("At", no_wrap=True)
+    table.add_column("Verdict", no_wrap=True)
+    table.add_column("Value", overflow="fold", max_width=24 if not narrow else 12)
+    if not narrow:
+        table.add_column("Samples", no_wrap=True)
     table.add_column("Message", overflow="fold")
     for c in s.checks:
         for m in c.measurements[-keep:] if keep > 0 else []:
-            table.add_row(
+            cells = [
                 _t(c.name),
                 _t(age(m.at, now) + " ago"),
                 Text(m.phase.value, style=VERDICT_STYLES.get(m.phase, "")),
                 _t(m.value),
-                _t(m.samples),
-                _t(m.message),
-            )
+            ]
+            cells += [] if narrow else [_t(m.samples)]
+            table.add_row(*cells, _t(m.message))
     return table
 
 
@@ -668,18 +737,28 @@ def _last_action(s: TorghutRolloutStatus, now: datetime) -> Text:
     return Text(f"{a.verb} {when(a.at, now)}: {a.result}")
 
 
-def render_status(r: Rollout, *, now: datetime | None = None, measurements: int = MEASUREMENTS_SHOWN) -> Group:
-    """Everything ``kubectl torghut status`` shows, as one rich renderable."""
+def render_status(
+    r: Rollout,
+    *,
+    now: datetime | None = None,
+    measurements: int = MEASUREMENTS_SHOWN,
+    width: int = WIDE,
+    wide: bool = False,
+) -> Group:
+    """Everything ``kubectl torghut status`` shows, as one rich renderable laid out for ``width`` columns."""
     now = now or utcnow()
     s = r.status
-    parts: list[RenderableType] = [_header(r, now)]
+    parts: list[RenderableType] = [_header(r, now, width, wide)]
     parts += [_section("Conditions"), _conditions(s, now) if s.conditions else Text("none yet")]
     if s.checks:
-        parts += [_section(_checks_title(s)), _checks(s)]
+        parts += [_section(_checks_title(s)), _checks(s, width)]
     else:
         parts += [_section("Checks"), Text("none measured yet")]
     if any(c.measurements for c in s.checks) and measurements > 0:
-        parts += [_section(f"Measurements (last {measurements} per check)"), _measurements(s, now, measurements)]
+        parts += [
+            _section(f"Measurements (last {measurements} per check)"),
+            _measurements(s, now, measurements, width),
+        ]
     steps = _steps(r)
     if steps is not None:
         parts += [_section("Promotion steps"), steps]
@@ -711,15 +790,24 @@ def rollout_row(obj: dict[str, Any], now: datetime) -> dict[str, str]:
     }
 
 
-def render_list(rows: list[dict[str, str]], *, all_namespaces: bool) -> Table:
+def render_list(rows: list[dict[str, str]], *, all_namespaces: bool, wide: bool = False) -> Table:
+    """kubectl's layout. PHASE, STAGE, READY and AGE never wrap; the name and image fold first when the terminal is
+    narrow, and the image is shortened unless -o wide asks for it whole (with the message)."""
     table = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
-    columns = (["NAMESPACE"] if all_namespaces else []) + ["NAME", "PHASE", "STAGE", "IMAGE", "READY", "AGE"]
-    for column in columns:
+    if all_namespaces:
+        table.add_column("NAMESPACE", overflow="fold")
+    table.add_column("NAME", no_wrap=True)
+    for column in ("PHASE", "STAGE", "READY", "AGE"):
         table.add_column(column, no_wrap=True)
+    table.add_column("IMAGE", overflow="fold", min_width=10)
+    if wide:
+        table.add_column("MESSAGE", overflow="fold", min_width=20)
     for row in rows:
         cells = [_t(row["namespace"])] if all_namespaces else []
-        cells += [_t(row["name"]), _phase_text(row["phase"] or None), _t(row["stage"]), _t(row["image"])]
-        cells += [_t(row["ready"]), _t(row["age"])]
+        cells += [_t(row["name"]), _phase_text(row["phase"] or None), _t(row["stage"])]
+        cells += [_t(row["ready"]), _t(row["age"]), _t(row["image"] if wide else short_image(row["image"]))]
+        if wide:
+            cells.append(_t(row["message"]))
         table.add_row(*cells)
     return table
 
@@ -727,19 +815,24 @@ def render_list(rows: list[dict[str, str]], *, all_namespaces: bool) -> Table:
 @dataclass(frozen=True)
 class HistoryEntry:
     at: str | None
-    source: str  # event, condition, action
+    source: str  # event, condition, measurement, action
     type: str
     reason: str
     message: str
 
     def sort_key(self) -> datetime:
-        try:
-            return parse_time(self.at) if self.at else datetime.min.replace(tzinfo=UTC)
-        except ValueError:
-            return datetime.min.replace(tzinfo=UTC)
+        return _moment(self.at)
 
     def as_json(self) -> dict[str, str | None]:
         return {"at": self.at, "source": self.source, "type": self.type, "reason": self.reason, "message": self.message}
+
+
+def _moment(at: str | None) -> datetime:
+    """A timestamp as a datetime; missing or unreadable ones sort first."""
+    try:
+        return parse_time(at) if at else datetime.min.replace(tzinfo=UTC)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _event_time(event: dict[str, Any]) -> str | None:
@@ -750,8 +843,19 @@ def _event_time(event: dict[str, Any]) -> str | None:
     return str(created) if created else None
 
 
+def _condition_time(at: str, reason: str, floor: str | None, events: list[HistoryEntry]) -> str:
+    """Where a condition belongs in the timeline. ``lastTransitionTime`` changes only with the status, not the
+    reason (Ready=False since the start, now for AwaitingApproval), and survives a retry: so it is placed no earlier
+    than the latest event of its reason, nor than the current attempt's start."""
+    candidates = [at, *(e.at for e in events if e.reason == reason and e.at)]
+    if floor:
+        candidates.append(floor)
+    return max(candidates, key=_moment)
+
+
 def history(r: Rollout, events: list[dict[str, Any]]) -> list[HistoryEntry]:
-    """The rollout's timeline: its events, the transitions of its conditions and the last verb, oldest first."""
+    """The rollout's timeline, oldest first: its events, the transitions of its conditions, the measurements kept
+    in status and the last verb."""
     entries = []
     for e in events:
         count = int(e.get("count") or 1)
@@ -759,30 +863,370 @@ def history(r: Rollout, events: list[dict[str, Any]]) -> list[HistoryEntry]:
         entries.append(
             HistoryEntry(_event_time(e), "event", str(e.get("type") or ""), str(e.get("reason") or ""), message)
         )
+    seen_events = list(entries)
     for c in r.status.conditions:
-        entries.append(HistoryEntry(c.last_transition_time, "condition", f"{c.type}={c.status}", c.reason, c.message))
+        at = _condition_time(c.last_transition_time, c.reason, r.status.started_at, seen_events)
+        entries.append(HistoryEntry(at, "condition", f"{c.type}={c.status}", c.reason, c.message))
+    for check in r.status.checks:
+        for m in check.measurements:
+            # The operator's message names the value already; without one, the value is the message.
+            samples = f" ({m.samples} samples)" if m.samples is not None else ""
+            text = m.message or (f"value {m.value}{samples}" if m.value is not None else "no value")
+            entries.append(HistoryEntry(m.at, "measurement", m.phase.value, check.name, text))
     a = r.status.last_action
     if a is not None:
         entries.append(HistoryEntry(a.at, "action", "Verb", a.verb, a.result))
     return sorted(entries, key=HistoryEntry.sort_key)
 
 
-def render_history(entries: list[HistoryEntry], now: datetime) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold")
-    table.add_column("Time", no_wrap=True)
-    table.add_column("Age", no_wrap=True, justify="right")
-    table.add_column("Source", no_wrap=True)
-    table.add_column("Type", no_wrap=True)
-    table.add_column("Reason", no_wrap=True)
-    table.add_column("Message", overflow="fold")
+_RETRY = re.compile(r"\bretry(?:ing)?:? \(?attempt (\d+)\)?")
+
+
+def _starts_attempt(e: HistoryEntry) -> int | None:
+    """The attempt an entry starts: a retry (the Pending move, the Verb event or the last action say which
+    number), or 1 when a spec change started a new run. None: not a boundary."""
+    if e.source == "event" and e.reason == "SpecChanged":
+        return 1
+    if e.source in ("event", "action"):
+        found = _RETRY.search(e.message)
+        if found:
+            return int(found.group(1))
+    return None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt's part of the timeline; ``new_run``: a spec change started it."""
+
+    number: int
+    new_run: bool
+    entries: list[HistoryEntry]
+
+    @property
+    def started(self) -> str | None:
+        return self.entries[0].at if self.entries else None
+
+    @property
+    def ended(self) -> str | None:
+        return self.entries[-1].at if self.entries else None
+
+
+def by_attempt(entries: list[HistoryEntry], current: int) -> list[Attempt]:
+    """The timeline cut where an attempt starts. The entries before the first boundary belong to the attempt before
+    it (events expire after an hour, so the first group may not be attempt 1); with no boundary, all belong to the
+    current attempt."""
+    groups: list[tuple[int, bool, list[HistoryEntry]]] = []
+    first_boundary = next((n for e in entries if (n := _starts_attempt(e)) is not None), None)
+    number = current if first_boundary is None else max(1, first_boundary - 1)
+    new_run = False
+    bucket: list[HistoryEntry] = []
     for e in entries:
-        try:
-            at = parse_time(e.at).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if e.at else EMPTY
-        except ValueError:
-            at = e.at or EMPTY
-        style = "yellow" if e.type == "Warning" else ""
-        table.add_row(_t(at), _t(age(e.at, now)), _t(e.source), _t(e.type, style), _t(e.reason), _t(e.message))
-    return table
+        starts = _starts_attempt(e)
+        if starts is not None and (starts != number or (e.reason == "SpecChanged" and bucket)):
+            if bucket:
+                groups.append((number, new_run, bucket))
+            number, new_run, bucket = starts, e.reason == "SpecChanged", []
+        bucket.append(e)
+    if bucket:
+        groups.append((number, new_run, bucket))
+    return [Attempt(n, run, items) for n, run, items in groups]
+
+
+def _clock(at: str | None, *, date: bool) -> str:
+    if not at:
+        return EMPTY
+    try:
+        return parse_time(at).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ" if date else "%H:%M:%S")
+    except ValueError:
+        return at
+
+
+def _between(earlier: str | None, later: str | None) -> str:
+    """The time from one entry to the next, as +3m20s."""
+    if not earlier or not later:
+        return ""
+    seconds = (_moment(later) - _moment(earlier)).total_seconds()
+    return f"+{span(seconds)}"
+
+
+def summary_line(r: Rollout, now: datetime) -> Text:
+    """One line (folded at spaces when narrow) with what a glance needs: phase, stage, ready and age."""
+    s = r.status
+    text = Text(f"{r.namespace}/{r.name}", style="bold")
+    text.append("\nphase ")
+    text.append_text(_phase_text(s.phase))
+    text.append(f"  stage {s.stage or EMPTY}  ready ")
+    text.append(ready_text(s), style=_ready_style(s))
+    text.append(f"  age {age(r.created, now)}")
+    return text
+
+
+def render_history(r: Rollout, entries: list[HistoryEntry], now: datetime, width: int = WIDE) -> Group:
+    """The timeline by attempt, oldest first; ``+`` is the time since the entry above it."""
+    narrow = width < WIDE
+    parts: list[RenderableType] = [summary_line(r, now)]
+    attempts = by_attempt(entries, r.status.attempt)
+    for i, attempt in enumerate(attempts):
+        still = i == len(attempts) - 1 and not r.status.phase.terminal
+        end = now.strftime("%Y-%m-%dT%H:%M:%SZ") if still else attempt.ended
+        title = f"\nAttempt {attempt.number}" + (" (new run: the spec changed)" if attempt.new_run else "")
+        title += (
+            f"  {_clock(attempt.started, date=True)}, {span((_moment(end) - _moment(attempt.started)).total_seconds())}"
+        )
+        title += " so far" if still else ""
+        parts.append(Text(title, style="bold underline"))
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold")
+        table.add_column("Time", no_wrap=True)
+        table.add_column("+", no_wrap=True, justify="right")
+        if not narrow:
+            table.add_column("Source", no_wrap=True)
+        table.add_column("Type", no_wrap=True)
+        table.add_column("Reason", overflow="fold")
+        table.add_column("Message", overflow="fold")
+        previous: str | None = None
+        for e in attempt.entries:
+            style = (
+                "yellow"
+                if e.type == "Warning"
+                else VERDICT_STYLES.get(Verdict(e.type), "")
+                if e.source == "measurement"
+                else ""
+            )
+            cells = [_t(_clock(e.at, date=not narrow)), _t(_between(previous, e.at) or None, "dim")]
+            cells += [] if narrow else [_t(e.source)]
+            cells += [_t(e.type, style), _t(e.reason), _t(e.message)]
+            table.add_row(*cells)
+            previous = e.at
+        parts.append(table)
+    return Group(*parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Why: what the rollout waits for, or why it stopped
+
+
+_SEVERITY = {
+    Verdict.FAILED: 0,
+    Verdict.ERROR: 1,
+    Verdict.INCONCLUSIVE: 2,
+    Verdict.RUNNING: 3,
+    Verdict.PENDING: 4,
+}
+_ADVISED_CONDITIONS = ("Restored", "Ready", "Promoted", "Migrated", "Deployed", "Verified")
+
+
+@dataclass(frozen=True)
+class Why:
+    """The one screen of ``kubectl torghut why``, as data (``-o json`` prints it)."""
+
+    rollout: str
+    phase: str
+    stage: str
+    ready: str
+    age: str
+    state: str
+    """waiting, stopped, paused, finished or running."""
+    message: str
+    reason: str | None = None
+    condition: str | None = None
+    since: str | None = None
+    check: str | None = None
+    verdict: str | None = None
+    value: str | None = None
+    threshold: str | None = None
+    query: str | None = None
+    check_message: str | None = None
+    check_since: str | None = None
+    details: tuple[tuple[str, str], ...] = ()
+    means: str | None = None
+    do: str | None = None
+    next_verbs: tuple[str, ...] = ()
+    verbs: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "details"}
+        out["details"] = dict(self.details)
+        out["next_verbs"] = list(self.next_verbs)
+        out["verbs"] = list(self.verbs)
+        return out
+
+
+def _blocking_check(s: TorghutRolloutStatus) -> CheckStatus | None:
+    """The check that holds the rollout: the worst verdict that can still block (dry runs and approved Inconclusive
+    verdicts cannot), those of the current or failed stage first."""
+    stage = s.failed_stage or s.stage
+    open_checks = [
+        c
+        for c in s.checks
+        if not c.dry_run and c.phase in _SEVERITY and not (c.phase is Verdict.INCONCLUSIVE and c.approved)
+    ]
+    if not open_checks:
+        return None
+    return min(open_checks, key=lambda c: (c.stage != stage, _SEVERITY[c.phase]))
+
+
+def _verdict_since(c: CheckStatus) -> str | None:
+    """When the check's latest verdict began: the first of the latest measurements with that verdict."""
+    if not c.measurements:
+        return None
+    last = c.measurements[-1].phase
+    since = c.measurements[-1].at
+    for m in reversed(c.measurements):
+        if m.phase is not last:
+            break
+        since = m.at
+    return since
+
+
+def _state(r: Rollout) -> str:
+    phase = r.status.phase
+    if phase is Phase.SUCCEEDED:
+        return "finished"
+    if phase.terminal:
+        return "stopped"
+    if phase is Phase.PAUSED:
+        return "paused"
+    ready = next((c for c in r.status.conditions if c.type == "Ready"), None)
+    if r.status.awaiting_approval or (ready is not None and ready.reason in _WAITING_REASONS):
+        return "waiting"
+    return "running"
+
+
+_WAITING_REASONS = frozenset({"AwaitingApproval", "MissingEvidence", "Soaking", "Blocked", "ReconcileError"})
+
+
+def _details(r: Rollout, now: datetime) -> list[tuple[str, str]]:
+    s = r.status
+    out: list[tuple[str, str]] = []
+    if s.blocked_by:
+        out.append(("Blocked by", f"TorghutRollout {s.blocked_by}"))
+    promo = s.promotion
+    if promo is not None and s.phase in (Phase.PROMOTING, Phase.PAUSED) and promo.step_name:
+        step_spec = next(
+            (
+                st
+                for st in (r.spec.promotion.steps if r.spec and r.spec.promotion else [])
+                if st.name == promo.step_name
+            ),
+            None,
+        )
+        state = "applied" if promo.applied else ("approved" if promo.approved else "not applied yet")
+        out.append(("Step", f"{promo.step_name} ({state})" + (f": {promo.message}" if promo.message else "")))
+        if promo.patched_at:
+            out.append(("Env patched", when(promo.patched_at, now)))
+        soak = step_spec.required_soak_time if step_spec is not None else None
+        if soak and promo.soak_since:
+            soaked = (now - _moment(promo.soak_since)).total_seconds()
+            left = parse_duration(soak) - soaked
+            remaining = f"{span(left)} left" if left > 0 else "done"
+            out.append(("Soak", f"{span(soaked)} of {soak} since {_clock(promo.soak_since, date=True)} ({remaining})"))
+    restore = s.restore
+    if restore is not None and not restore.empty and s.phase.terminal and s.phase is not Phase.SUCCEEDED:
+        env = ", ".join(f"{k}={v}" for k, v in sorted(restore.env.items()))
+        unset = ", ".join(f"{k} (unset)" for k in restore.unset)
+        before = "; ".join(x for x in (restore.image or "", env, unset) if x)
+        out.append(("Restore to", before))
+    if r.pending_action:
+        verb, _ = parse_action(r.pending_action)
+        out.append(("Pending action", f"{verb} (requested; the operator has not handled it yet)"))
+    return out
+
+
+def explain(r: Rollout, now: datetime) -> Why:
+    """What the rollout is waiting for or why it stopped, with the troubleshooting table's advice (pure)."""
+    s = r.status
+    conditions = {c.type: c for c in s.conditions}
+    check = _blocking_check(s) if s.phase is not Phase.SUCCEEDED else None
+    check_text = f"{check.message} {check.measurements[-1].message if check.measurements else ''}" if check else ""
+    chosen, advice = None, None
+    for kind in _ADVISED_CONDITIONS:
+        c = conditions.get(kind)
+        if c is None or c.status == "True" or (kind == "Restored" and not s.phase.terminal):
+            continue
+        found = advice_for(c.reason, c.type, f"{c.message} {check_text}")
+        if found is not None:
+            chosen, advice = c, found
+            break
+    if s.phase is Phase.PAUSED:
+        paused = conditions.get("Ready")
+        chosen, advice = paused, advice_for("Paused")
+    if chosen is None and s.phase is not Phase.SUCCEEDED:
+        chosen = conditions.get("Ready")
+    verbs = tuple(r.applicable_verbs())
+    next_verbs = tuple(v for v in (advice.verbs if advice else ()) if v in verbs)
+    message = f"the spec is invalid: {r.spec_error}" if r.spec is None else s.message
+    return Why(
+        rollout=f"{r.namespace}/{r.name}",
+        phase=s.phase.value,
+        stage=s.stage,
+        ready=ready_text(s),
+        age=age(r.created, now),
+        state=_state(r),
+        message=message,
+        reason=(chosen.reason if chosen is not None else None) if s.phase is not Phase.PAUSED else "Paused",
+        condition=chosen.type if chosen is not None else None,
+        since=chosen.last_transition_time if chosen is not None else None,
+        check=check.name if check else None,
+        verdict=check.phase.value if check else None,
+        value=(check.measurements[-1].value if check and check.measurements else None),
+        threshold=check.threshold if check else None,
+        query=check.query if check else None,
+        check_message=check.message if check else None,
+        check_since=_verdict_since(check) if check else None,
+        details=tuple(_details(r, now)),
+        means=advice.means if advice else None,
+        do=advice.do if advice else None,
+        next_verbs=next_verbs,
+        verbs=verbs,
+    )
+
+
+def _markdown_plain(text: str) -> str:
+    """The table's Markdown as terminal text: no backticks or asterisks."""
+    return text.replace("`", "").replace("**", "")
+
+
+def render_why(w: Why, now: datetime, *, name: str, namespace: str) -> Group:
+    """One screen: where it stands, the reason and for how long, the check holding it, what to do, which verb."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True, min_width=LABEL_WIDTH - 2)
+    grid.add_column(overflow="fold")
+    headline = {
+        "finished": "finished: nothing to do",
+        "stopped": "stopped",
+        "paused": "paused",
+        "waiting": "waiting",
+        "running": "running: nothing holds it",
+    }[w.state]
+    grid.add_row("Rollout", _t(w.rollout))
+    grid.add_row("Phase", _phase_text(w.phase))
+    grid.add_row("Stage", _t(w.stage))
+    grid.add_row("Ready", _t(w.ready))
+    grid.add_row("Age", _t(w.age))
+    grid.add_row("State", _t(headline, "bold"))
+    grid.add_row("Message", _t(w.message))
+    if w.reason:
+        where = f" ({w.condition})" if w.condition else ""
+        since = f", since {_clock(w.since, date=True)} ({age(w.since, now)})" if w.since else ""
+        grid.add_row("Reason", _t(f"{w.reason}{where}{since}", "bold yellow"))
+    if w.check:
+        grid.add_row("Check", _t(f"{w.check}: {w.verdict}"))
+        grid.add_row("Last value", _t(f"{w.value if w.value is not None else 'none'} against {w.threshold}"))
+        grid.add_row("Query", _t(w.query))
+        if w.check_since:
+            grid.add_row("So for", _t(f"{age(w.check_since, now)} (since {_clock(w.check_since, date=True)})"))
+        grid.add_row("Check says", _t(w.check_message))
+    for label, value in w.details:
+        grid.add_row(label, _t(value))
+    if w.means:
+        grid.add_row("Means", _t(_markdown_plain(w.means)))
+    if w.do:
+        grid.add_row("Do", _t(_markdown_plain(w.do), "bold"))
+    command = f"kubectl torghut {{verb}} {name} -n {namespace}"
+    if w.next_verbs:
+        grid.add_row("Next", _t("  or  ".join(command.format(verb=v) for v in w.next_verbs), "bold cyan"))
+    grid.add_row("Verbs now", _t(", ".join(w.verbs) if w.verbs else "none (finished)"))
+    return Group(grid)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -858,6 +1302,10 @@ KubeconfigOpt = Annotated[
 ]
 ContextOpt = Annotated[str | None, typer.Option("--context", help="Kubeconfig context (default: the current one).")]
 OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="json: machine-readable output.")]
+WideOutputOpt = Annotated[
+    str | None,
+    typer.Option("--output", "-o", help="json: machine-readable output; wide: whole images (and messages)."),
+]
 NameArg = Annotated[str, typer.Argument(help="The TorghutRollout.")]
 
 
@@ -894,13 +1342,12 @@ def _session(ctx: typer.Context, namespace: str | None, kubeconfig: str | None, 
     return connect(namespace or g.namespace, kubeconfig or g.kubeconfig, context or g.context)
 
 
-def _output(value: str | None) -> bool:
-    """True for -o json; raises for anything else."""
-    if value is None:
-        return False
-    if value != "json":
-        raise CliError(f"unknown output format {value!r}: use -o json", EXIT_REFUSED)
-    return True
+def _output(value: str | None, *, wide: bool = False) -> str | None:
+    """None (the default view), "json", or "wide" where the command has it; raises for anything else."""
+    allowed = ("json", "wide") if wide else ("json",)
+    if value is None or value in allowed:
+        return value
+    raise CliError(f"unknown output format {value!r}: use " + " or ".join(f"-o {a}" for a in allowed), EXIT_REFUSED)
 
 
 def _console() -> Console:
@@ -955,7 +1402,7 @@ def status(
     watch_: Annotated[
         bool, typer.Option("--watch", "-w", help="Follow changes until the rollout finishes (exit 0 Succeeded, 1 not).")
     ] = False,
-    output: OutputOpt = None,
+    output: WideOutputOpt = None,
     timeout: Annotated[
         str | None, typer.Option("--timeout", help="With --watch: give up after this long (exit 3), e.g. 30m.")
     ] = None,
@@ -966,19 +1413,30 @@ def status(
 ) -> None:
     """Show a rollout: phase, stage, images, conditions, checks, measurements, promotion steps, last action."""
     with _errors():
-        as_json = _output(output)
+        form = _output(output, wide=True)
         limit = _duration(timeout, "--timeout") if timeout else None
         session = _session(ctx, namespace, kubeconfig, context)
         obj = session.get_rollout(name)
         r = Rollout.from_object(obj)
+        view = _StatusView(measurements, wide=form == "wide")
         if not watch_:
-            if as_json:
+            if form == "json":
                 _echo_json(obj.get("status") or {})
             else:
-                _show(render_status(r, measurements=measurements))
+                console = _console()
+                _show(view.render(r, console.width), console)
             return
-        code = _watch_status(session, r, as_json=as_json, measurements=measurements, limit=limit)
+        code = _watch_status(session, r, as_json=form == "json", view=view, limit=limit)
     raise typer.Exit(code)
+
+
+@dataclass(frozen=True)
+class _StatusView:
+    measurements: int
+    wide: bool
+
+    def render(self, r: Rollout, width: int) -> Group:
+        return render_status(r, measurements=self.measurements, width=width, wide=self.wide)
 
 
 class _Follow:
@@ -1009,7 +1467,7 @@ class _Follow:
         )
 
 
-def _watch_status(session: Session, r: Rollout, *, as_json: bool, measurements: int, limit: float | None) -> int:
+def _watch_status(session: Session, r: Rollout, *, as_json: bool, view: _StatusView, limit: float | None) -> int:
     """Follow the rollout with a WATCH until it is in a terminal phase; the exit code says how it ended."""
     follow = _Follow(session, r, time.monotonic() + limit if limit is not None else None)
     console = _console()
@@ -1019,9 +1477,9 @@ def _watch_status(session: Session, r: Rollout, *, as_json: bool, measurements: 
             typer.echo(json.dumps(current.raw.get("status") or {}))
         return follow.exit_code(limit)
     if console.is_terminal:
-        with Live(render_status(r, measurements=measurements), console=console, auto_refresh=False) as live:
+        with Live(view.render(r, console.width), console=console, auto_refresh=False) as live:
             for current in follow:
-                live.update(render_status(current, measurements=measurements), refresh=True)
+                live.update(view.render(current, console.width), refresh=True)
         return follow.exit_code(limit)
     # Not a terminal (CI logs): one line per change of phase, stage or message, then the full view.
     seen = _progress_line(r)
@@ -1031,7 +1489,7 @@ def _watch_status(session: Session, r: Rollout, *, as_json: bool, measurements: 
         if line != seen:
             console.print(Text(line))
             seen = line
-    _show(render_status(follow.last, measurements=measurements), console)
+    _show(view.render(follow.last, console.width), console)
     return follow.exit_code(limit)
 
 
@@ -1045,25 +1503,25 @@ def _progress_line(r: Rollout) -> str:
 def list_(
     ctx: typer.Context,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Every namespace.")] = False,
-    output: OutputOpt = None,
+    output: WideOutputOpt = None,
     namespace: NamespaceOpt = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
-    """List rollouts with phase, stage, image, ready and age."""
+    """List rollouts with phase, stage, ready, age and image (-o wide: the whole image and the message)."""
     with _errors():
-        as_json = _output(output)
+        form = _output(output, wide=True)
         session = _session(ctx, namespace, kubeconfig, context)
         now = utcnow()
         rows = [rollout_row(obj, now) for obj in session.list_rollouts(all_namespaces)]
         rows.sort(key=lambda row: (row["namespace"], row["name"]))
-        if as_json:
+        if form == "json":
             _echo_json(rows)
         elif not rows:
             where = "any namespace" if all_namespaces else f'namespace "{session.namespace}"'
             typer.echo(f"No torghutrollouts found in {where}.", err=True)
         else:
-            _show(render_list(rows, all_namespaces=all_namespaces))
+            _show(render_list(rows, all_namespaces=all_namespaces, wide=form == "wide"))
 
 
 @app.command()
@@ -1123,18 +1581,45 @@ def history_(
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
-    """The rollout's timeline: events, condition transitions and the last verb, oldest first."""
+    """The rollout's timeline by attempt: events, condition transitions, measurements and the last verb, oldest
+    first, with the time between entries."""
     with _errors():
         as_json = _output(output)
         session = _session(ctx, namespace, kubeconfig, context)
         r = Rollout.from_object(session.get_rollout(name))
         entries = history(r, session.list_events(name, r.uid or None))
         if as_json:
-            _echo_json([e.as_json() for e in entries])
+            _echo_json(
+                [{**e.as_json(), "attempt": a.number} for a in by_attempt(entries, r.status.attempt) for e in a.entries]
+            )
         elif not entries:
             typer.echo(f'no history yet for torghutrollout "{name}"', err=True)
         else:
-            _show(render_history(entries, utcnow()))
+            console = _console()
+            _show(render_history(r, entries, utcnow(), console.width), console)
+
+
+@app.command()
+def why(
+    ctx: typer.Context,
+    name: NameArg,
+    output: OutputOpt = None,
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """What the rollout waits for or why it stopped: the reason, the check holding it (last value, threshold,
+    query, for how long), what to do and the verb that moves it on."""
+    with _errors():
+        as_json = _output(output)
+        session = _session(ctx, namespace, kubeconfig, context)
+        r = Rollout.from_object(session.get_rollout(name))
+        now = utcnow()
+        w = explain(r, now)
+        if as_json:
+            _echo_json(w.as_json())
+        else:
+            _show(render_why(w, now, name=r.name, namespace=r.namespace))
 
 
 @app.command()

@@ -20,7 +20,7 @@ import yaml
 
 from tests.conftest import ClusterHandle
 from torghut_localstack import torghut_db, workloads
-from torghut_localstack.kubectl import Kubectl
+from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.ports import free_port
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.prometheus import PrometheusServer
@@ -120,6 +120,17 @@ def crd(kubectl: Kubectl) -> None:
         timeout=60,
         what="the TorghutRollout CRD Established",
     )
+    # Established is not served yet: discovery and the published OpenAPI schema follow a moment later, and until
+    # then `kubectl explain torghutrollout.spec` fails with "couldn't find resource" (the README's install waits
+    # for the same thing).
+    wait_for(lambda: _explains(kubectl, "torghutrollout.spec"), timeout=60, what="kubectl explain torghutrollout")
+
+
+def _explains(kubectl: Kubectl, field: str) -> bool:
+    try:
+        return "DESCRIPTION" in kubectl("explain", field)
+    except KubectlError:
+        return False
 
 
 @pytest.fixture(scope="session")

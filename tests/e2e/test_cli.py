@@ -9,9 +9,10 @@ Failed, Paused, a step awaiting approval), so an operator running in the same cl
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -131,9 +132,11 @@ class Plugin:
     plugin_dir: Path
     namespace: str
 
+    env_extra: dict[str, str] = field(default_factory=dict)
+
     @property
     def env(self) -> dict[str, str]:
-        return {**self.cluster.env, "PATH": str(self.plugin_dir), "PYTHONUNBUFFERED": "1"}
+        return {**self.cluster.env, "PATH": str(self.plugin_dir), "PYTHONUNBUFFERED": "1", **self.env_extra}
 
     def argv(self, *args: str) -> list[str]:
         return [str(self.cluster.bin_dir / "kubectl"), "torghut", *args]
@@ -237,9 +240,15 @@ def test_list_shows_phase_stage_image_ready_and_age(plugin: Plugin) -> None:
     done = plugin("list", "-n", plugin.namespace)
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.strip().splitlines()]
-    assert rows[0] == ["NAME", "PHASE", "STAGE", "IMAGE", "READY", "AGE"]
-    assert rows[1][:5] == ["alpha", "Succeeded", "—", "registry.example/torghut:v42", "True"]
-    assert rows[2][:5] == ["beta", "Promoting", "promote:canary", "registry.example/torghut:v42", "False"]
+    assert rows[0] == ["NAME", "PHASE", "STAGE", "READY", "AGE", "IMAGE"]
+    assert [r[:4] + r[5:] for r in rows[1:]] == [
+        ["alpha", "Succeeded", "—", "True", "torghut:v42"],
+        ["beta", "Promoting", "promote:canary", "False", "torghut:v42"],
+    ]
+    wide = plugin("list", "-n", plugin.namespace, "-o", "wide")
+    assert wide.returncode == 0, wide.stderr
+    assert wide.stdout.splitlines()[0].split() == ["NAME", "PHASE", "STAGE", "READY", "AGE", "IMAGE", "MESSAGE"]
+    assert "registry.example/torghut:v42" in wide.stdout
     everywhere = plugin("list", "-A", "-o", "json")
     assert everywhere.returncode == 0, everywhere.stderr
     mine = [r for r in json.loads(everywhere.stdout) if r["namespace"] == plugin.namespace]
@@ -363,7 +372,7 @@ def test_history_is_the_timeline_of_events_conditions_and_the_last_verb(plugin: 
     )
     done = plugin("history", "release-42", "-n", plugin.namespace)
     assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    lines = [line for line in done.stdout.split("Attempt 1", 1)[1].splitlines() if line.strip()]
     order = [
         next(i for i, line in enumerate(lines) if needle in line)
         for needle in ("Deploying", "ChecksPassed", "step paper approved", "AwaitingApproval")
@@ -423,3 +432,38 @@ def test_verbs_wait_for_the_operator_and_print_its_result(plugin: Plugin, operat
     again = plugin("retry", "release-42", "-n", ns)
     assert again.returncode == 2
     assert one_line(again.stderr).startswith("nothing to retry: release-42 is Pending")
+
+
+DIGEST = "registry.example/lab/torghut@sha256:884bec35f7d24ef34c51240e697aa996bc134385be9f6936aa170880fe2d601e"
+
+
+@pytest.mark.parametrize("columns", [80, 100, 160])
+def test_every_view_fits_the_terminal_and_shows_phase_stage_ready_and_age(plugin: Plugin, columns: int) -> None:
+    plugin.create("release-42", {**awaiting_canary(), "image": DIGEST})
+    plugin.env_extra = {"COLUMNS": str(columns)}
+    for args in (["list"], ["status", "release-42"], ["history", "release-42"], ["why", "release-42"]):
+        done = plugin(*args, "-n", plugin.namespace)
+        assert done.returncode == 0, (args, done.stderr)
+        lines = done.stdout.splitlines()
+        assert max(len(line) for line in lines) <= columns, (args, done.stdout)
+        for needle in ("Promoting", "promote:canary", "False"):
+            assert any(needle in line for line in lines), (args, needle, done.stdout)
+        assert any(re.search(r"\b\d+[smhd]\b", line) for line in lines), (args, done.stdout)
+        assert "…" not in done.stdout
+        if args[0] in ("list", "status") and columns < 160:
+            assert DIGEST not in done.stdout
+            assert "torghut@884bec35f7d2" in done.stdout
+
+
+def test_why_says_what_the_rollout_waits_for_and_which_verb_moves_it_on(plugin: Plugin) -> None:
+    plugin.create("release-42", awaiting_canary())
+    done = plugin("why", "release-42", "-n", plugin.namespace)
+    assert done.returncode == 0, done.stderr
+    fields = {line[:19].strip(): line[19:].strip() for line in done.stdout.splitlines() if line[:1].strip()}
+    assert fields["Phase"] == "Promoting"
+    assert fields["State"] == "waiting"
+    assert fields["Reason"].startswith("AwaitingApproval (Ready), since ")
+    assert fields["Do"] == "promote to accept, abort to roll back"
+    assert fields["Next"].startswith(f"kubectl torghut promote release-42 -n {plugin.namespace}")
+    as_json = json.loads(plugin("why", "release-42", "-n", plugin.namespace, "-o", "json").stdout)
+    assert (as_json["reason"], as_json["next_verbs"]) == ("AwaitingApproval", ["promote", "abort"])

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
@@ -26,6 +28,7 @@ from torghut_operator.observations import Observations
 from torghut_operator.planner import plan
 from torghut_operator.presets import effective_checks
 from torghut_operator.timefmt import format_time
+from torghut_operator.troubleshooting import markdown_table
 from torghut_operator.verbs import VERBS, action_value, is_refusal, parse_action, verb_applies
 
 pytestmark = pytest.mark.unit
@@ -64,6 +67,9 @@ SPEC: dict[str, Any] = {
     },
 }
 PARSED = TorghutRolloutSpec.model_validate(SPEC)
+DIGEST_IMAGE = (
+    "registry.ide-newton.ts.net/lab/torghut@sha256:884bec35f7d24ef34c51240e697aa996bc134385be9f6936aa170880fe2d601e"
+)
 
 
 def ago(minutes: float) -> str:
@@ -354,20 +360,25 @@ def test_list_rows_come_from_the_raw_objects() -> None:
     assert rows[1]["phase"] == ""
     text = render(cli.render_list(rows, all_namespaces=True))
     header, first, second = text.splitlines()[:3]
-    assert header.split() == ["NAMESPACE", "NAME", "PHASE", "STAGE", "IMAGE", "READY", "AGE"]
-    assert first.split() == [
-        "trading",
-        "release-42",
-        "Promoting",
-        "promote:canary",
-        "registry/torghut:v42",
-        "False",
-        "30m",
-    ]
-    assert second.split() == ["ops", "fresh", "—", "—", "—", "—", "30s"]
+    assert header.split() == ["NAMESPACE", "NAME", "PHASE", "STAGE", "READY", "AGE", "IMAGE"]
+    assert first.split() == ["trading", "release-42", "Promoting", "promote:canary", "False", "30m", "torghut:v42"]
+    assert second.split() == ["ops", "fresh", "—", "—", "—", "30s", "—"]
 
 
-def test_history_merges_events_conditions_and_the_last_verb_oldest_first() -> None:
+def test_list_wide_shows_the_whole_image_and_the_message() -> None:
+    row = cli.rollout_row(rollout_object({**AWAITING_CANARY, "image": DIGEST_IMAGE}), NOW)
+    narrow = render(cli.render_list([row], all_namespaces=False))
+    assert narrow.splitlines()[1].split()[-1] == "torghut@884bec35f7d2"
+    assert DIGEST_IMAGE not in narrow
+    wide = Console(record=True, width=400, color_system=None)
+    wide.print(cli.render_list([row], all_namespaces=False, wide=True))
+    header, line = wide.export_text().splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "STAGE", "READY", "AGE", "IMAGE", "MESSAGE"]
+    assert DIGEST_IMAGE in line
+    assert line.rstrip().endswith("step canary awaits approval: promote to apply it")
+
+
+def test_history_merges_events_conditions_measurements_and_the_last_verb_oldest_first() -> None:
     r = cli.Rollout.from_object(rollout_object(AWAITING_CANARY))
     events: list[dict[str, Any]] = [
         {"type": "Normal", "reason": "Verifying", "message": "Deploying -> Verifying", "lastTimestamp": ago(20)},
@@ -375,15 +386,71 @@ def test_history_merges_events_conditions_and_the_last_verb_oldest_first() -> No
     ]
     entries = cli.history(r, events)
     assert [(e.source, e.reason) for e in entries] == [
-        ("condition", "AwaitingApproval"),
         ("event", "Verifying"),
         ("condition", "ChecksPassed"),
+        ("measurement", "decisions-flowing"),
+        ("measurement", "decisions-flowing"),
+        ("measurement", "decisions-flowing"),
+        ("measurement", "error-rate"),
         ("action", "promote"),
         ("event", "AwaitingApproval"),
+        # Ready=False since the start, but its reason is the one the event above set: it follows that event
+        ("condition", "AwaitingApproval"),
     ]
-    text = render(cli.render_history(entries, NOW))
+    text = render(cli.render_history(r, entries, NOW))
     assert "step canary (x3)" in text
     assert "2026-11-24 11:40:00Z" in text
+    assert "412 > 0" in text
+
+
+def _retried_events() -> list[dict[str, Any]]:
+    def event(minutes: float, reason: str, message: str, type_: str = "Normal") -> dict[str, Any]:
+        return {"type": type_, "reason": reason, "message": message, "lastTimestamp": ago(minutes)}
+
+    return [
+        event(29, "Verifying", "Deploying -> Verifying: 2 checks"),
+        event(26, "RollingBack", "Verifying -> RollingBack: verify failed (GateFailed)", "Warning"),
+        event(25, "RolledBack", "RollingBack -> RolledBack: previous image available", "Warning"),
+        event(15, "Verb", "retry: retrying (attempt 2)"),
+        event(15, "Pending", "RolledBack -> Pending: retry: attempt 2"),
+        event(12, "Deploying", "Pending -> Deploying: rolling out"),
+        event(8, "Promoting", "Verifying -> Promoting: step paper"),
+    ]
+
+
+def test_history_is_grouped_by_attempt_in_time_order_with_the_time_between_entries() -> None:
+    r = cli.Rollout.from_object(rollout_object({**AWAITING_CANARY, "startedAt": ago(15)}))
+    entries = cli.history(r, _retried_events())
+    attempts = cli.by_attempt(entries, r.status.attempt)
+    assert [a.number for a in attempts] == [1, 2]
+    assert [e.reason for e in attempts[0].entries] == ["Verifying", "RollingBack", "RolledBack"]
+    assert attempts[1].entries[0].message == "retry: retrying (attempt 2)"
+    for attempt in attempts:
+        times = [e.sort_key() for e in attempt.entries]
+        assert times == sorted(times)
+    # conditions older than the attempt (kept by retry) are shown in it, not in the attempt before
+    assert all(e.source != "condition" for e in attempts[0].entries)
+    text = render(cli.render_history(r, entries, NOW))
+    first, second = text.index("Attempt 1"), text.index("Attempt 2")
+    assert first < text.index("previous image available") < second
+    assert "Attempt 1  2026-11-24 11:31:00Z, 4m" in text
+    assert "Attempt 2  2026-11-24 11:45:00Z, 15m so far" in text
+    rolled_back = next(x for x in text.splitlines() if "previous image available" in x)
+    assert "+60s" in rolled_back  # a minute after RollingBack
+    deploying = next(x for x in text.splitlines() if "Pending -> Deploying" in x)
+    assert "+3m" in deploying
+
+
+def test_history_after_a_spec_change_starts_a_new_run() -> None:
+    r = cli.Rollout.from_object(rollout_object({"phase": "Verifying", "attempt": 1}))
+    events = [
+        {"type": "Normal", "reason": "Verifying", "message": "Deploying -> Verifying", "lastTimestamp": ago(20)},
+        {"type": "Normal", "reason": "SpecChanged", "message": "spec changed", "lastTimestamp": ago(10)},
+        {"type": "Normal", "reason": "Migrating", "message": "Pending -> Migrating", "lastTimestamp": ago(9)},
+    ]
+    attempts = cli.by_attempt(cli.history(r, events), 1)
+    assert [(a.number, a.new_run, len(a.entries)) for a in attempts] == [(1, False, 1), (1, True, 2)]
+    assert "(new run: the spec changed)" in render(cli.render_history(r, cli.history(r, events), NOW))
 
 
 @pytest.mark.parametrize(
@@ -489,7 +556,8 @@ def test_usage_errors_are_one_line_with_exit_code_2(runner: CliRunner) -> None:
     for args, expected in (
         (["undo", NAME], "error: No such command 'undo'. See 'kubectl torghut --help'."),
         (["status"], "error: Missing argument 'name'. See 'kubectl torghut status --help'."),
-        (["status", NAME, "-o", "yaml"], "error: unknown output format 'yaml': use -o json"),
+        (["status", NAME, "-o", "yaml"], "error: unknown output format 'yaml': use -o json or -o wide"),
+        (["history", NAME, "-o", "wide"], "error: unknown output format 'wide': use -o json"),
         (["retry", NAME, "--timeout", "soon"], "error: --timeout 'soon' is not a duration such as 60s, 5m or 1h30m"),
     ):
         result = invoke(runner, *args)
@@ -680,3 +748,297 @@ def test_report_pr_prints_a_body_that_fits_a_pull_request(
     assert result.stdout.startswith(f"# TorghutRollout evidence: {NAMESPACE}/{NAME}")
     assert "## Verdicts" in result.stdout
     assert "Shortened to fit a pull request" in result.stdout
+
+
+# --- views at 80, 100 and 160 columns ---------------------------------------------------------------------------
+
+WIDTHS = (80, 100, 160)
+
+
+def render_at(renderable: Any, width: int) -> list[str]:
+    console = Console(record=True, width=width, color_system=None)
+    console.print(renderable)
+    return console.export_text().splitlines()
+
+
+def _at_a_glance(lines: list[str], *needles: str) -> None:
+    """Every needle whole on some line (not folded, not cut with an ellipsis), and no line wider than the view."""
+    for needle in needles:
+        assert any(needle in line for line in lines), (needle, "\n".join(lines))
+    assert not any("…" in line for line in lines)
+
+
+def _digest_rollout() -> cli.Rollout:
+    return cli.Rollout.from_object(
+        rollout_object(
+            {**AWAITING_CANARY, "image": DIGEST_IMAGE, "previousImage": DIGEST_IMAGE.replace("884b", "1f0c")}
+        )
+    )
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_status_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int) -> None:
+    lines = render_at(cli.render_status(_digest_rollout(), now=NOW, width=width), width)
+    assert max(len(line.rstrip()) for line in lines) <= width
+    _at_a_glance(lines, "Promoting", "promote:canary", "False (AwaitingApproval)", "30m")
+    image = next(line for line in lines if line.startswith("Image"))
+    if width >= 160:
+        assert image.rstrip().endswith(DIGEST_IMAGE)
+    else:
+        assert image.rstrip().endswith("torghut@884bec35f7d2")
+
+
+def test_status_wide_shows_whole_images_at_any_width() -> None:
+    text = "\n".join(render_at(cli.render_status(_digest_rollout(), now=NOW, width=80, wide=True), 80))
+    assert DIGEST_IMAGE.replace("\n", "") in text.replace("\n                   ", "")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("all_namespaces", [False, True])
+def test_list_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int, all_namespaces: bool) -> None:
+    rows = [cli.rollout_row(rollout_object({**AWAITING_CANARY, "image": DIGEST_IMAGE}, name="torghut-2026-11-24"), NOW)]
+    lines = render_at(cli.render_list(rows, all_namespaces=all_namespaces), width)
+    assert max(len(line.rstrip()) for line in lines) <= width
+    header = lines[0].split()
+    assert header[: 7 if all_namespaces else 6][-5:] == ["PHASE", "STAGE", "READY", "AGE", "IMAGE"]
+    first = lines[1].split()
+    assert first[: 6 if all_namespaces else 5][-5:] == [
+        "torghut-2026-11-24",
+        "Promoting",
+        "promote:canary",
+        "False",
+        "30m",
+    ]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_history_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int) -> None:
+    r = cli.Rollout.from_object(rollout_object({**AWAITING_CANARY, "startedAt": ago(15)}))
+    lines = render_at(cli.render_history(r, cli.history(r, _retried_events()), NOW, width), width)
+    assert max(len(line.rstrip()) for line in lines) <= width
+    _at_a_glance(lines, "Promoting", "promote:canary", "False (AwaitingApproval)", "age 30m", "Attempt 1", "Attempt 2")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_why_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int) -> None:
+    r = _digest_rollout()
+    lines = render_at(cli.render_why(cli.explain(r, NOW), NOW, name=r.name, namespace=r.namespace), width)
+    assert max(len(line.rstrip()) for line in lines) <= width
+    _at_a_glance(lines, "Promoting", "promote:canary", "False (AwaitingApproval)", "30m", "Reason", "Do")
+
+
+@given(
+    path=st.lists(st.from_regex(r"[a-z0-9]([a-z0-9._-]{0,20}[a-z0-9])?", fullmatch=True), min_size=1, max_size=4),
+    digest=st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
+    tag=st.none() | st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,40}", fullmatch=True),
+)
+def test_a_short_image_keeps_the_repository_name_and_the_digest_prefix(
+    path: list[str], digest: str, tag: str | None
+) -> None:
+    repository = "/".join(path)
+    by_digest = cli.short_image(f"{repository}@sha256:{digest}")
+    assert by_digest == f"{path[-1]}@{digest[:12]}"
+    if tag is not None:
+        assert cli.short_image(f"{repository}:{tag}") == f"{path[-1]}:{tag}"
+
+
+# --- why --------------------------------------------------------------------------------------------------------
+
+
+def _condition(type_: str, status: str, reason: str, message: str = "", minutes: float = 10) -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": ago(minutes)}
+
+
+def _why(status: dict[str, Any], **meta: Any) -> cli.Why:
+    return cli.explain(cli.Rollout.from_object(rollout_object(status, **meta)), NOW)
+
+
+def test_why_names_the_check_its_value_threshold_query_how_long_and_the_verb() -> None:
+    w = _why(AWAITING_CANARY)
+    assert (w.state, w.reason, w.condition) == ("waiting", "AwaitingApproval", "Ready")
+    assert w.check is None  # every check passed or was accepted: the step waits for a human, not for a check
+    assert w.do == "`promote` to accept, `abort` to roll back"
+    assert w.next_verbs == ("promote", "abort")
+    text = render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+    assert "Next               kubectl torghut promote release-42 -n trading  or  kubectl torghut abort" in text
+    assert "AwaitingApproval (Ready), since 2026-11-24 11:30:00Z (30m)" in text
+
+
+def test_why_for_a_failed_check_gives_value_against_threshold_query_and_since() -> None:
+    failing = {
+        "name": "error-rate",
+        "stage": "verify",
+        "provider": "prometheus",
+        "query": "sum(rate(errors[5m]))",
+        "threshold": "<= 0.01",
+        "phase": "Failed",
+        "failed": 2,
+        "message": "2 failed measurement(s) (limit 1): value 0.2 above max 0.01",
+        "measurements": [
+            {"phase": "Successful", "at": ago(9), "value": "0.001"},
+            {"phase": "Failed", "at": ago(7), "value": "0.3"},
+            {"phase": "Failed", "at": ago(6), "value": "0.2"},
+        ],
+    }
+    w = _why(
+        {
+            "phase": "RolledBack",
+            "failedStage": "verify",
+            "message": "verify failed (GateFailed): error-rate Failed",
+            "checks": [failing],
+            "conditions": [
+                _condition("Ready", "False", "GateFailed", "error-rate Failed"),
+                _condition("Verified", "False", "GateFailed", "error-rate Failed"),
+                _condition("Restored", "True", "Restored"),
+            ],
+        }
+    )
+    assert (w.state, w.reason, w.check, w.value, w.threshold) == (
+        "stopped",
+        "GateFailed",
+        "error-rate",
+        "0.2",
+        "<= 0.01",
+    )
+    assert w.query == "sum(rate(errors[5m]))"
+    assert w.check_since == ago(7)
+    assert w.means == "a check failed more than `failureLimit`; the message has value, threshold, query"
+    assert w.next_verbs == ("retry",)
+    text = render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+    assert "Last value         0.2 against <= 0.01" in text
+    assert "So for             7m (since 2026-11-24 11:53:00Z)" in text
+    assert "Next               kubectl torghut retry release-42 -n trading" in text
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "verbs", "shown"),
+    [
+        (
+            {
+                "phase": "Failed",
+                "message": "rollback could not complete",
+                "restore": {"image": "registry/torghut:v41", "env": {"TRADING_MODE": "paper"}},
+                "conditions": [
+                    _condition("Ready", "False", "RestoreFailed"),
+                    _condition("Restored", "False", "RestoreFailed", "it may still run the new image or trading env"),
+                ],
+            },
+            "RestoreFailed",
+            ("retry",),
+            "registry/torghut:v41; TRADING_MODE=paper",
+        ),
+        (
+            {
+                "phase": "Failed",
+                "conditions": [
+                    _condition("Ready", "False", "GateFailed"),
+                    _condition("Restored", "False", "RollbackDisabled", "image left running"),
+                ],
+            },
+            "RollbackDisabled",
+            ("retry",),
+            "roll the image back by hand",
+        ),
+        (
+            {
+                "phase": "Promoting",
+                "stage": "promote:canary",
+                "promotion": {"step": 1, "stepName": "canary", "message": "step canary blocked: 0 approved rows"},
+                "conditions": [
+                    _condition("Ready", "False", "Promoting"),
+                    _condition("Promoted", "False", "MissingEvidence", "step canary blocked: 0 approved rows"),
+                ],
+            },
+            "MissingEvidence",
+            ("abort",),
+            "step canary blocked: 0 approved rows",
+        ),
+        (
+            {
+                "phase": "Promoting",
+                "stage": "promote:canary",
+                "promotion": {"step": 1, "stepName": "canary", "soakSince": ago(10)},
+                "conditions": [_condition("Promoted", "False", "Soaking", "soaking")],
+            },
+            "Soaking",
+            (),
+            "wait",
+        ),
+        (
+            {"phase": "Verifying", "conditions": [_condition("Ready", "False", "ReconcileError", "403 forbidden")]},
+            "ReconcileError",
+            (),
+            "read the operator log",
+        ),
+        (
+            {"phase": "Paused", "pausedFrom": "Verifying", "pausedBy": "verb", "conditions": []},
+            "Paused",
+            ("resume",),
+            "resume",
+        ),
+        (
+            {
+                "phase": "Verifying",
+                "checks": [
+                    {
+                        "name": "research-writes",
+                        "stage": "verify",
+                        "provider": "postgres",
+                        "query": "SELECT 1",
+                        "threshold": ">= 1",
+                        "phase": "Running",
+                        "errors": 2,
+                        "message": "schema lacks research_promotions.decision_action (added by Torghut migration 0011)",
+                    }
+                ],
+                "conditions": [_condition("Ready", "False", "GateError", "research-writes erroring")],
+            },
+            "GateError",
+            (),
+            "run that migration first",
+        ),
+    ],
+)
+def test_why_explains_each_reason_with_the_troubleshooting_advice(
+    status: dict[str, Any], reason: str, verbs: tuple[str, ...], shown: str
+) -> None:
+    w = _why(status)
+    assert w.reason == reason
+    assert w.next_verbs == verbs
+    text = render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+    assert shown in text
+    assert "Do " in text
+
+
+def test_why_for_a_soaking_step_says_how_much_soak_is_left() -> None:
+    spec = {
+        **SPEC,
+        "promotion": {"steps": [{"name": "paper", "env": {"TRADING_MODE": "paper"}, "requiredSoakTime": "30m"}]},
+    }
+    obj = rollout_object(
+        {
+            "phase": "Promoting",
+            "stage": "promote:paper",
+            "promotion": {"step": 0, "stepName": "paper", "soakSince": ago(10)},
+            "conditions": [_condition("Promoted", "False", "Soaking", "soaking")],
+        },
+        spec=spec,
+    )
+    w = cli.explain(cli.Rollout.from_object(obj), NOW)
+    assert dict(w.details)["Soak"] == "10m of 30m since 2026-11-24 11:50:00Z (20m left)"
+
+
+def test_why_for_a_succeeded_rollout_says_there_is_nothing_to_do() -> None:
+    w = _why({"phase": "Succeeded", "conditions": [_condition("Ready", "True", "Succeeded")]})
+    assert (w.state, w.reason, w.do, w.next_verbs) == ("finished", None, None, ())
+    assert "finished: nothing to do" in render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+
+
+def test_the_readme_troubleshooting_table_is_the_one_why_quotes() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Troubleshooting", 1)[1]
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    table = "\n".join(lines[start:end])
+    assert table == markdown_table(), "regenerate the README's table from torghut_operator.troubleshooting"
