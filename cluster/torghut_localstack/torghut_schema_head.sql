@@ -8,8 +8,8 @@
 --  * 0011_autonomy_lifecycle_and_promotion_audit adds research_promotions.decision_action (NOT NULL
 --    DEFAULT 'hold'), decision_rationale, evidence_bundle and the research_candidates lifecycle columns
 --  * 0026_strategy_factory_research_objects adds research_attempts, research_validation_tests,
---    research_sequential_trials, research_cost_calibrations, and NO migration grants torghut_app anything on
---    them (create_schema revokes them from the runtime role)
+--    research_sequential_trials, research_cost_calibrations (created in torghut_schema.sql, as the research
+--    branch can run ahead of 0007), and NO migration grants torghut_app anything on them
 --  * 0045 adds ix_executions_trade_decision_id (already in state (a) here); still no index on executions that
 --    leads with created_at
 --  * extensions pgcrypto (0059, 0076) and vector (0017) are created by create_schema where available
@@ -41,58 +41,7 @@ CREATE INDEX IF NOT EXISTS ix_research_promotions_action ON research_promotions 
 ALTER TABLE research_runs
     ADD COLUMN IF NOT EXISTS discovery_mode varchar(64),
     ADD COLUMN IF NOT EXISTS generator_family varchar(128);
-CREATE TABLE IF NOT EXISTS research_attempts (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    attempt_id varchar(64) NOT NULL UNIQUE,
-    run_id varchar(64) NOT NULL,
-    candidate_hash varchar(128),
-    generator_family varchar(128),
-    attempt_stage varchar(64) NOT NULL,
-    status varchar(32) NOT NULL,
-    reason_codes jsonb,
-    artifact_ref varchar(255),
-    metadata_bundle jsonb,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX IF NOT EXISTS ix_research_attempts_run_id ON research_attempts (run_id);
-CREATE TABLE IF NOT EXISTS research_validation_tests (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    candidate_id varchar(64) NOT NULL,
-    test_name varchar(64) NOT NULL,
-    status varchar(32) NOT NULL,
-    metric_bundle jsonb,
-    artifact_ref varchar(255),
-    computed_at timestamptz NOT NULL DEFAULT now(),
-    created_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT uq_research_validation_tests_candidate_name UNIQUE (candidate_id, test_name)
-);
-CREATE TABLE IF NOT EXISTS research_sequential_trials (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    candidate_id varchar(64) NOT NULL,
-    trial_stage varchar(32) NOT NULL,
-    account varchar(64) NOT NULL,
-    start_at timestamptz NOT NULL,
-    last_update_at timestamptz NOT NULL,
-    sample_count bigint NOT NULL DEFAULT 0,
-    posterior_edge_mean numeric(20, 8),
-    status varchar(32) NOT NULL,
-    reason_codes jsonb,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT uq_research_sequential_trials_candidate_stage_account UNIQUE (candidate_id, trial_stage, account)
-);
-CREATE TABLE IF NOT EXISTS research_cost_calibrations (
-    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    calibration_id varchar(64) NOT NULL UNIQUE,
-    scope_type varchar(64) NOT NULL,
-    scope_id varchar(128) NOT NULL,
-    window_start timestamptz,
-    window_end timestamptz,
-    modeled_slippage_bps numeric(20, 8),
-    realized_slippage_bps numeric(20, 8),
-    status varchar(32) NOT NULL,
-    computed_at timestamptz NOT NULL DEFAULT now(),
-    created_at timestamptz NOT NULL DEFAULT now()
-);
+-- The four research tables of 0026 are in torghut_schema.sql: both states hold them (several heads).
 
 -- 0007's grants on the ledger of 0006 (and nothing on the tables of 0026)
 GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE
