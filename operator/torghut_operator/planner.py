@@ -930,7 +930,7 @@ def _rolling_back(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], ob
     ):
         _restore_failed(b, spec, f"{what} did not become available: {target.detail}")
         return
-    b.update(message=f"restoring {what}: {target.detail}")
+    # The message keeps saying why the rollout is rolling back; the final phase quotes it too.
     b.requeue(POLL_SECONDS)
 
 

@@ -337,8 +337,15 @@ _ROUTE_SET = " && ".join(_ADAPTER_SET.format(f=f) for f in ("execution_expected_
 _ROUTE_UNSET = " || ".join(
     _ADAPTER_UNSET.format(f=f) for f in ("execution_expected_adapter", "execution_actual_adapter")
 )
-EXECUTIONS_SUCCESS = f"size(result) > 0 && result.all(e, {_ROUTE_SET})"
-EXECUTIONS_FAILURE = f"size(result) > 0 && result.exists(e, {_ROUTE_UNSET})"
+# Fresh rows: those within the window of the newest one (the API answers newest first). History the backfill
+# could not derive (no route marker at all) stays 'unknown' and is reported by route-backfill; it must not fail
+# the executions-api check of a correct release.
+_FRESH = (
+    "(has(result[0].created_at) ? result.filter(e, has(e.created_at) &&"
+    " timestamp(e.created_at) >= timestamp(result[0].created_at) - duration('900s')) : result)"
+)
+EXECUTIONS_SUCCESS = f"size(result) > 0 && {_FRESH}.all(e, {_ROUTE_SET})"
+EXECUTIONS_FAILURE = f"size(result) > 0 && {_FRESH}.exists(e, {_ROUTE_UNSET})"
 
 TRADING_STATUS_SUCCESS = (
     "result.enabled == true && result.kill_switch_enabled == false && result.running == true"

@@ -86,7 +86,7 @@ def test_happy_path_migrates_deploys_verifies_and_reports_ready(world: World) ->
     assert {"Migrating", "Deploying", "Verifying", "Succeeded", "CheckSuccessful"} <= set(seen)
     printed = world.kubectl("get", "torghutrollouts", "-n", world.namespace)
     assert "Succeeded" in printed
-    assert NEW_IMAGE in printed
+    assert NEW_IMAGE in world.kubectl("get", "torghutrollouts", "-n", world.namespace, "-o", "wide")
     assert world.dsn.split("@")[0] not in json.dumps(obj) + json.dumps(world.events("release"))
 
 

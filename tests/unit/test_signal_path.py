@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from torghut_operator.gates import trading_status
+from torghut_operator.gates.cel import compile_condition
 from torghut_operator.gates.schema_facts import missing_column, missing_table
+from torghut_operator.presets import EXECUTIONS_FAILURE, EXECUTIONS_SUCCESS
 
 pytestmark = pytest.mark.unit
 
@@ -138,3 +140,17 @@ def test_a_missing_table_names_its_migration() -> None:
         "schema lacks table foo (not created by any Torghut migration this database has run)"
     )
     assert missing_table("missing FROM-clause entry for table p") is None
+
+
+def test_executions_api_judges_fresh_rows_and_leaves_underivable_history_to_route_backfill() -> None:
+    def row(at: str, adapter: str) -> dict[str, str]:
+        return {"created_at": at, "execution_expected_adapter": adapter, "execution_actual_adapter": adapter}
+
+    fresh = [row("2026-12-01T22:00:00+00:00", "alpaca"), row("2026-12-01T21:50:00.5+00:00", "lean")]
+    history = [row("2026-11-30T22:00:00+00:00", "unknown")]  # no route marker: the backfill left it unknown
+    success, failure = compile_condition(EXECUTIONS_SUCCESS), compile_condition(EXECUTIONS_FAILURE)
+    assert success.evaluate(result=fresh + history, samples=None, previous=None)
+    assert not failure.evaluate(result=fresh + history, samples=None, previous=None)
+    broken = [row("2026-12-01T22:01:00+00:00", "unknown"), *fresh]
+    assert failure.evaluate(result=broken, samples=None, previous=None)
+    assert not success.evaluate(result=broken, samples=None, previous=None)
