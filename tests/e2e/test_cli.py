@@ -38,7 +38,6 @@ SPEC: dict[str, Any] = {
         "image": "registry.example/torghut:v42",
     },
     "prometheus": {"url": "http://127.0.0.1:9"},
-    "database": {"secretRef": {"name": "torghut-db-app", "key": "uri"}},
     "verify": {
         "interval": "1s",
         "count": 3,
@@ -50,12 +49,9 @@ SPEC: dict[str, Any] = {
     "promotion": {
         "steps": [
             {"name": "paper", "env": {"TRADING_MODE": "paper"}},
-            {
-                "name": "canary",
-                "env": {"TRADING_MODE": "live", "LIVE_CAP": "0.10"},
-                "requiredPromotion": {"mode": "live"},
-                "requiresApproval": True,
-            },
+            # A paper canary: a live step needs research_promotions evidence, which an operator sharing this cluster
+            # would go and read (these rollouts have no database), rewriting the hand-written status.
+            {"name": "canary", "env": {"TRADING_MODE": "paper", "LIVE_CAP": "0.10"}, "requiresApproval": True},
         ]
     },
 }
