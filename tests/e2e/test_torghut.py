@@ -231,7 +231,18 @@ def test_missing_grants_fail_migrate_naming_table_and_privilege_and_the_sql_pack
     assert world.deployment_image() == OLD_IMAGE
     fixed = completion_rollout(world, "grants")
     world.apply(fixed)  # add the SQL pack: a spec change starts a new run
-    obj = world.wait_phase("grants", "Succeeded", "Failed", "RolledBack", timeout=180)
+
+    def new_run_done() -> dict[str, Any]:
+        obj = world.rollout("grants")
+        status = obj.get("status") or {}
+        fresh = status.get("observedGeneration") == obj["metadata"]["generation"]
+        if not fresh or status.get("phase") not in ("Succeeded", "Failed", "RolledBack"):
+            raise NotYet(
+                f"{status.get('phase')} (generation {status.get('observedGeneration')}): {status.get('message')}"
+            )
+        return obj
+
+    obj = wait_for(new_run_done, timeout=180, what="the new run of grants finished")
     assert obj["status"]["phase"] == "Succeeded", obj["status"]["message"]
     assert condition(obj, "Migrated")["status"] == "True"
 
