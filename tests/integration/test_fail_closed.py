@@ -250,7 +250,7 @@ def test_a_trickling_or_hanging_server_is_an_error_at_the_deadline(crafted: Craf
         elapsed = time.monotonic() - started
         assert measurement.phase is E
         assert "no answer within the check's timeout of 500ms" in measurement.message
-        assert elapsed < 2.0
+        assert elapsed < 5.0, "bounded by the deadline, not by the gateway's 30 s or the server's hang"
 
 
 # --- Postgres: the answer's type, and queries that would write ----------------------------------------------
@@ -419,8 +419,10 @@ def test_200_slow_measurements_end_at_their_deadline_and_leave_no_threads(
         m.message for m, _ in results
     }
     slowest = max(elapsed for _, elapsed in results)
-    assert slowest < 4.0, f"slowest measurement took {slowest:.2f}s for a 1s deadline"
-    assert total < 8.0
+    print(f"200 slow checks, 1 s deadlines: slowest {slowest:.2f} s, all {total:.2f} s")
+    # generous bounds for a loaded 2-core machine; without the deadline each would take 30 s or hang forever
+    assert slowest < 10.0, f"slowest measurement took {slowest:.2f}s for a 1s deadline"
+    assert total < 20.0
 
     def back_to_baseline() -> bool:
         return threading.active_count() <= baseline and pending_hooks() == 0
