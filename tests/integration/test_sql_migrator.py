@@ -41,8 +41,12 @@ def dsn(postgres: PostgresServer) -> Iterator[str]:
     drop_database(postgres.dsn(), name)
 
 
-def migrator(dsn: str, *, lock_timeout: float = 10.0, statement_timeout: float | None = 30.0) -> SqlMigrator:
-    return SqlMigrator(dsn, connect_timeout=5.0, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
+def migrator(
+    dsn: str, *, lock_timeout: float = 10.0, statement_timeout: float | None = 30.0, **options: Any
+) -> SqlMigrator:
+    return SqlMigrator(
+        dsn, connect_timeout=5.0, lock_timeout=lock_timeout, statement_timeout=statement_timeout, **options
+    )
 
 
 def rows(dsn: str, query: str) -> list[tuple[Any, ...]]:
@@ -267,22 +271,47 @@ def test_lock_wait_is_bounded_and_names_the_holder(dsn: str, lock_holder: psycop
     assert not exists(dsn, "order_log")
 
 
-def test_ddl_lock_wait_is_bounded_by_lock_timeout(dsn: str) -> None:
+def test_ddl_lock_wait_is_retried_with_backoff_then_fails_naming_the_blocker(dsn: str) -> None:
     assert migrator(dsn).apply({"0001_t.sql": "CREATE TABLE t (id int);"}, rollout=ROLLOUT).ok
-    with psycopg.connect(dsn, connect_timeout=5) as reader:
+    waits: list[float] = []
+    with psycopg.connect(dsn, connect_timeout=5, application_name="trading-report") as reader:
         reader.execute("SELECT * FROM t")  # an open transaction holding ACCESS SHARE on t
-        result = migrator(dsn, lock_timeout=0.3).apply(
+        result = migrator(dsn, lock_timeout=0.3, lock_retries=2, sleep=waits.append).apply(
             {"0001_t.sql": "CREATE TABLE t (id int);", "0002_alter.sql": "ALTER TABLE t ADD COLUMN x int;"},
             rollout=ROLLOUT,
         )
+        blocker = reader.info.backend_pid
         reader.rollback()
 
     assert result.error is not None
-    assert result.error.kind is SqlErrorKind.FILE_FAILED
+    assert result.error.kind is SqlErrorKind.LOCK_TIMEOUT
     assert result.error.file == "0002_alter.sql"
     assert result.error.sqlstate == "55P03"
-    assert result.error.retryable
+    assert not result.error.retryable  # the retry budget is spent: the stage fails, saying who blocked it
+    assert "waited for a lock 3 time(s), 0.3s each" in result.error.message
+    assert f"blocked by pid {blocker} (trading-report, idle in transaction: SELECT * FROM t)" in result.error.message
+    # exponential backoff with jitter between the attempts: half to full of 0.5 s, then of 1 s
+    assert len(waits) == 2
+    assert 0.25 <= waits[0] <= 0.5
+    assert 0.5 <= waits[1] <= 1.0
     assert history_names(dsn) == ["0001_t.sql"]
+    assert [r[0] for r in rows(dsn, "SELECT column_name FROM information_schema.columns WHERE table_name = 't'")] == [
+        "id"
+    ]
+
+
+def test_ddl_applies_once_the_blocking_transaction_ends_during_the_backoff(dsn: str) -> None:
+    assert migrator(dsn).apply({"0001_t.sql": "CREATE TABLE t (id int);"}, rollout=ROLLOUT).ok
+    with psycopg.connect(dsn, connect_timeout=5) as reader:
+        reader.execute("SELECT * FROM t")
+        result = migrator(dsn, lock_timeout=0.3, lock_retries=3, sleep=lambda _s: reader.rollback()).apply(
+            {"0001_t.sql": "CREATE TABLE t (id int);", "0002_alter.sql": "ALTER TABLE t ADD COLUMN x int;"},
+            rollout=ROLLOUT,
+        )
+
+    assert result.ok, result.error
+    assert [r.name for r in result.applied] == ["0002_alter.sql"]
+    assert history_names(dsn) == ["0001_t.sql", "0002_alter.sql"]
 
 
 def test_statement_timeout_bounds_a_file(dsn: str) -> None:
