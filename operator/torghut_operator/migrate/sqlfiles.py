@@ -438,6 +438,35 @@ class SqlMigrationError:
 
 
 @dataclass(frozen=True)
+class BackfillSettings:
+    """SHIM (shell branch): the contract's names only; the core branch replaces this file."""
+
+    batch_duration: float = 0.1
+    pause: float = 0.0
+    initial_batch: int = 1000
+    min_batch: int = 10
+    max_batch: int = 50_000
+    max_transaction_age: float = 60.0
+    max_replica_lag: float = 10.0
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    """SHIM (shell branch): the contract's names only; the core branch replaces this file."""
+
+    file: str
+    table: str
+    rows_done: int
+    rows_total: int
+    batches: int
+    batch_size: int
+    rows_per_second: float
+    eta_seconds: float | None
+    throttled: str | None
+    finished: bool
+
+
+@dataclass(frozen=True)
 class SqlMigrationResult:
     applied: tuple[AppliedRecord, ...]
     """Files applied by this call, in order."""
@@ -447,10 +476,16 @@ class SqlMigrationResult:
     """Files still to apply (after an error: the failing file and those after it)."""
     warnings: tuple[str, ...]
     error: SqlMigrationError | None
+    backfill: BackfillProgress | None = None
+    """SHIM (shell branch): always None here."""
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def in_progress(self) -> bool:
+        return self.backfill is not None and not self.backfill.finished and self.error is None
 
     def status_files(self) -> list[AppliedFile]:
         """Every applied file of the ConfigMap, for status.migration.applied."""
@@ -514,7 +549,14 @@ class SqlMigrator:
     connection."""
 
     def __init__(
-        self, dsn: str, *, connect_timeout: float, lock_timeout: float, statement_timeout: float | None
+        self,
+        dsn: str,
+        *,
+        connect_timeout: float,
+        lock_timeout: float,
+        statement_timeout: float | None,
+        lock_retries: int = 5,  # SHIM (shell branch): accepted and ignored
+        backfill: BackfillSettings = BackfillSettings(),  # SHIM (shell branch): accepted and ignored
     ) -> None:
         if connect_timeout <= 0 or lock_timeout <= 0 or (statement_timeout is not None and statement_timeout <= 0):
             raise ValueError("timeouts must be positive (statement_timeout may be None for no limit)")
@@ -535,7 +577,15 @@ class SqlMigrator:
         finally:
             engine.dispose()
 
-    def apply(self, files: Mapping[str, str], *, rollout: str, catch_up: bool = False) -> SqlMigrationResult:
+    def apply(
+        self,
+        files: Mapping[str, str],
+        *,
+        rollout: str,
+        catch_up: bool = False,
+        run: str | None = None,  # SHIM (shell branch): accepted and ignored
+        budget: float | None = None,  # SHIM (shell branch): accepted and ignored
+    ) -> SqlMigrationResult:
         """Apply the pending SQL files of ``files`` (ConfigMap data); ``rollout`` is recorded as applied_by.
         ``catch_up``: run every repeatable file again as well.
 
