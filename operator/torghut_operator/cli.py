@@ -56,7 +56,7 @@ from torghut_operator.api.status import (
 from torghut_operator.kube.builders import ACTION_ANNOTATION
 from torghut_operator.kube.gateway import report_name
 from torghut_operator.presets import effective_checks
-from torghut_operator.timefmt import parse_time, utcnow
+from torghut_operator.timefmt import parse_time, span, utcnow
 from torghut_operator.troubleshooting import advice_for
 from torghut_operator.verbs import APPLIES_TO, VERBS, action_value, is_refusal, parse_action, verb_applies
 
@@ -482,22 +482,6 @@ def age(since: str | None, now: datetime) -> str:
     except ValueError:
         return EMPTY
     return span(seconds)
-
-
-def span(seconds: float) -> str:
-    """A duration as kubectl writes ages: 45s, 3m20s, 17m, 5h, 3d."""
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 10:
-        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 48:
-        return f"{hours}h"
-    return f"{hours // 24}d"
 
 
 def when(moment: str | None, now: datetime) -> str:

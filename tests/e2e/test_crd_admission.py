@@ -18,6 +18,7 @@ from torghut_localstack.world import crd_established
 from torghut_operator.api.spec import GROUP, KIND, PLURAL, VERSION, TorghutRolloutSpec
 from torghut_operator.api.status import (
     AppliedFile,
+    BackfillStatus,
     CheckStatus,
     Condition,
     LastAction,
@@ -193,6 +194,19 @@ def full_status() -> TorghutRolloutStatus:
             message="applied 1 file",
             completed_at=at,
             caught_up_at=at,
+            backfill=BackfillStatus(
+                file="0003_backfill_routes.sql",
+                table="public.executions",
+                rows_done=450_000,
+                rows_total=1_000_000,
+                batches=90,
+                batch_size=5_000,
+                rows_per_second=12_000.5,
+                eta_seconds=46,
+                throttled="2 lock waits on public.executions",
+                finished=True,
+                updated_at=at,
+            ),
         ),
         checks=[
             CheckStatus(
