@@ -47,6 +47,7 @@ from typer.core import TyperGroup
 from torghut_operator.api.durations import parse_duration
 from torghut_operator.api.spec import GROUP, KIND, PLURAL, VERSION, TorghutRolloutSpec
 from torghut_operator.api.status import (
+    BackfillStatus,
     CheckStatus,
     LastAction,
     Phase,
@@ -583,6 +584,9 @@ def _header(r: Rollout, now: datetime, width: int, wide: bool) -> Table:
     grid.add_row("Previous image", _t(_fitted_image(s.previous_image, width, wide=wide)))
     grid.add_row("Attempt", _t(s.attempt))
     grid.add_row("Message", _t(s.message))
+    backfill = s.migration.backfill if s.migration is not None else None
+    if backfill is not None:
+        grid.add_row("Backfill", backfill_bar(backfill, width))
     if s.failed_stage:
         grid.add_row("Failed stage", _t(s.failed_stage, "red"))
     grid.add_row("Blocked by", _t(f"TorghutRollout {s.blocked_by}" if s.blocked_by else None))
@@ -606,6 +610,32 @@ def _header(r: Rollout, now: datetime, width: int, wide: bool) -> Table:
     verbs = r.applicable_verbs()
     grid.add_row("Verbs now", _t(", ".join(verbs) if verbs else "none (finished)"))
     return grid
+
+
+BAR_CELLS = 30
+"""Cells of the backfill bar at 100 columns and more (20 below)."""
+
+
+def backfill_bar(backfill: BackfillStatus, width: int) -> Text:
+    """Three lines: the file and its table; ``█████░░░░░  45%  450,000 / 1,000,000 rows``; rate, ETA, batch size
+    and what throttles it (once finished: the figures of the whole pass)."""
+    cells = BAR_CELLS if width >= NARROW else 20
+    filled = cells * backfill.percent // 100
+    text = Text(f"{backfill.file} on {backfill.table}\n")
+    text.append("█" * filled, style="green" if backfill.finished else "cyan")
+    text.append("░" * (cells - filled), style="dim")
+    text.append(f" {backfill.percent:>3}%", style="bold")
+    text.append(f"  {backfill.rows_done:,} / {backfill.rows_total:,} rows\n")
+    rate = f"{backfill.rows_per_second:,.0f} rows/s"
+    if backfill.finished:
+        text.append(f"done in {backfill.batches:,} batches, {rate}", style="green")
+        return text
+    text.append(rate)
+    text.append(f", ETA {span(backfill.eta_seconds)}" if backfill.eta_seconds is not None else ", ETA unknown")
+    text.append(f", batch {backfill.batch_size:,}")
+    if backfill.throttled:
+        text.append(f"; throttled: {backfill.throttled}", style="yellow")
+    return text
 
 
 def _conditions(s: TorghutRolloutStatus, now: datetime) -> Table:
@@ -1395,7 +1425,8 @@ def status(
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
-    """Show a rollout: phase, stage, images, conditions, checks, measurements, promotion steps, last action."""
+    """Show a rollout: phase, stage, images, a running backfill's progress bar, conditions, checks, measurements,
+    promotion steps, last action."""
     with _errors():
         form = _output(output, wide=True)
         limit = _duration(timeout, "--timeout") if timeout else None
