@@ -310,7 +310,9 @@ class SqlMigration(ApiModel):
     """Ordered SQL files applied by the operator itself: each once, in its own transaction, under an advisory
     lock, recorded with a checksum in torghut_rollout.sql_migrations. Files whose header has the line
     ``-- torghut-rollout: repeatable`` are applied again when they change and run once more after the new image is
-    available (the deploy stage's catch-up)."""
+    available (the deploy stage's catch-up). ``-- torghut-rollout: backfill table=...`` files run in keyset
+    batches, each its own transaction (``backfill``); ``-- torghut-rollout: no-transaction`` files run statement by
+    statement outside a transaction. Every statement waits at most ``lock_timeout`` for a lock."""
 
     config_map_ref: ConfigMapRef = Field(
         description="ConfigMap whose keys ending in .sql are applied in lexical order."
