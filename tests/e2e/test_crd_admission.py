@@ -70,6 +70,7 @@ REJECTIONS: dict[str, list[str]] = {
     "promotion-out-of-order.yaml": ["promotion steps must be ordered by exposure"],
     "trading-mode-typo.yaml": ["TRADING_MODE must be paper or live"],
     "duration-too-long.yaml": ["spec.verify.interval", "durations are at most 168h"],
+    "lock-retries-unbounded.yaml": ["spec.migrate.sql.lockRetries", "less than or equal to 20"],
     "unknown-preset.yaml": ["spec.presets[0]", '"torghut-everything"', 'supported values: "torghut-completion"'],
 }
 """Each bad sample, and the words the API server's answer must contain for a user to see what is wrong."""
