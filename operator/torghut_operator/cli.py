@@ -1134,6 +1134,10 @@ def _details(r: Rollout, now: datetime) -> list[tuple[str, str]]:
             left = parse_duration(soak) - soaked
             remaining = f"{span(left)} left" if left > 0 else "done"
             out.append(("Soak", f"{span(soaked)} of {soak} since {_clock(promo.soak_since, date=True)} ({remaining})"))
+    backfill = s.migration.backfill if s.migration is not None else None
+    if backfill is not None and not backfill.finished:
+        # How long ago the last slice reported says whether it still moves (a slice reports every ~10 s).
+        out.append(("Backfill", f"{backfill.summary()} (reported {age(backfill.updated_at, now)} ago)"))
     restore = s.restore
     if restore is not None and not restore.empty and s.phase.terminal and s.phase is not Phase.SUCCEEDED:
         env = ", ".join(f"{k}={v}" for k, v in sorted(restore.env.items()))

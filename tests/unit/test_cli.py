@@ -827,6 +827,15 @@ def test_status_draws_a_progress_bar_for_a_running_backfill(width: int) -> None:
     assert rest.startswith("12,000 rows/s, ETA 46s, batch 5,000; throttled: 2 lock waits on public.executions")
 
 
+def test_why_says_how_far_a_running_backfill_is_and_when_it_last_reported() -> None:
+    why = cli.explain(cli.Rollout.from_object(rollout_object(BACKFILLING)), NOW)
+    details = dict(why.details)
+    assert details["Backfill"] == (
+        "0004_backfill_routes.sql: 45% (450,000 / 1,000,000 rows), 12,000 rows/s, ETA 46s; "
+        "throttled: 2 lock waits on public.executions (reported 6s ago)"
+    )
+
+
 def test_status_keeps_a_finished_backfills_figures_and_shows_none_without_one() -> None:
     finished = {**BACKFILLING["migration"]["backfill"], "rowsDone": 1_000_000, "finished": True, "etaSeconds": None}
     obj = rollout_object({**BACKFILLING, "phase": "Deploying", "migration": {"mode": "sql", "backfill": finished}})
