@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from torghut_operator.api.spec import Target, TorghutRolloutSpec
-from torghut_operator.api.status import BackfillStatus, MigrationStatus, TorghutRolloutStatus
+from torghut_operator.api.status import BackfillStatus, MigrationStatus, PromotionStatus, TorghutRolloutStatus
 from torghut_operator.gates import live
 from torghut_operator.kube.gateway import KubeGateway
 from torghut_operator.migrate.sqlfiles import BackfillProgress, BackfillSettings, SqlMigrationResult
@@ -202,6 +202,31 @@ def test_a_nested_field_no_longer_set_is_removed_by_the_status_patch() -> None:
     assert "value" not in with_checks["checks"][0]["measurements"][0]  # no nulls stored inside lists
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies the operator's status patch."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def test_the_next_promotion_step_does_not_inherit_the_previous_steps_patch_time() -> None:
+    """A stale promotion.patchedAt made the planner skip the next step's evidence and approval."""
+    applied = TorghutRolloutStatus.model_validate(
+        {"phase": "Promoting", "promotion": {"step": 0, "stepName": "paper", "applied": True, "patchedAt": "t1"}}
+    )
+    next_step = applied.model_copy(
+        update={"promotion": PromotionStatus(step=1, step_name="canary", completed=["paper"], soak_since="t2")}
+    )
+    stored = merge_patch(merge_patch({}, _dump_status(applied)), _dump_status(next_step))
+    assert TorghutRolloutStatus.model_validate(stored) == next_step
+
+
 # --- a turn of the reconciler ---
 
 
@@ -215,7 +240,7 @@ class FakeKube:
     def patch_rollout_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str
     ) -> str | None:
-        self.rollout["status"] = status
+        self.rollout["status"] = merge_patch(self.rollout.get("status") or {}, status)
         return "2"
 
     def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
