@@ -623,6 +623,9 @@ def _backfill_seen(b: _Builder, migration: MigrationStatus, outcome: SqlOutcome)
         return migration
     before = migration.backfill
     running = before is not None and before.file == progress.file and not before.finished
+    if outcome.error is not None and running and before is not None:
+        # A failed call is no progress: the deadline keeps counting from the last slice that went through.
+        progress = progress.model_copy(update={"updated_at": before.updated_at})
     if progress.finished:
         b.event("Normal", "BackfillDone", f"backfill {progress.summary()}")
     elif not running and outcome.error is None:

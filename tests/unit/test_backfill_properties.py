@@ -4,7 +4,8 @@ blips, across the migrate stage's backfill and the deploy stage's catch-up.
 
 Properties, after every step:
 - the migrate stage is not done before its backfill is, nor the deploy stage before the catch-up's;
-- the rollout fails only after a retryable error outlived deploy.progressDeadline counted from the last progress;
+- the rollout fails only after a retryable error outlived deploy.progressDeadline counted from the last progress,
+  and then it does (an error reporting old progress is no progress);
 - no event per slice: one BackfillStarted per pass at most, and an in-progress slice emits nothing else;
 - every catch-up apply of the run carries the same run id; status.migration.backfill never goes backwards in a pass;
 and at the end, in a calm world, the rollout reaches Verifying.
@@ -50,6 +51,7 @@ DEADLINE = timedelta(seconds=parse_duration(SPEC.deploy.progress_deadline))
 STEPS = st.lists(
     st.one_of(
         st.tuples(st.just("slice"), st.integers(min_value=0, max_value=2_500)),
+        st.tuples(st.just("slice"), st.integers(min_value=500, max_value=2_500)),
         st.tuples(st.just("throttled"), st.just(0)),
         st.tuples(st.just("retryable"), st.integers(min_value=1, max_value=90)),
         st.tuples(st.just("kill"), st.integers(min_value=1, max_value=60)),
@@ -97,8 +99,12 @@ class Sim:
             self.done = 0
             self.total = TOTALS.get(key, CATCH_UP_TOTAL)
         self.now += timedelta(seconds=10)  # one slice
-        if step == "retryable":
-            return SqlOutcome(error="57P01 terminating connection due to administrator command", retryable=True)
+        if step == "retryable":  # the migrator reports the progress it last saw along with the error
+            return SqlOutcome(
+                backfill=self.progress(throttled=False) if self.done else None,
+                error="57P01 terminating connection due to administrator command",
+                retryable=True,
+            )
         if step == "slice":
             self.done += max(amount, 1)
         progress = self.progress(throttled=step == "throttled")
@@ -136,11 +142,14 @@ class Sim:
             assert self.runs, "verifying without a catch-up"
             assert self.passes[-1] in self.runs
             assert self.done >= self.total, "verifying before the catch-up's backfill finished"
+        stage_start = parse_time(before.phase_started_at or format_time(obs.now))
+        since = max(self.last_progress or stage_start, stage_start)
         if after.phase in (Phase.FAILED, Phase.ROLLING_BACK):
             assert before.phase is Phase.DEPLOYING, after.message
-            stage_start = parse_time(before.phase_started_at or format_time(self.now))
-            since = max(self.last_progress or stage_start, stage_start)
-            assert self.now - since > DEADLINE, f"failed while making progress: {after.message}"
+            assert obs.now - since > DEADLINE, f"failed while making progress: {after.message}"
+        failing = obs.sql_catch_up is not None and obs.sql_catch_up.error is not None
+        if before.phase is Phase.DEPLOYING and failing and obs.now - since > DEADLINE:
+            assert after.phase is Phase.ROLLING_BACK, f"still waiting {obs.now - since} after the last progress"
         events = [e.reason for e in p.events]
         self.started_events += events.count("BackfillStarted")
         assert self.started_events <= len(self.passes)
@@ -156,6 +165,7 @@ class Sim:
 @given(steps=STEPS)
 @example(steps=[("slice", 2_500), ("slice", 0), *[("throttled", 0)] * 8, ("retryable", 5)])
 @example(steps=[("slice", 2_500), ("slice", 0), *[("slice", 1_000)] * 8, ("blip", 5), ("retryable", 90)])
+@example(steps=[*[("slice", 2_500)] * 5, *[("retryable", 90)] * 3])
 def test_backfills_hold_their_stage_and_never_fail_while_moving(steps: list[tuple[str, int]]) -> None:
     sim = Sim()
     for step, amount in steps:

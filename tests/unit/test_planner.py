@@ -488,6 +488,25 @@ def test_the_progress_deadline_does_not_fail_a_catch_up_backfill_that_keeps_movi
     assert condition(stuck, "Deployed") == ("False", "MigrationFailed")
 
 
+def test_failed_calls_that_report_the_last_progress_do_not_extend_the_deadline() -> None:
+    spec = sql_spec()
+    status = started(spec, Phase.DEPLOYING, migration=MIGRATED)
+    late = T0 + HOUR
+    moving = run(spec, status, at=late, target=target(NEW), sql_catch_up=slice_of(backfill(800_000, at=late))).status
+    at = late
+    for _ in range(12):  # the database is down: every call fails, reporting the progress it last saw
+        at += timedelta(minutes=1)
+        down = SqlOutcome(backfill=backfill(800_000, at=at), error="connection refused", retryable=True)
+        moving = run(spec, moving, at=at, target=target(NEW), sql_catch_up=down).status
+        if moving.phase is not Phase.DEPLOYING:
+            break
+    assert moving.phase is Phase.ROLLING_BACK
+    assert at - late == timedelta(minutes=11)  # the first check past progressDeadline (10m) after the last slice
+    assert moving.migration is not None
+    assert moving.migration.backfill is not None
+    assert moving.migration.backfill.updated_at == format_time(late)
+
+
 def test_the_migrate_stages_backfill_does_not_extend_the_deploy_deadline() -> None:
     spec = sql_spec()
     migrated = {**MIGRATED, "backfill": backfill(1_000_000, at=T0 - HOUR, finished=True).model_dump(by_alias=True)}
