@@ -192,6 +192,56 @@ def rollout() -> cli.Rollout:
     return cli.Rollout.from_object(obj)
 
 
+SQL_SAMPLE = REPO / "manifests" / "samples" / "sql-migration-expect.yaml"
+
+
+def backfilling() -> cli.Rollout:
+    """The SQL sample in its migrate stage, 45% through a backfill that waits on lock queues right now."""
+    from torghut_operator.api.spec import TorghutRolloutSpec  # noqa: PLC0415
+
+    obj = next(d for d in yaml.safe_load_all(SQL_SAMPLE.read_text()) if d and d.get("kind") == "TorghutRollout")
+    obj["metadata"].update({"uid": "7d1e", "resourceVersion": "1", "creationTimestamp": _ago(14)})
+    backfill = {
+        "file": "0003_backfill_route_adapters.sql",
+        "table": "public.executions",
+        "rowsDone": 4_512_000,
+        "rowsTotal": 10_000_000,
+        "batches": 903,
+        "batchSize": 6_400,
+        "rowsPerSecond": 12_480.0,
+        "etaSeconds": 440,
+        "throttled": "2 sessions wait for a lock on public.executions",
+        "finished": False,
+        "updatedAt": _ago(0.1),
+    }
+    text = (
+        "migrating: backfill 0003_backfill_route_adapters.sql: 45% (4,512,000 / 10,000,000 rows), 12,480 rows/s, "
+        "ETA 7m20s; throttled: 2 sessions wait for a lock on public.executions"
+    )
+    obj["status"] = {
+        "specHash": TorghutRolloutSpec.model_validate(obj["spec"]).spec_hash(),
+        "phase": "Migrating",
+        "stage": "migrate",
+        "message": text,
+        "image": obj["spec"]["target"]["image"],
+        "previousImage": "registry.ide-newton.ts.net/lab/torghut@sha256:1f0c4b7e9a2d8c3b5e6f7a8091b2c3d4e5f60718293a4b5c6d7e8f9012345678",
+        "startedAt": _ago(13),
+        "phaseStartedAt": _ago(13),
+        "migration": {"mode": "sql", "backfill": backfill},
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "lastTransitionTime": _ago(13),
+                "reason": "Progressing",
+                "message": text,
+            },
+            {"type": "Migrated", "status": "False", "lastTransitionTime": _ago(13), "reason": "Migrating"},
+        ],
+    }
+    return cli.Rollout.from_object(obj)
+
+
 def _others() -> list[dict[str, Any]]:
     """Two more rollouts for the list view."""
     done = {
@@ -236,6 +286,7 @@ def views() -> dict[str, Callable[[int], RenderableType]]:
         "history": lambda w: cli.render_history(r, entries, NOW, w),
         "why": lambda _: cli.render_why(cli.explain(r, NOW), NOW, name=r.name, namespace=r.namespace),
         "report": report,
+        "backfill": lambda w: cli.render_status(backfilling(), now=NOW, width=w),
     }
 
 
@@ -246,6 +297,7 @@ def command_line(view: str) -> str:
         "history": "kubectl torghut history torghut-go-live -n torghut",
         "why": "kubectl torghut why torghut-go-live -n torghut",
         "report": "kubectl torghut report torghut-go-live -n torghut",
+        "backfill": "kubectl torghut status torghut-route-grant-patch -n torghut",
     }[view]
 
 
@@ -260,12 +312,13 @@ def render(view: str, width: int) -> tuple[str, str]:
 
 
 def pictures() -> dict[str, str]:
-    """File name -> SVG of every picture: each view at every width; the report at 100."""
+    """File name -> SVG of every picture: each view at every width; the report and a running backfill at 100."""
     out: dict[str, str] = {}
     for view in ("status", "list", "history", "why"):
         for width in WIDTHS:
             out[f"{view}-{width}.svg"] = render(view, width)[0]
     out["report-100.svg"] = render("report", 100)[0]
+    out["backfill-100.svg"] = render("backfill", 100)[0]
     return out
 
 

@@ -47,6 +47,7 @@ from typer.core import TyperGroup
 from torghut_operator.api.durations import parse_duration
 from torghut_operator.api.spec import GROUP, KIND, PLURAL, VERSION, TorghutRolloutSpec
 from torghut_operator.api.status import (
+    BackfillStatus,
     CheckStatus,
     LastAction,
     Phase,
@@ -56,7 +57,7 @@ from torghut_operator.api.status import (
 from torghut_operator.kube.builders import ACTION_ANNOTATION
 from torghut_operator.kube.gateway import report_name
 from torghut_operator.presets import effective_checks
-from torghut_operator.timefmt import parse_time, utcnow
+from torghut_operator.timefmt import parse_time, span, utcnow
 from torghut_operator.troubleshooting import advice_for
 from torghut_operator.verbs import APPLIES_TO, VERBS, action_value, is_refusal, parse_action, verb_applies
 
@@ -484,22 +485,6 @@ def age(since: str | None, now: datetime) -> str:
     return span(seconds)
 
 
-def span(seconds: float) -> str:
-    """A duration as kubectl writes ages: 45s, 3m20s, 17m, 5h, 3d."""
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 10:
-        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 48:
-        return f"{hours}h"
-    return f"{hours // 24}d"
-
-
 def when(moment: str | None, now: datetime) -> str:
     if not moment:
         return EMPTY
@@ -599,6 +584,9 @@ def _header(r: Rollout, now: datetime, width: int, wide: bool) -> Table:
     grid.add_row("Previous image", _t(_fitted_image(s.previous_image, width, wide=wide)))
     grid.add_row("Attempt", _t(s.attempt))
     grid.add_row("Message", _t(s.message))
+    backfill = s.migration.backfill if s.migration is not None else None
+    if backfill is not None:
+        grid.add_row("Backfill", backfill_bar(backfill, width))
     if s.failed_stage:
         grid.add_row("Failed stage", _t(s.failed_stage, "red"))
     grid.add_row("Blocked by", _t(f"TorghutRollout {s.blocked_by}" if s.blocked_by else None))
@@ -622,6 +610,32 @@ def _header(r: Rollout, now: datetime, width: int, wide: bool) -> Table:
     verbs = r.applicable_verbs()
     grid.add_row("Verbs now", _t(", ".join(verbs) if verbs else "none (finished)"))
     return grid
+
+
+BAR_CELLS = 30
+"""Cells of the backfill bar at 100 columns and more (20 below)."""
+
+
+def backfill_bar(backfill: BackfillStatus, width: int) -> Text:
+    """Three lines: the file and its table; ``█████░░░░░  45%  450,000 / 1,000,000 rows``; rate, ETA, batch size
+    and what throttles it (once finished: the figures of the whole pass)."""
+    cells = BAR_CELLS if width >= NARROW else 20
+    filled = cells * backfill.percent // 100
+    text = Text(f"{backfill.file} on {backfill.table}\n")
+    text.append("█" * filled, style="green" if backfill.finished else "cyan")
+    text.append("░" * (cells - filled), style="dim")
+    text.append(f" {backfill.percent:>3}%", style="bold")
+    text.append(f"  {backfill.rows_done:,} / {backfill.rows_total:,} rows\n")
+    rate = f"{backfill.rows_per_second:,.0f} rows/s"
+    if backfill.finished:
+        text.append(f"done in {backfill.batches:,} batches, {rate}", style="green")
+        return text
+    text.append(rate)
+    text.append(f", ETA {span(backfill.eta_seconds)}" if backfill.eta_seconds is not None else ", ETA unknown")
+    text.append(f", batch {backfill.batch_size:,}")
+    if backfill.throttled:
+        text.append(f"; throttled: {backfill.throttled}", style="yellow")
+    return text
 
 
 def _conditions(s: TorghutRolloutStatus, now: datetime) -> Table:
@@ -1120,6 +1134,10 @@ def _details(r: Rollout, now: datetime) -> list[tuple[str, str]]:
             left = parse_duration(soak) - soaked
             remaining = f"{span(left)} left" if left > 0 else "done"
             out.append(("Soak", f"{span(soaked)} of {soak} since {_clock(promo.soak_since, date=True)} ({remaining})"))
+    backfill = s.migration.backfill if s.migration is not None else None
+    if backfill is not None and not backfill.finished:
+        # How long ago the last slice reported says whether it still moves (a slice reports every ~10 s).
+        out.append(("Backfill", f"{backfill.summary()} (reported {age(backfill.updated_at, now)} ago)"))
     restore = s.restore
     if restore is not None and not restore.empty and s.phase.terminal and s.phase is not Phase.SUCCEEDED:
         env = ", ".join(f"{k}={v}" for k, v in sorted(restore.env.items()))
@@ -1411,7 +1429,8 @@ def status(
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
-    """Show a rollout: phase, stage, images, conditions, checks, measurements, promotion steps, last action."""
+    """Show a rollout: phase, stage, images, a running backfill's progress bar, conditions, checks, measurements,
+    promotion steps, last action."""
     with _errors():
         form = _output(output, wide=True)
         limit = _duration(timeout, "--timeout") if timeout else None

@@ -62,6 +62,24 @@ RESTORE_FAILED = Gauge(
 )
 
 
+BACKFILL_ROWS = Gauge(
+    "torghut_rollout_backfill_rows",
+    "Rows of the rollout's current (or last finished) backfill file: kind done (committed batches) or total.",
+    ["namespace", "name", "file", "kind"],
+)
+BACKFILL_RATE = Gauge(
+    "torghut_rollout_backfill_rows_per_second",
+    "Rows per second of the rollout's current (or last finished) backfill file over its current pass.",
+    ["namespace", "name", "file"],
+)
+BACKFILL_ETA = Gauge(
+    "torghut_rollout_backfill_eta_seconds",
+    "Seconds the rollout's running backfill needs at its current rate (0 once finished; absent when unknown).",
+    ["namespace", "name", "file"],
+)
+_BACKFILL = (BACKFILL_ROWS, BACKFILL_RATE, BACKFILL_ETA)
+
+
 ROUTE_NULL_RATE = Gauge(
     "torghut_rollout_route_null_rate",
     "Share of the target's executions of the last 15 minutes whose expected or actual adapter is NULL, empty or "
@@ -89,7 +107,7 @@ ROUTE_UP = Gauge(
     ["namespace", "target"],
 )
 _ROUTE_RATES = (ROUTE_NULL_RATE, ROUTE_UNKNOWN_RATE, ROUTE_FALLBACK_RATIO, ROUTE_EXECUTIONS)
-_PER_ROLLOUT = (PHASE, CHECK_VERDICT, GATE_VALUE, NOT_PASSING_STREAK, RESTORE_FAILED)
+_PER_ROLLOUT = (PHASE, CHECK_VERDICT, GATE_VALUE, NOT_PASSING_STREAK, RESTORE_FAILED, *_BACKFILL)
 
 _lock = threading.Lock()
 _forgotten: set[tuple[str, str]] = set()
@@ -129,6 +147,7 @@ def _observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> 
             }
             for check_name in stale:
                 _remove_matching(gauge, {"namespace": namespace, "name": name, "check": check_name})
+    _observe_backfill(namespace, name, status)
     for check in status.checks:
         value = _number(check.measurements[-1].value) if check.measurements else None
         if value is not None:
@@ -146,8 +165,35 @@ def _observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> 
             CHECK_VERDICT.labels(namespace=namespace, name=name, check=check.name, verdict=verdict.value).set(value)
 
 
+def _observe_backfill(namespace: str, name: str, status: TorghutRolloutStatus) -> None:
+    """The backfill in status.migration.backfill; series of another file (or of a run without one) go."""
+    backfill = status.migration.backfill if status.migration is not None else None
+    for gauge in _BACKFILL:
+        for family in gauge.collect():
+            stale = {
+                sample.labels["file"]
+                for sample in family.samples
+                if sample.labels.get("namespace") == namespace
+                and sample.labels.get("name") == name
+                and (backfill is None or sample.labels.get("file") != backfill.file)
+            }
+            for file in stale:
+                _remove_matching(gauge, {"namespace": namespace, "name": name, "file": file})
+    if backfill is None:
+        return
+    labels = {"namespace": namespace, "name": name, "file": backfill.file}
+    BACKFILL_ROWS.labels(**labels, kind="done").set(backfill.rows_done)
+    BACKFILL_ROWS.labels(**labels, kind="total").set(backfill.rows_total)
+    BACKFILL_RATE.labels(**labels).set(backfill.rows_per_second)
+    eta = 0 if backfill.finished else backfill.eta_seconds
+    if eta is None:
+        _remove_matching(BACKFILL_ETA, labels)
+    else:
+        BACKFILL_ETA.labels(**labels).set(eta)
+
+
 def forget(namespace: str, name: str) -> None:
-    """Drop every series of a deleted rollout (phase, verdicts, gate values, streaks)."""
+    """Drop every series of a deleted rollout (phase, verdicts, gate values, streaks, backfill progress)."""
     with _lock:
         _forgotten.add((namespace, name))
         for gauge in _PER_ROLLOUT:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from torghut_operator.api.status import AppliedFile, Measurement
+from torghut_operator.api.status import AppliedFile, BackfillStatus, Measurement
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,10 @@ class SqlOutcome:
     error: str | None = None
     retryable: bool = False
     """The error may go away by itself (lock busy, connection lost): try again, don't fail."""
+    backfill: BackfillStatus | None = None
+    """The last backfill this call ran batches of, finished or not."""
+    in_progress: bool = False
+    """The call ran out of its time slice in the middle of a backfill: call again, it resumes."""
 
 
 @dataclass(frozen=True)

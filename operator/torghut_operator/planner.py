@@ -30,12 +30,14 @@ from torghut_operator.api.status import (
     TorghutRolloutStatus,
     Verdict,
 )
-from torghut_operator.observations import Observations, TargetState
+from torghut_operator.observations import Observations, SqlOutcome, TargetState
 from torghut_operator.timefmt import format_time, parse_time
 from torghut_operator.verbs import verb_applies
 
 POLL_SECONDS = 5.0
 """How soon to look again while waiting on something a watch may not announce (a peer, a Job, a target)."""
+BACKFILL_REQUEUE = 1.0
+"""How soon the next slice of a running backfill starts after the last one returned."""
 
 
 # --- actions -------------------------------------------------------------------------------------------------
@@ -51,6 +53,9 @@ class ApplySqlMigrations:
     catch_up: bool = False
     """Also run every repeatable file again (the deploy stage's catch-up); the outcome comes back as
     ``Observations.sql_catch_up``."""
+    run: str | None = None
+    """With ``catch_up``: which run of the rollout this catch-up belongs to (its start and attempt), so the slices
+    of one catch-up run each repeatable file once and a new run or attempt runs them all again."""
 
 
 @dataclass(frozen=True)
@@ -446,6 +451,7 @@ def _migrating(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
         if obs.sql is None:
             b.actions.append(ApplySqlMigrations())
             return
+        migration = _backfill_seen(b, migration, obs.sql)
         if obs.sql.error is not None and obs.sql.retryable:
             b.update(message=f"SQL migration will be retried: {obs.sql.error}")
             b.event("Warning", "MigrationRetry", obs.sql.error)
@@ -453,6 +459,9 @@ def _migrating(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
             return
         if obs.sql.error is not None:
             _fail(b, spec, "migrate", "MigrationFailed", obs.sql.error, condition="Migrated")
+            return
+        if obs.sql.in_progress:
+            _backfill_running(b, migration, obs.sql, "migrating")
             return
         applied = list(obs.sql.applied)
         text = f"{len(obs.sql.applied_now)} SQL file(s) applied, {len(obs.sql.skipped)} already applied"
@@ -531,7 +540,7 @@ def _deploying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
         b.requeue(delay)
         return
     deadline = parse_duration(spec.deploy.progress_deadline)
-    if _elapsed(b.status.phase_started_at, b.now) > deadline:
+    if _elapsed(_deploy_clock(b.status), b.now) > deadline:
         _fail(
             b,
             spec,
@@ -556,18 +565,24 @@ def _caught_up(b: _Builder, spec: TorghutRolloutSpec, obs: Observations) -> bool
         return True
     outcome = obs.sql_catch_up
     if outcome is None:
-        b.actions.append(ApplySqlMigrations(catch_up=True))
-        b.update(message="new image available; re-running the repeatable SQL files (catch-up)")
+        b.actions.append(ApplySqlMigrations(catch_up=True, run=_run_id(b.status)))
+        if not _backfilling(b.status):  # between two slices the message keeps showing the progress
+            b.update(message="new image available; re-running the repeatable SQL files (catch-up)")
         return False
+    migration = _backfill_seen(b, migration, outcome)
     if outcome.error is not None and outcome.retryable:
+        # A catch-up that is backfilling is measured from its last progress, not from the stage's start.
         deadline = parse_duration(spec.deploy.progress_deadline)
-        if _elapsed(b.status.phase_started_at, b.now) <= deadline:
+        if _elapsed(_deploy_clock(b.status), b.now) <= deadline:
             b.update(message=f"SQL catch-up will be retried: {outcome.error}")
             b.event("Warning", "MigrationRetry", outcome.error)
             b.requeue(POLL_SECONDS * 2)
             return False
     if outcome.error is not None:
         _fail(b, spec, "deploy", "MigrationFailed", f"SQL catch-up failed: {outcome.error}", condition="Deployed")
+        return False
+    if outcome.in_progress:
+        _backfill_running(b, migration, outcome, "catch-up")
         return False
     text = f"SQL catch-up: {len(outcome.applied_now)} repeatable file(s) ran again"
     b.update(
@@ -577,6 +592,59 @@ def _caught_up(b: _Builder, spec: TorghutRolloutSpec, obs: Observations) -> bool
     )
     b.event("Normal", "SqlCaughtUp", text)
     return True
+
+
+def _run_id(status: TorghutRolloutStatus) -> str:
+    """What tells this run and attempt of the rollout from every other: a spec edit or a retry starts a new one."""
+    return f"{status.started_at or status.spec_hash} attempt {status.attempt}"
+
+
+def _backfilling(status: TorghutRolloutStatus) -> bool:
+    """A backfill of this run is between two slices."""
+    backfill = status.migration.backfill if status.migration is not None else None
+    return backfill is not None and not backfill.finished
+
+
+def _deploy_clock(status: TorghutRolloutStatus) -> str | None:
+    """Where the deploy stage's progress deadline counts from: the stage's start, or the last progress of the
+    catch-up's backfill when that is later (a long backfill that keeps moving never runs out of time)."""
+    start = status.phase_started_at
+    backfill = status.migration.backfill if status.migration is not None else None
+    if backfill is None or start is None or parse_time(backfill.updated_at) <= parse_time(start):
+        return start
+    return backfill.updated_at
+
+
+def _backfill_seen(b: _Builder, migration: MigrationStatus, outcome: SqlOutcome) -> MigrationStatus:
+    """Record the backfill progress an apply reported (finished or not) in status.migration.backfill, with one
+    event when a backfill starts and one when it finishes; never one per slice."""
+    progress = outcome.backfill
+    if progress is None:
+        return migration
+    before = migration.backfill
+    running = before is not None and before.file == progress.file and not before.finished
+    if outcome.error is not None and running and before is not None:
+        # A failed call is no progress: the deadline keeps counting from the last slice that went through.
+        progress = progress.model_copy(update={"updated_at": before.updated_at})
+    if progress.finished:
+        b.event("Normal", "BackfillDone", f"backfill {progress.summary()}")
+    elif not running and outcome.error is None:
+        b.event("Normal", "BackfillStarted", f"backfill {progress.summary()}")
+    migration = migration.model_copy(update={"backfill": progress})
+    b.update(migration=migration)
+    return migration
+
+
+def _backfill_running(b: _Builder, migration: MigrationStatus, outcome: SqlOutcome, doing: str) -> None:
+    """The apply ran out of its slice in the middle of a backfill: say how far it is and start the next slice soon.
+    The stage stays where it is until the backfill is done."""
+    progress = outcome.backfill
+    text = f"{doing}: backfill {progress.summary()}" if progress is not None else f"{doing}: SQL files still running"
+    b.update(
+        migration=migration.model_copy(update={"applied": list(outcome.applied) or migration.applied}),
+        message=text,
+    )
+    b.requeue(BACKFILL_REQUEUE)
 
 
 def _fresh_check(check: Check, stage: str = "verify") -> CheckStatus:

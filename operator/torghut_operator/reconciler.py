@@ -79,7 +79,7 @@ class Gates(Protocol):
     def measure(self, check: Check, spec: TorghutRolloutSpec, namespace: str, previous: Any | None) -> Measurement: ...
 
     def apply_sql(
-        self, spec: TorghutRolloutSpec, namespace: str, rollout: str, *, catch_up: bool = False
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: str, *, catch_up: bool = False, run: str | None = None
     ) -> SqlOutcome: ...
 
     def check_expectations(self, spec: TorghutRolloutSpec, namespace: str) -> tuple[ExpectationOutcome, ...]: ...
@@ -388,7 +388,7 @@ class Reconciler:
                 )
             elif isinstance(action, ApplySqlMigrations):
                 outcome = await asyncio.to_thread(
-                    self._gates.apply_sql, spec, namespace, name, catch_up=action.catch_up
+                    self._gates.apply_sql, spec, namespace, name, catch_up=action.catch_up, run=action.run
                 )
                 outcomes["sql_catch_up" if action.catch_up else "sql"] = outcome
             elif isinstance(action, CheckExpectations):
@@ -491,12 +491,19 @@ def _parse_status(raw: dict[str, Any] | None) -> TorghutRolloutStatus:
 
 
 def _dump_status(status: TorghutRolloutStatus) -> dict[str, Any]:
-    """The whole status for a merge patch: top-level fields no longer set are null, so the patch removes them;
-    nested values leave out what is unset (a null inside a list would be stored as it is)."""
-    full = status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    for key in status.model_dump(mode="json", by_alias=True):
-        full.setdefault(key, None)
-    return full
+    """The whole status for a merge patch: fields no longer set are null, at any depth of nested objects, so the
+    patch removes them (e.g. migration.backfill.throttled once the backfill stops waiting); inside lists, which a
+    merge patch replaces whole, unset values are left out (a null there would be stored as it is)."""
+    dumped: dict[str, Any] = _nulls_outside_lists(status.model_dump(mode="json", by_alias=True))
+    return dumped
+
+
+def _nulls_outside_lists(value: Any, *, in_list: bool = False) -> Any:
+    if isinstance(value, dict):
+        return {k: _nulls_outside_lists(v, in_list=in_list) for k, v in value.items() if not (in_list and v is None)}
+    if isinstance(value, list):
+        return [_nulls_outside_lists(v, in_list=True) for v in value]
+    return value
 
 
 def _short_error(exc: Exception) -> str:

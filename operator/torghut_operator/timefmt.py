@@ -15,3 +15,19 @@ def parse_time(text: str) -> datetime:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def span(seconds: float) -> str:
+    """A duration as kubectl writes ages: 45s, 3m20s, 17m, 5h, 3d."""
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    if minutes < 10:
+        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 48:
+        return f"{hours}h"
+    return f"{hours // 24}d"

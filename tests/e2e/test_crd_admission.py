@@ -18,6 +18,7 @@ from torghut_localstack.world import crd_established
 from torghut_operator.api.spec import GROUP, KIND, PLURAL, VERSION, TorghutRolloutSpec
 from torghut_operator.api.status import (
     AppliedFile,
+    BackfillStatus,
     CheckStatus,
     Condition,
     LastAction,
@@ -29,6 +30,7 @@ from torghut_operator.api.status import (
     TorghutRolloutStatus,
     Verdict,
 )
+from torghut_operator.reconciler import _dump_status
 
 pytestmark = pytest.mark.e2e
 NAMESPACE_PREFIX = "admission"
@@ -69,6 +71,7 @@ REJECTIONS: dict[str, list[str]] = {
     "promotion-out-of-order.yaml": ["promotion steps must be ordered by exposure"],
     "trading-mode-typo.yaml": ["TRADING_MODE must be paper or live"],
     "duration-too-long.yaml": ["spec.verify.interval", "durations are at most 168h"],
+    "lock-retries-unbounded.yaml": ["spec.migrate.sql.lockRetries", "less than or equal to 20"],
     "unknown-preset.yaml": ["spec.presets[0]", '"torghut-everything"', 'supported values: "torghut-completion"'],
 }
 """Each bad sample, and the words the API server's answer must contain for a user to see what is wrong."""
@@ -193,6 +196,19 @@ def full_status() -> TorghutRolloutStatus:
             message="applied 1 file",
             completed_at=at,
             caught_up_at=at,
+            backfill=BackfillStatus(
+                file="0003_backfill_routes.sql",
+                table="public.executions",
+                rows_done=450_000,
+                rows_total=1_000_000,
+                batches=90,
+                batch_size=5_000,
+                rows_per_second=12_000.5,
+                eta_seconds=46,
+                throttled="2 lock waits on public.executions",
+                finished=True,
+                updated_at=at,
+            ),
         ),
         checks=[
             CheckStatus(
@@ -299,6 +315,34 @@ def test_variables_to_unset_on_rollback_survive_a_status_merge_patch(
     stored = kubectl.json("get", f"{PLURAL}/{name}", "-n", namespace)
     assert stored["status"]["restore"]["env"] == {"TRADING_MODE": "paper"}
     assert stored["status"]["restore"]["unset"] == ["TRADING_AUTONOMY_ALLOW_LIVE_PROMOTION"]
+
+
+def test_a_nested_field_the_operator_stops_setting_is_removed_from_the_stored_status(
+    kubectl: Kubectl, namespace: str, rollout_with_status: tuple[str, dict[str, Any]]
+) -> None:
+    """The operator's status patch is a merge patch, which keeps whatever it does not mention: the next promotion
+    step must not inherit the previous step's patchedAt (it would skip its evidence and approval), and a backfill
+    that stops waiting must not keep saying it is throttled."""
+    name, _ = rollout_with_status
+    status = full_status()
+    assert status.promotion is not None
+    assert status.migration is not None
+    assert status.migration.backfill is not None
+    next_step = status.promotion.model_copy(update={"step": 2, "patched_at": None, "applied": False})
+    calm = status.migration.backfill.model_copy(update={"throttled": None, "eta_seconds": None})
+    changed = status.model_copy(
+        update={"promotion": next_step, "migration": status.migration.model_copy(update={"backfill": calm})}
+    )
+    patch = {"status": _dump_status(changed)}
+    kubectl(
+        "patch", f"{PLURAL}/{name}", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
+    )
+    stored = kubectl.json("get", f"{PLURAL}/{name}", "-n", namespace)["status"]
+    assert "patchedAt" not in stored["promotion"]
+    assert stored["promotion"]["step"] == 2
+    assert "throttled" not in stored["migration"]["backfill"]
+    assert "etaSeconds" not in stored["migration"]["backfill"]
+    assert TorghutRolloutStatus.model_validate(stored) == changed
 
 
 def _table(output: str) -> list[dict[str, str]]:

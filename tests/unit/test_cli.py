@@ -788,6 +788,66 @@ def test_status_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int
         assert image.rstrip().endswith("torghut@884bec35f7d2")
 
 
+BACKFILLING: dict[str, Any] = {
+    "phase": "Migrating",
+    "stage": "migrate",
+    "message": "migrating: backfill 0004_backfill_routes.sql: 45% (450,000 / 1,000,000 rows), 12,000 rows/s, ETA 46s",
+    "startedAt": ago(2),
+    "migration": {
+        "mode": "sql",
+        "backfill": {
+            "file": "0004_backfill_routes.sql",
+            "table": "public.executions",
+            "rowsDone": 450_000,
+            "rowsTotal": 1_000_000,
+            "batches": 90,
+            "batchSize": 5_000,
+            "rowsPerSecond": 12_000.4,
+            "etaSeconds": 46,
+            "throttled": "2 lock waits on public.executions",
+            "finished": False,
+            "updatedAt": ago(0.1),
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_status_draws_a_progress_bar_for_a_running_backfill(width: int) -> None:
+    r = cli.Rollout.from_object(rollout_object(BACKFILLING))
+    lines = render_at(cli.render_status(r, now=NOW, width=width), width)
+    assert max(len(line.rstrip()) for line in lines) <= width
+    start = next(i for i, line in enumerate(lines) if line.startswith("Backfill "))
+    assert lines[start].split()[1:] == ["0004_backfill_routes.sql", "on", "public.executions"]
+    bar = lines[start + 1].split()
+    cells = 30 if width >= 100 else 20
+    assert bar[0] == "█" * (cells * 45 // 100) + "░" * (cells - cells * 45 // 100)
+    assert bar[1:] == ["45%", "450,000", "/", "1,000,000", "rows"]
+    rest = " ".join(line.strip() for line in lines[start + 2 : start + 4])
+    assert rest.startswith("12,000 rows/s, ETA 46s, batch 5,000; throttled: 2 lock waits on public.executions")
+
+
+def test_why_says_how_far_a_running_backfill_is_and_when_it_last_reported() -> None:
+    why = cli.explain(cli.Rollout.from_object(rollout_object(BACKFILLING)), NOW)
+    details = dict(why.details)
+    assert details["Backfill"] == (
+        "0004_backfill_routes.sql: 45% (450,000 / 1,000,000 rows), 12,000 rows/s, ETA 46s; "
+        "throttled: 2 lock waits on public.executions (reported 6s ago)"
+    )
+
+
+def test_status_keeps_a_finished_backfills_figures_and_shows_none_without_one() -> None:
+    finished = {**BACKFILLING["migration"]["backfill"], "rowsDone": 1_000_000, "finished": True, "etaSeconds": None}
+    obj = rollout_object({**BACKFILLING, "phase": "Deploying", "migration": {"mode": "sql", "backfill": finished}})
+    lines = render_at(cli.render_status(cli.Rollout.from_object(obj), now=NOW, width=100), 100)
+    start = next(i for i, line in enumerate(lines) if line.startswith("Backfill "))
+    assert lines[start + 1].split()[1:] == ["100%", "1,000,000", "/", "1,000,000", "rows"]
+    assert lines[start + 1].split()[0] == "█" * 30
+    assert lines[start + 2].strip() == "done in 90 batches, 12,000 rows/s"
+    plain = render_at(cli.render_status(cli.Rollout.from_object(rollout_object(AWAITING_CANARY)), now=NOW), 100)
+    assert not any(line.startswith("Backfill") for line in plain)
+
+
 def test_status_wide_shows_whole_images_at_any_width() -> None:
     text = "\n".join(render_at(cli.render_status(_digest_rollout(), now=NOW, width=80, wide=True), 80))
     assert DIGEST_IMAGE.replace("\n", "") in text.replace("\n                   ", "")

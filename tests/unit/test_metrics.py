@@ -8,7 +8,16 @@ import pytest
 from prometheus_client import REGISTRY
 
 from torghut_operator import metrics
-from torghut_operator.api.status import CheckStatus, Condition, Measurement, Phase, TorghutRolloutStatus, Verdict
+from torghut_operator.api.status import (
+    BackfillStatus,
+    CheckStatus,
+    Condition,
+    Measurement,
+    MigrationStatus,
+    Phase,
+    TorghutRolloutStatus,
+    Verdict,
+)
 from torghut_operator.route_stats import RouteStats
 
 pytestmark = pytest.mark.unit
@@ -146,3 +155,46 @@ def test_an_accepted_inconclusive_or_a_check_of_an_earlier_stage_leaves_no_serie
     assert REGISTRY.get_sample_value("torghut_rollout_check_verdict", labels) == 0
     metrics.observe_status("acc", "r", TorghutRolloutStatus(checks=[]))  # the next stage has other checks
     assert REGISTRY.get_sample_value("torghut_rollout_check_verdict", labels) is None
+
+
+def _backfilling(file: str, done: int, *, eta: int | None, finished: bool = False) -> TorghutRolloutStatus:
+    progress = BackfillStatus(
+        file=file,
+        table="public.executions",
+        rows_done=done,
+        rows_total=1_000_000,
+        batches=done // 5_000,
+        batch_size=5_000,
+        rows_per_second=12_000.0,
+        eta_seconds=eta,
+        finished=finished,
+        updated_at="2026-12-01T12:00:00.000Z",
+    )
+    return TorghutRolloutStatus(phase=Phase.MIGRATING, migration=MigrationStatus(mode="sql", backfill=progress))
+
+
+def test_backfill_progress_is_exported_per_file_and_goes_with_the_run_and_the_rollout() -> None:
+    metrics.watching("bf", "r")
+    metrics.observe_status("bf", "r", _backfilling("0004_a.sql", 450_000, eta=46))
+    a = {"namespace": "bf", "name": "r", "file": "0004_a.sql"}
+    assert REGISTRY.get_sample_value("torghut_rollout_backfill_rows", {**a, "kind": "done"}) == 450_000
+    assert REGISTRY.get_sample_value("torghut_rollout_backfill_rows", {**a, "kind": "total"}) == 1_000_000
+    assert REGISTRY.get_sample_value("torghut_rollout_backfill_rows_per_second", a) == 12_000
+    assert REGISTRY.get_sample_value("torghut_rollout_backfill_eta_seconds", a) == 46
+
+    metrics.observe_status("bf", "r", _backfilling("0004_a.sql", 460_000, eta=None))  # rate unknown for a moment
+    assert REGISTRY.get_sample_value("torghut_rollout_backfill_eta_seconds", a) is None
+    metrics.observe_status("bf", "r", _backfilling("0005_b.sql", 1_000_000, eta=None, finished=True))
+    b = {**a, "file": "0005_b.sql"}
+    assert _series("torghut_rollout_backfill_rows", **a) == []  # the earlier file's series went
+    assert REGISTRY.get_sample_value("torghut_rollout_backfill_eta_seconds", b) == 0
+    assert REGISTRY.get_sample_value("torghut_rollout_backfill_rows", {**b, "kind": "done"}) == 1_000_000
+
+    metrics.observe_status("bf", "r", TorghutRolloutStatus(phase=Phase.PENDING))  # a new run: nothing yet
+    assert _series("torghut_rollout_backfill_rows", namespace="bf", name="r") == []
+    metrics.observe_status("bf", "r", _backfilling("0004_a.sql", 1, eta=10))
+    metrics.forget("bf", "r")
+    for metric in ("rows", "rows_per_second", "eta_seconds"):
+        assert _series(f"torghut_rollout_backfill_{metric}", namespace="bf", name="r") == []
+    metrics.observe_status("bf", "r", _backfilling("0004_a.sql", 2, eta=10))  # a turn still in flight
+    assert _series("torghut_rollout_backfill_rows", namespace="bf", name="r") == []

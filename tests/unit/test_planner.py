@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 
 from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.api.status import AppliedFile, Measurement, Phase, RestorePoint, TorghutRolloutStatus, Verdict
+from torghut_operator.api.status import (
+    AppliedFile,
+    BackfillStatus,
+    Measurement,
+    Phase,
+    RestorePoint,
+    TorghutRolloutStatus,
+    Verdict,
+)
 from torghut_operator.gates.judge import judge
 from torghut_operator.gates.reading import Reading
 from torghut_operator.observations import (
@@ -273,6 +281,8 @@ def test_available_deployment_moves_to_verifying_with_fresh_checks() -> None:
 
 MIGRATED = {"mode": "sql", "completedAt": format_time(T0)}
 APPLIED = (AppliedFile(name="0002_backfill.sql", checksum="c0ffee", applied_at=format_time(T0)),)
+CATCH_UP = ApplySqlMigrations(catch_up=True, run=f"{format_time(T0)} attempt 1")
+"""The catch-up of the run that started at T0, first attempt."""
 
 
 def test_sql_mode_reruns_the_repeatable_files_once_the_new_image_is_available() -> None:
@@ -283,7 +293,7 @@ def test_sql_mode_reruns_the_repeatable_files_once_the_new_image_is_available() 
 
     p = run(spec, status, target=target(NEW))
 
-    assert p.actions == (ApplySqlMigrations(catch_up=True),)
+    assert p.actions == (CATCH_UP,)
     assert p.status.phase is Phase.DEPLOYING
     assert "catch-up" in p.status.message
     assert not any(c.type == "Deployed" and c.status == "True" for c in p.status.conditions)
@@ -324,7 +334,7 @@ def test_a_retryable_catch_up_error_waits_until_the_progress_deadline() -> None:
     assert p.status.phase is Phase.DEPLOYING
     assert "will be retried" in p.status.message
     assert p.requeue_after is not None
-    assert run(spec, p.status, target=target(NEW)).actions == (ApplySqlMigrations(catch_up=True),)
+    assert run(spec, p.status, target=target(NEW)).actions == (CATCH_UP,)
     late = run(spec, status, at=T0 + timedelta(minutes=11), target=target(NEW), sql_catch_up=busy)
     assert late.status.phase is Phase.ROLLING_BACK
     assert condition(late, "Deployed") == ("False", "MigrationFailed")
@@ -341,6 +351,169 @@ def test_a_failing_catch_up_fails_the_deploy_stage_and_rolls_back() -> None:
     assert "0002_backfill.sql" in p.status.message
     assert condition(p, "Deployed") == ("False", "MigrationFailed")
     assert p.status.failed_stage == "deploy"
+
+
+# --- Backfills: slices of batches, progress in status, the stage done only when the backfill is ---
+
+
+def backfill(
+    done: int, total: int = 1_000_000, *, at: datetime = T0, finished: bool = False, throttled: str | None = None
+) -> BackfillStatus:
+    return BackfillStatus(
+        file="0004_backfill_routes.sql",
+        table="public.executions",
+        rows_done=done,
+        rows_total=total,
+        batches=done // 5_000,
+        batch_size=5_000,
+        rows_per_second=12_000.0,
+        eta_seconds=None if finished else (total - done) // 12_000,
+        throttled=throttled,
+        finished=finished,
+        updated_at=format_time(at),
+    )
+
+
+def slice_of(progress: BackfillStatus) -> SqlOutcome:
+    """What one apply call returns: in progress until the backfill is finished."""
+    return SqlOutcome(applied=APPLIED, backfill=progress, in_progress=not progress.finished)
+
+
+def test_a_backfill_in_the_migrate_stage_reports_progress_and_holds_the_stage_until_done() -> None:
+    spec = sql_spec()
+    status = started(spec, Phase.MIGRATING, migration={"mode": "sql"})
+
+    first = run(spec, status, sql=slice_of(backfill(450_000, throttled="2 lock waits on public.executions")))
+
+    assert first.status.phase is Phase.MIGRATING
+    assert first.status.message == (
+        "migrating: backfill 0004_backfill_routes.sql: 45% (450,000 / 1,000,000 rows), 12,000 rows/s, ETA 45s; "
+        "throttled: 2 lock waits on public.executions"
+    )
+    assert first.requeue_after == 1.0
+    assert first.status.migration is not None
+    assert first.status.migration.completed_at is None
+    assert first.status.migration.backfill == backfill(450_000, throttled="2 lock waits on public.executions")
+    assert [e.reason for e in first.events] == ["BackfillStarted"]
+    assert not any(c.type == "Migrated" and c.status == "True" for c in first.status.conditions)
+
+    again = run(spec, first.status)
+    assert again.actions == (ApplySqlMigrations(),)  # the next slice resumes
+
+    second = run(spec, first.status, sql=slice_of(backfill(900_000)))
+    assert second.events == ()  # no event per slice
+    assert "90%" in second.status.message
+    assert "throttled" not in second.status.message
+    assert second.status.phase is Phase.MIGRATING
+
+    done = run(spec, second.status, sql=slice_of(backfill(1_000_000, finished=True)))
+    assert done.status.phase is Phase.DEPLOYING
+    assert [e.reason for e in done.events][:2] == ["BackfillDone", "SqlMigrated"]
+    assert done.status.migration is not None
+    assert done.status.migration.backfill is not None
+    assert done.status.migration.backfill.finished  # the finished figures stay in status
+    assert "done, 1,000,000 rows in 200 batches" in done.events[0].message
+
+
+def test_a_backfill_that_finishes_within_one_slice_emits_only_done() -> None:
+    spec = sql_spec()
+    p = run(spec, started(spec, Phase.MIGRATING), sql=slice_of(backfill(10, 10, finished=True)))
+    assert p.status.phase is Phase.DEPLOYING
+    assert "BackfillStarted" not in [e.reason for e in p.events]
+    assert "BackfillDone" in [e.reason for e in p.events]
+
+
+def test_a_failing_batch_fails_the_stage_and_keeps_the_progress_it_made() -> None:
+    spec = sql_spec()
+    status = started(spec, Phase.MIGRATING, migration={"mode": "sql"})
+    running = run(spec, status, sql=slice_of(backfill(300_000))).status
+    error = "0004_backfill_routes.sql: batch 300001..305000 failed: 22P02 invalid input syntax"
+
+    p = run(spec, running, sql=SqlOutcome(applied=APPLIED, backfill=backfill(300_000), error=error))
+
+    assert p.status.phase is Phase.FAILED
+    assert "batch 300001..305000" in p.status.message
+    assert p.status.migration is not None
+    assert p.status.migration.backfill == backfill(300_000)
+
+
+def test_a_catch_up_backfill_holds_the_deploy_stage_with_one_run_id_across_slices() -> None:
+    spec = sql_spec()
+    status = started(spec, Phase.DEPLOYING, migration=MIGRATED)
+    first = run(spec, status, target=target(NEW), sql_catch_up=slice_of(backfill(100_000)))
+
+    assert first.status.phase is Phase.DEPLOYING
+    assert first.status.message.startswith("catch-up: backfill 0004_backfill_routes.sql: 10% ")
+    assert first.requeue_after == 1.0
+    assert not any(c.type == "Deployed" and c.status == "True" for c in first.status.conditions)
+
+    between = run(spec, first.status, at=T0 + timedelta(seconds=11), target=target(NEW))
+    assert between.actions == (CATCH_UP,)  # the same run: files done in earlier slices are not run again
+    assert between.status.message == first.status.message  # the progress stays on screen between slices
+
+    done = run(spec, first.status, target=target(NEW), sql_catch_up=slice_of(backfill(1_000_000, finished=True)))
+    assert done.status.phase is Phase.VERIFYING
+    assert [e.reason for e in done.events][:2] == ["BackfillDone", "SqlCaughtUp"]
+
+
+def test_a_new_attempt_catches_up_under_a_new_run_id() -> None:
+    spec = sql_spec()
+    retried = started(spec, Phase.DEPLOYING, migration=MIGRATED, attempt=2, started_at=format_time(T0 + HOUR))
+    p = run(spec, retried, at=T0 + HOUR, target=target(NEW))
+    assert p.actions == (ApplySqlMigrations(catch_up=True, run=f"{format_time(T0 + HOUR)} attempt 2"),)
+    assert p.actions != (CATCH_UP,)
+
+
+HOUR = timedelta(hours=1)
+
+
+def test_the_progress_deadline_does_not_fail_a_catch_up_backfill_that_keeps_moving() -> None:
+    spec = sql_spec()  # deploy.progressDeadline 10m
+    status = started(spec, Phase.DEPLOYING, migration=MIGRATED)
+    late = T0 + HOUR
+    moving = run(spec, status, at=late, target=target(NEW), sql_catch_up=slice_of(backfill(800_000, at=late))).status
+
+    # Postgres restarts an hour into the backfill: the catch-up waits, it does not fail.
+    busy = SqlOutcome(error="connection lost: 57P01 terminating connection", retryable=True)
+    p = run(spec, moving, at=late + timedelta(minutes=2), target=target(NEW), sql_catch_up=busy)
+    assert p.status.phase is Phase.DEPLOYING
+    assert "will be retried" in p.status.message
+    # so does a replica of the target going away for a moment
+    blip = run(spec, moving, at=late + timedelta(minutes=2), target=target(NEW, rolled_out=False))
+    assert blip.status.phase is Phase.DEPLOYING
+
+    # No progress for longer than the deadline: it fails as before.
+    stuck = run(spec, moving, at=late + timedelta(minutes=11), target=target(NEW), sql_catch_up=busy)
+    assert stuck.status.phase is Phase.ROLLING_BACK
+    assert condition(stuck, "Deployed") == ("False", "MigrationFailed")
+
+
+def test_failed_calls_that_report_the_last_progress_do_not_extend_the_deadline() -> None:
+    spec = sql_spec()
+    status = started(spec, Phase.DEPLOYING, migration=MIGRATED)
+    late = T0 + HOUR
+    moving = run(spec, status, at=late, target=target(NEW), sql_catch_up=slice_of(backfill(800_000, at=late))).status
+    at = late
+    for _ in range(12):  # the database is down: every call fails, reporting the progress it last saw
+        at += timedelta(minutes=1)
+        down = SqlOutcome(backfill=backfill(800_000, at=at), error="connection refused", retryable=True)
+        moving = run(spec, moving, at=at, target=target(NEW), sql_catch_up=down).status
+        if moving.phase is not Phase.DEPLOYING:
+            break
+    assert moving.phase is Phase.ROLLING_BACK
+    assert at - late == timedelta(minutes=11)  # the first check past progressDeadline (10m) after the last slice
+    assert moving.migration is not None
+    assert moving.migration.backfill is not None
+    assert moving.migration.backfill.updated_at == format_time(late)
+
+
+def test_the_migrate_stages_backfill_does_not_extend_the_deploy_deadline() -> None:
+    spec = sql_spec()
+    migrated = {**MIGRATED, "backfill": backfill(1_000_000, at=T0 - HOUR, finished=True).model_dump(by_alias=True)}
+    status = started(spec, Phase.DEPLOYING, migration=migrated)
+    p = run(spec, status, at=T0 + timedelta(minutes=11), target=target(NEW, rolled_out=False))
+    assert p.status.phase is Phase.ROLLING_BACK
+    assert "ProgressDeadlineExceeded" in p.status.message
 
 
 def test_job_mode_has_no_catch_up() -> None:

@@ -289,11 +289,30 @@ class ConfigMapRef(ApiModel):
     name: str = Field(min_length=1, max_length=253, description="Name of the ConfigMap in this namespace.")
 
 
+class BackfillSpec(ApiModel):
+    """How backfill files (header ``-- torghut-rollout: backfill table=...``) run: keyset batches, each its own
+    short transaction, throttled while the database is under pressure."""
+
+    batch_duration: Duration = Field(
+        default="100ms", description="Target duration of one batch; the batch size adapts to it."
+    )
+    pause: Duration = Field(default="0s", description="Sleep between two batches.")
+    max_transaction_age: Duration = Field(
+        default="60s",
+        description="Wait between batches while another transaction has been open longer than this.",
+    )
+    max_replica_lag: Duration = Field(
+        default="10s", description="Wait between batches while a replica's replay lag is above this."
+    )
+
+
 class SqlMigration(ApiModel):
     """Ordered SQL files applied by the operator itself: each once, in its own transaction, under an advisory
     lock, recorded with a checksum in torghut_rollout.sql_migrations. Files whose header has the line
     ``-- torghut-rollout: repeatable`` are applied again when they change and run once more after the new image is
-    available (the deploy stage's catch-up)."""
+    available (the deploy stage's catch-up). ``-- torghut-rollout: backfill table=...`` files run in keyset
+    batches, each its own transaction (``backfill``); ``-- torghut-rollout: no-transaction`` files run statement by
+    statement outside a transaction. Every statement waits at most ``lock_timeout`` for a lock."""
 
     config_map_ref: ConfigMapRef = Field(
         description="ConfigMap whose keys ending in .sql are applied in lexical order."
@@ -304,6 +323,22 @@ class SqlMigration(ApiModel):
             "DSN used to apply the files, when they need more than spec.database's role (e.g. GRANTs: "
             "torghut-db-superuser/uri). Defaults to spec.database.secretRef."
         ),
+    )
+    lock_timeout: Duration = Field(
+        default="2s",
+        description=(
+            "lock_timeout of every statement of the files: a DDL statement waiting longer for a lock gives up "
+            "(so it never queues the service's queries behind it) and is retried."
+        ),
+    )
+    lock_retries: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description="Retries, with backoff and jitter, of a statement that hit lockTimeout; then the stage fails.",
+    )
+    backfill: BackfillSpec | None = Field(
+        default=None, description="Batching and throttling of backfill files; defaults when absent."
     )
 
 
@@ -566,4 +601,20 @@ class TorghutRolloutSpec(ApiModel):
     def spec_hash(self) -> str:
         """Identity of one run of this rollout: changes when anything but `paused` or `onDelete` changes."""
         data: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude={"paused", "on_delete"})
+        sql = (data.get("migrate") or {}).get("sql")
+        if sql is not None:
+            # Fields added after a spec was written leave its hash alone while they hold their defaults, so an
+            # operator upgrade never starts every rollout over.
+            for key, default in _HASH_NEUTRAL_SQL_DEFAULTS.items():
+                if sql.get(key) == default:
+                    del sql[key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_HASH_NEUTRAL_SQL_DEFAULTS: dict[str, Any] = {
+    info.alias or name: info.default
+    for name, info in SqlMigration.model_fields.items()
+    if name in ("lock_timeout", "lock_retries", "backfill")
+}
+"""spec.migrate.sql fields added after specs were written (issue 10), with their defaults: at these values they
+leave the spec hash as it was before them."""

@@ -8,6 +8,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from torghut_operator.api.spec import ApiModel
+from torghut_operator.timefmt import span
 
 MAX_MEASUREMENTS = 10
 """Measurements kept per check in status; the evidence ledger keeps them all."""
@@ -94,6 +95,44 @@ class AppliedFile(ApiModel):
     applied_at: str
 
 
+class BackfillStatus(ApiModel):
+    """Progress of the backfill file the migrator ran last (header ``-- torghut-rollout: backfill``)."""
+
+    file: str = Field(description="ConfigMap key of the backfill file.")
+    table: str = Field(description="The table it walks, schema-qualified.")
+    rows_done: int = Field(description="Rows covered by committed batches.")
+    rows_total: int = Field(description="Rows to cover (an estimate while running; at least rowsDone).")
+    batches: int = Field(description="Batches committed.")
+    batch_size: int = Field(
+        description="Size of the next batch (it adapts to spec.migrate.sql.backfill.batchDuration)."
+    )
+    rows_per_second: float = Field(description="Rows per second over the current pass.")
+    eta_seconds: int | None = Field(default=None, description="Seconds left at the current rate; absent when unknown.")
+    throttled: str | None = Field(default=None, description="Why it is waiting right now, when it is.")
+    finished: bool = Field(default=False, description="Every batch is done.")
+    updated_at: str = Field(description="When this progress was recorded (RFC 3339).")
+
+    @property
+    def percent(self) -> int:
+        """Whole percent done, rounded down: 100 only once finished (or with nothing to do), never before."""
+        if self.finished or self.rows_total <= 0:
+            return 100
+        return min(99, 100 * max(self.rows_done, 0) // self.rows_total)
+
+    def summary(self) -> str:
+        """``0004_x.sql: 45% (450,000 / 1,000,000 rows), 12,000 rows/s, ETA 46s; throttled: ...`` while it runs,
+        ``0004_x.sql: done, 1,000,000 rows in 200 batches, 12,000 rows/s`` once finished."""
+        rate = f"{self.rows_per_second:,.0f} rows/s"
+        if self.finished:
+            return f"{self.file}: done, {self.rows_done:,} rows in {self.batches:,} batches, {rate}"
+        text = f"{self.file}: {self.percent}% ({self.rows_done:,} / {self.rows_total:,} rows), {rate}"
+        if self.eta_seconds is not None:
+            text += f", ETA {span(self.eta_seconds)}"
+        if self.throttled:
+            text += f"; throttled: {self.throttled}"
+        return text
+
+
 class MigrationStatus(ApiModel):
     mode: str = ""
     job_name: str | None = None
@@ -103,6 +142,9 @@ class MigrationStatus(ApiModel):
     caught_up_at: str | None = Field(
         default=None,
         description="When the repeatable SQL files ran again after the new image became available (sql mode).",
+    )
+    backfill: BackfillStatus | None = Field(
+        default=None, description="Progress of the backfill file running now, or of the last one finished."
     )
 
 

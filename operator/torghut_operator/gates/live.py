@@ -3,14 +3,16 @@ migrates and checks postconditions against the real database, Prometheus and HTT
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from torghut_operator.api.durations import parse_duration
-from torghut_operator.api.spec import Check, TorghutRolloutSpec
-from torghut_operator.api.status import Measurement, TorghutRolloutStatus, Verdict
+from torghut_operator.api.spec import BackfillSpec, Check, TorghutRolloutSpec
+from torghut_operator.api.status import BackfillStatus, Measurement, TorghutRolloutStatus, Verdict
 from torghut_operator.evidence.ledger import (
     DecisionRecord,
     Ledger,
@@ -35,7 +37,7 @@ from torghut_operator.gates.prometheus import PrometheusGateway
 from torghut_operator.gates.reading import ProviderError
 from torghut_operator.kube.gateway import KubeGateway
 from torghut_operator.migrate.expect import ExpectationResult, run_expectations
-from torghut_operator.migrate.sqlfiles import SqlMigrator
+from torghut_operator.migrate.sqlfiles import BackfillProgress, BackfillSettings, SqlMigrationResult, SqlMigrator
 from torghut_operator.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
 from torghut_operator.planner import CheckPromotionEvidence, Event
 from torghut_operator.route_stats import ROUTE_STATS_SQL, RouteStats
@@ -43,6 +45,9 @@ from torghut_operator.timefmt import format_time, utcnow
 
 EXPLAIN_LIMIT = 8
 """Series of an explainQuery quoted in a verdict message."""
+BACKFILL_SLICE = 10.0
+"""Seconds of backfill batches one apply_sql call may run; then it returns the progress (status, metrics, the
+plugin's bar see it) and the planner calls again a second later, where it stopped."""
 STATUS_TIMEOUT = 10.0
 """Ceiling of the /trading/status read that explains a signal verdict (the measurement's deadline is lower)."""
 
@@ -199,28 +204,33 @@ class LiveGates:
         return "explain: " + ", ".join(f"{labels} {value}" for labels, value in series)
 
     def apply_sql(
-        self, spec: TorghutRolloutSpec, namespace: str, rollout: str, *, catch_up: bool = False
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: str, *, catch_up: bool = False, run: str | None = None
     ) -> SqlOutcome:
+        """Apply spec.migrate.sql's files for at most one slice of backfill batches (BACKFILL_SLICE); a backfill that
+        is not done comes back in progress and resumes on the next call. ``run`` (catch-up only) names the run and
+        attempt of the rollout, so each repeatable file runs once per catch-up however many slices it takes."""
         assert spec.migrate is not None
         assert spec.migrate.sql is not None
         assert spec.database is not None
-        files = self._kube.read_config_map(namespace, spec.migrate.sql.config_map_ref.name)
-        ref = spec.migrate.sql.secret_ref or spec.database.secret_ref
+        sql = spec.migrate.sql
+        files = self._kube.read_config_map(namespace, sql.config_map_ref.name)
+        ref = sql.secret_ref or spec.database.secret_ref
         migrator = SqlMigrator(
             self._kube.read_secret_value(namespace, ref.name, ref.key),
             connect_timeout=parse_duration(spec.database.connect_timeout),
-            lock_timeout=60.0,
+            lock_timeout=parse_duration(sql.lock_timeout),
             statement_timeout=None,
+            lock_retries=sql.lock_retries,
+            backfill=backfill_settings(sql.backfill),
         )
-        result = migrator.apply(files, rollout=f"{namespace}/{rollout}", catch_up=catch_up)
-        error = result.error
-        return SqlOutcome(
-            applied=tuple(result.status_files()),
-            applied_now=tuple(r.name for r in result.applied),
-            skipped=tuple(r.name for r in result.skipped),
-            error=None if error is None else error.message,
-            retryable=error is not None and error.retryable,
+        result = migrator.apply(
+            files,
+            rollout=f"{namespace}/{rollout}",
+            catch_up=catch_up,
+            run=f"catch-up {namespace}/{rollout} {run}" if catch_up and run is not None else None,
+            budget=BACKFILL_SLICE,
         )
+        return sql_outcome(result, at=utcnow())
 
     def check_expectations(self, spec: TorghutRolloutSpec, namespace: str) -> tuple[ExpectationOutcome, ...]:
         assert spec.migrate is not None
@@ -318,6 +328,48 @@ class LiveGates:
             facts=facts,
         )
         return text, lane_runs_seen(facts)
+
+
+def backfill_settings(spec: BackfillSpec | None) -> BackfillSettings:
+    """The migrator's batching and throttling from spec.migrate.sql.backfill (its defaults when absent)."""
+    spec = spec or BackfillSpec()
+    return BackfillSettings(
+        batch_duration=parse_duration(spec.batch_duration),
+        pause=parse_duration(spec.pause),
+        max_transaction_age=parse_duration(spec.max_transaction_age),
+        max_replica_lag=parse_duration(spec.max_replica_lag),
+    )
+
+
+def backfill_status(progress: BackfillProgress, *, at: datetime) -> BackfillStatus:
+    """The migrator's progress as status.migration.backfill, recorded at ``at``."""
+    eta = progress.eta_seconds
+    return BackfillStatus(
+        file=progress.file,
+        table=progress.table,
+        rows_done=progress.rows_done,
+        rows_total=max(progress.rows_total, progress.rows_done),
+        batches=progress.batches,
+        batch_size=progress.batch_size,
+        rows_per_second=round(progress.rows_per_second, 1) if math.isfinite(progress.rows_per_second) else 0.0,
+        eta_seconds=math.ceil(eta) if eta is not None and math.isfinite(eta) and eta >= 0 else None,
+        throttled=progress.throttled or None,
+        finished=progress.finished,
+        updated_at=format_time(at),
+    )
+
+
+def sql_outcome(result: SqlMigrationResult, *, at: datetime) -> SqlOutcome:
+    error = result.error
+    return SqlOutcome(
+        applied=tuple(result.status_files()),
+        applied_now=tuple(r.name for r in result.applied),
+        skipped=tuple(r.name for r in result.skipped),
+        error=None if error is None else error.message,
+        retryable=error is not None and error.retryable,
+        backfill=None if result.backfill is None else backfill_status(result.backfill, at=at),
+        in_progress=result.in_progress,
+    )
 
 
 def promotion_evidence_verdict(request: CheckPromotionEvidence, row: dict[str, Any] | None) -> PromotionEvidence:
