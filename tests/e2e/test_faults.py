@@ -429,3 +429,91 @@ def test_deleting_with_on_delete_orphan_leaves_the_target_and_says_so(world: Wor
     assert warnings, world.events("orphan")
     assert NEW_IMAGE in warnings[0]
     assert OLD_IMAGE in warnings[0]
+
+
+BATCH = (
+    "id BETWEEN CAST(current_setting('torghut_rollout.batch_first') AS bigint) "
+    "AND CAST(current_setting('torghut_rollout.batch_last') AS bigint)"
+)
+BACKFILL_ROWS = 6000
+BACKFILL_FILES = {
+    "0001_items.sql": (
+        "CREATE TABLE e2e_items (id bigint PRIMARY KEY, v int NOT NULL);\n"
+        f"INSERT INTO e2e_items SELECT g, g FROM generate_series(1, {BACKFILL_ROWS}) AS g;\n"
+        # one row per id the backfill touched: a batch that ran twice would fail on the duplicate key
+        "CREATE TABLE e2e_touched (id bigint PRIMARY KEY, batch_pid int NOT NULL);\n"
+    ),
+    "0002_backfill.sql": (
+        "-- torghut-rollout: backfill table=public.e2e_items\n"
+        "SELECT pg_sleep(0.5);\n"  # every batch lasts long enough for a kill to land inside it
+        f"INSERT INTO e2e_touched SELECT id, pg_backend_pid() FROM e2e_items WHERE {BATCH};\n"
+        f"UPDATE e2e_items SET v = -v WHERE {BATCH};\n"
+    ),
+}
+
+
+def backfill_sleeping(world: World) -> bool:
+    engine = torghut_db.make_engine(world.postgres.dsn(world.database))
+    try:
+        with engine.connect() as conn:
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%INSERT INTO e2e_touched%' "
+                "AND wait_event = 'PgSleep' AND datname = current_database()"
+            )
+            return bool(conn.execute(sa.text(query)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def backfill_rows(world: World) -> tuple[int, int, int, int]:
+    """(rows touched, rows touched twice or never negated, committed batches, rows done in sql_runs)."""
+    engine = torghut_db.make_engine(world.postgres.dsn(world.database))
+    try:
+        with engine.connect() as conn:
+            touched = conn.execute(sa.text("SELECT count(*) FROM e2e_touched")).scalar_one()
+            positive = conn.execute(sa.text("SELECT count(*) FROM e2e_items WHERE v > 0")).scalar_one()
+            batches, done = conn.execute(
+                sa.text("SELECT batches, rows_done FROM torghut_rollout.sql_runs WHERE name = '0002_backfill.sql'")
+            ).one()
+            return int(touched), int(positive), int(batches), int(done)
+    finally:
+        engine.dispose()
+
+
+def test_kill_9_in_the_middle_of_backfill_batches_resumes_and_runs_no_batch_twice(faults: World) -> None:
+    world = faults
+    world.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "backfill"}, "data": BACKFILL_FILES})
+    manifest = release(world, "backfill")
+    manifest["spec"]["migrate"] = {
+        "sql": {"configMapRef": {"name": "backfill"}, "backfill": {"batchDuration": "500ms"}}
+    }
+    world.apply(manifest)
+    seen: list[dict[str, Any]] = []
+
+    def progress_shown() -> bool:
+        backfill = (status(world, "backfill").get("migration") or {}).get("backfill") or {}
+        if backfill.get("rowsDone"):
+            seen.append(backfill)
+        return bool(seen)
+
+    for kill in range(2):
+        wait_for(lambda: backfill_sleeping(world), timeout=120, interval=0.05, what=f"batch in flight ({kill + 1})")
+        kill_and_restart(world)
+        wait_for(progress_shown, timeout=120, interval=0.1, what="backfill progress in status")
+        seen.clear()
+    wait_for(
+        lambda: (status(world, "backfill").get("migration") or {}).get("completedAt"),
+        timeout=180,
+        interval=0.2,
+        what="the migrate stage done",
+    )
+    touched, positive, batches, done = backfill_rows(world)
+    assert touched == done == BACKFILL_ROWS  # every row once: a batch run twice would have hit the primary key
+    assert positive == 0
+    assert batches >= 3
+    final = status(world, "backfill")["migration"]["backfill"]
+    assert final["finished"] is True
+    assert final["rowsDone"] == final["rowsTotal"] == BACKFILL_ROWS
+    events = world.kubectl("get", "events", "-n", world.namespace, "-o", "json")
+    reasons = [e["reason"] for e in json.loads(events)["items"]]
+    assert "BackfillDone" in reasons

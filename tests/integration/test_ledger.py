@@ -199,7 +199,13 @@ def test_shares_its_schema_with_the_sql_migrator(dsn: str) -> None:
         results = [pool.submit(migrate), pool.submit(ledger)]
         assert [r.result(timeout=60) for r in results] == [True, True]
     tables = rows(dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'torghut_rollout' ORDER BY 1")
-    assert tables == [("ledger_schema_version",), ("measurements",), ("sql_migrations",), ("stage_decisions",)]
+    assert tables == [
+        ("ledger_schema_version",),
+        ("measurements",),
+        ("sql_migrations",),
+        ("sql_runs",),
+        ("stage_decisions",),
+    ]
 
 
 # --- recording and reading ------------------------------------------------------------------------------------

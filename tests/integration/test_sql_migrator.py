@@ -257,7 +257,7 @@ def test_concurrent_applies_apply_each_file_exactly_once(dsn: str, lock_holder: 
 
 
 def test_lock_wait_is_bounded_and_names_the_holder(dsn: str, lock_holder: psycopg.Connection[Any]) -> None:
-    result = migrator(dsn, lock_timeout=0.3).apply(FILES, rollout=ROLLOUT)
+    result = migrator(dsn, lock_timeout=0.3, advisory_timeout=0.3).apply(FILES, rollout=ROLLOUT)
 
     assert result.error is not None
     assert result.error.kind is SqlErrorKind.LOCK_TIMEOUT

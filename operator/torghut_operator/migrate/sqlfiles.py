@@ -95,6 +95,9 @@ LOCK_KEY = 1375901641654169416
 sha256(b"torghut_rollout.sql_migrations") as a signed big-endian integer. Advisory locks are per database, so this
 serialises every migrator of one database and nothing else."""
 
+ADVISORY_WAIT = 15.0
+"""Seconds to wait for the advisory lock (at least the table lock_timeout): longer than a backfill's slice."""
+
 BOOKKEEPING_TIMEOUT = 30.0
 """Statement timeout (seconds) of the migrator's own statements: lock, history, bookkeeping."""
 
@@ -832,6 +835,7 @@ class SqlMigrator:
         statement_timeout: float | None,
         lock_retries: int = 5,
         backfill: BackfillSettings | None = None,
+        advisory_timeout: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -844,6 +848,9 @@ class SqlMigrator:
         self._lock_timeout = lock_timeout
         self._statement_timeout = statement_timeout
         self._lock_retries = lock_retries
+        # another rollout of the same database holds the advisory lock for up to a slice of batches: wait longer
+        # for it than for a table lock (nothing queues behind an advisory lock wait)
+        self._advisory_timeout = advisory_timeout if advisory_timeout is not None else max(lock_timeout, ADVISORY_WAIT)
         self._backfill = backfill or BackfillSettings()
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
@@ -928,7 +935,9 @@ class SqlMigrator:
         try:
             with conn.begin():
                 set_local_timeouts(
-                    conn, statement_timeout=self._lock_timeout + BOOKKEEPING_TIMEOUT, lock_timeout=self._lock_timeout
+                    conn,
+                    statement_timeout=self._advisory_timeout + BOOKKEEPING_TIMEOUT,
+                    lock_timeout=self._advisory_timeout,
                 )
                 conn.execute(_LOCK, {"key": LOCK_KEY})
         except sa.exc.DBAPIError as exc:
@@ -939,7 +948,7 @@ class SqlMigrator:
                 SqlMigrationError(
                     kind=SqlErrorKind.LOCK_TIMEOUT,
                     message=f"another migration holds the advisory lock {LOCK_KEY} ({HISTORY_TABLE}): waited "
-                    f"{self._lock_timeout:g}s{self._holders(conn)}; nothing was applied",
+                    f"{self._advisory_timeout:g}s{self._holders(conn)}; nothing was applied",
                     sqlstate=error.sqlstate,
                     retryable=True,
                 )
