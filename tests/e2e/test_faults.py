@@ -435,7 +435,7 @@ BATCH = (
     "id BETWEEN CAST(current_setting('torghut_rollout.batch_first') AS bigint) "
     "AND CAST(current_setting('torghut_rollout.batch_last') AS bigint)"
 )
-BACKFILL_ROWS = 6000
+BACKFILL_ROWS = 15_000
 BACKFILL_FILES = {
     "0001_items.sql": (
         "CREATE TABLE e2e_items (id bigint PRIMARY KEY, v int NOT NULL);\n"
@@ -445,7 +445,9 @@ BACKFILL_FILES = {
     ),
     "0002_backfill.sql": (
         "-- torghut-rollout: backfill table=public.e2e_items\n"
-        "SELECT pg_sleep(0.5);\n"  # every batch lasts long enough for a kill to land inside it
+        # 1 ms a row: batches of about 500 rows last the target 500 ms, long enough for a kill to land inside one,
+        # and the whole backfill outlasts one 10 s slice, so status shows it in progress
+        f"SELECT pg_sleep(0.001 * (SELECT count(*) FROM e2e_items WHERE {BATCH}));\n"
         f"INSERT INTO e2e_touched SELECT id, pg_backend_pid() FROM e2e_items WHERE {BATCH};\n"
         f"UPDATE e2e_items SET v = -v WHERE {BATCH};\n"
     ),
@@ -472,9 +474,10 @@ def backfill_rows(world: World) -> tuple[int, int, int, int]:
         with engine.connect() as conn:
             touched = conn.execute(sa.text("SELECT count(*) FROM e2e_touched")).scalar_one()
             positive = conn.execute(sa.text("SELECT count(*) FROM e2e_items WHERE v > 0")).scalar_one()
-            batches, done = conn.execute(
+            row = conn.execute(
                 sa.text("SELECT batches, rows_done FROM torghut_rollout.sql_runs WHERE name = '0002_backfill.sql'")
-            ).one()
+            ).first()
+            batches, done = row if row is not None else (0, 0)
             return int(touched), int(positive), int(batches), int(done)
     finally:
         engine.dispose()
@@ -488,19 +491,25 @@ def test_kill_9_in_the_middle_of_backfill_batches_resumes_and_runs_no_batch_twic
         "sql": {"configMapRef": {"name": "backfill"}, "backfill": {"batchDuration": "500ms"}}
     }
     world.apply(manifest)
-    seen: list[dict[str, Any]] = []
+    shown: list[dict[str, Any]] = []
 
-    def progress_shown() -> bool:
+    def in_progress() -> bool:
         backfill = (status(world, "backfill").get("migration") or {}).get("backfill") or {}
-        if backfill.get("rowsDone"):
-            seen.append(backfill)
-        return bool(seen)
+        if backfill.get("rowsDone") and not backfill.get("finished"):
+            shown.append(backfill)
+        return bool(shown)
 
-    for kill in range(2):
-        wait_for(lambda: backfill_sleeping(world), timeout=120, interval=0.05, what=f"batch in flight ({kill + 1})")
-        kill_and_restart(world)
-        wait_for(progress_shown, timeout=120, interval=0.1, what="backfill progress in status")
-        seen.clear()
+    def in_flight(after: int) -> Callable[[], bool]:
+        return lambda: backfill_sleeping(world) and backfill_rows(world)[2] >= after
+
+    wait_for(in_flight(1), timeout=120, interval=0.05, what="a batch in flight after the first")
+    kill_and_restart(world)
+    committed = backfill_rows(world)[2]
+    wait_for(in_flight(committed + 2), timeout=120, interval=0.05, what="a batch in flight, two after the kill")
+    kill_and_restart(world)
+    wait_for(in_progress, timeout=120, interval=0.1, what="backfill progress in status")
+    assert shown[0]["rowsTotal"] == BACKFILL_ROWS
+    assert 0 < shown[0]["rowsDone"] < BACKFILL_ROWS
     wait_for(
         lambda: (status(world, "backfill").get("migration") or {}).get("completedAt"),
         timeout=180,
