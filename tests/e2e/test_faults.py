@@ -483,14 +483,27 @@ def backfill_rows(world: World) -> tuple[int, int, int, int]:
         engine.dispose()
 
 
-def test_kill_9_in_the_middle_of_backfill_batches_resumes_and_runs_no_batch_twice(faults: World) -> None:
-    world = faults
+def start_backfill(world: World, name: str) -> None:
     world.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "backfill"}, "data": BACKFILL_FILES})
-    manifest = release(world, "backfill")
+    manifest = release(world, name)
     manifest["spec"]["migrate"] = {
         "sql": {"configMapRef": {"name": "backfill"}, "backfill": {"batchDuration": "500ms"}}
     }
     world.apply(manifest)
+
+
+def in_flight(world: World, after: int) -> Callable[[], bool]:
+    """A backfill batch sleeping inside its transaction, with at least ``after`` batches committed."""
+    return lambda: backfill_sleeping(world) and backfill_rows(world)[2] >= after
+
+
+def migrated(world: World, name: str) -> Callable[[], object]:
+    return lambda: (status(world, name).get("migration") or {}).get("completedAt")
+
+
+def test_kill_9_in_the_middle_of_backfill_batches_resumes_and_runs_no_batch_twice(faults: World) -> None:
+    world = faults
+    start_backfill(world, "backfill")
     shown: list[dict[str, Any]] = []
 
     def in_progress() -> bool:
@@ -499,23 +512,15 @@ def test_kill_9_in_the_middle_of_backfill_batches_resumes_and_runs_no_batch_twic
             shown.append(backfill)
         return bool(shown)
 
-    def in_flight(after: int) -> Callable[[], bool]:
-        return lambda: backfill_sleeping(world) and backfill_rows(world)[2] >= after
-
-    wait_for(in_flight(1), timeout=120, interval=0.05, what="a batch in flight after the first")
+    wait_for(in_flight(world, 1), timeout=120, interval=0.05, what="a batch in flight after the first")
     kill_and_restart(world)
     committed = backfill_rows(world)[2]
-    wait_for(in_flight(committed + 2), timeout=120, interval=0.05, what="a batch in flight, two after the kill")
+    wait_for(in_flight(world, committed + 2), timeout=120, interval=0.05, what="a batch in flight, two after the kill")
     kill_and_restart(world)
     wait_for(in_progress, timeout=120, interval=0.1, what="backfill progress in status")
     assert shown[0]["rowsTotal"] == BACKFILL_ROWS
     assert 0 < shown[0]["rowsDone"] < BACKFILL_ROWS
-    wait_for(
-        lambda: (status(world, "backfill").get("migration") or {}).get("completedAt"),
-        timeout=180,
-        interval=0.2,
-        what="the migrate stage done",
-    )
+    wait_for(migrated(world, "backfill"), timeout=180, interval=0.2, what="the migrate stage done")
     touched, positive, batches, done = backfill_rows(world)
     assert touched == done == BACKFILL_ROWS  # every row once: a batch run twice would have hit the primary key
     assert positive == 0
@@ -526,3 +531,23 @@ def test_kill_9_in_the_middle_of_backfill_batches_resumes_and_runs_no_batch_twic
     events = world.kubectl("get", "events", "-n", world.namespace, "-o", "json")
     reasons = [e["reason"] for e in json.loads(events)["items"]]
     assert "BackfillDone" in reasons
+
+
+def test_postgres_stopped_mid_backfill_waits_then_resumes_after_the_last_committed_batch(faults: World) -> None:
+    world = faults
+    start_backfill(world, "pg-backfill")
+    wait_for(in_flight(world, 2), timeout=120, interval=0.05, what="a batch in flight after two")
+    with world.postgres.down():
+
+        def waiting() -> bool:
+            s = status(world, "pg-backfill")
+            if s.get("phase") != "Migrating" or "will be retried" not in (s.get("message") or ""):
+                raise NotYet(f"{s.get('phase')}: {s.get('message')}")
+            return True
+
+        wait_for(waiting, timeout=60, interval=0.2, what="the backfill waiting for Postgres")
+    wait_for(migrated(world, "pg-backfill"), timeout=180, interval=0.2, what="the migrate stage done")
+    touched, positive, batches, done = backfill_rows(world)
+    assert touched == done == BACKFILL_ROWS
+    assert positive == 0
+    assert batches >= 3
