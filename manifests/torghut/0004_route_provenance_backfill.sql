@@ -6,7 +6,7 @@
 -- A backfill file: the migrator runs it once per batch of public.executions, keyset by the primary key id in
 -- ascending order, each batch in its own short transaction in which it first sets (transaction-local) the settings
 -- torghut_rollout.batch_first and torghut_rollout.batch_last to the batch's first and last id. The statement reads
--- and updates only the rows with id BETWEEN those two (CTE scope and the UPDATE's own condition), so it holds
+-- and updates only the rows with id BETWEEN those two (CTE scope: the UPDATE joins its rows by id), so it holds
 -- ROW EXCLUSIVE on the table (which blocks no insert, update or read of the service) and row locks on one batch's
 -- changed rows, for one batch's time. Progress is committed with each batch: a killed migrator resumes at the next
 -- batch. Run outside the migrator (psql -f) the file fails at once: the two settings are unset.
@@ -38,6 +38,11 @@
 -- No BEGIN/COMMIT (the migrator owns each batch's transaction), no CREATE INDEX CONCURRENTLY. No semicolon inside
 -- the statement, no percent sign, no bind-parameter syntax.
 
+-- The UPDATE joins the changed rows by id only, on purpose: a second BETWEEN on e would give e the planner's
+-- estimate of a batch range inside one histogram bucket of the uuid key (1 row: uuid ranges are not interpolated),
+-- and the planner would then loop over e and rescan the materialized changes for each row, quadratic in the batch
+-- size. Without it the changed rows drive the join and each looks its row up by the primary key.
+--
 -- The route rules (every CTE after scope): the same text is the core of the torghut-completion preset's
 -- route-backfill check (torghut_operator.presets.ROUTE_RULES_CTE, kept identical by a unit test), whose scope is
 -- the whole table.
@@ -275,6 +280,4 @@ SET
     execution_fallback_count = c.new_count,
     execution_fallback_reason = c.new_reason
 FROM changes AS c
-WHERE c.id = e.id AND c.changed
-    AND e.id BETWEEN CAST(current_setting('torghut_rollout.batch_first') AS uuid)
-        AND CAST(current_setting('torghut_rollout.batch_last') AS uuid);
+WHERE c.id = e.id AND c.changed;

@@ -190,10 +190,10 @@ def test_the_preset_check_and_the_pack_share_one_rule_text() -> None:
     # the rules read the scope and nothing else of executions: a batch reads only its own rows
     assert "FROM scope AS e" in ROUTE_RULES_CTE
     assert "FROM public.executions" not in ROUTE_RULES_CTE
-    # the batch scope, and the UPDATE itself, are bounded by both of the migrator's batch settings
-    for text_ in (batch_scope.group(1), body[body.index("\nUPDATE public.executions") :]):
-        assert "id BETWEEN CAST(current_setting('torghut_rollout.batch_first') AS uuid)" in text_
-        assert "AND CAST(current_setting('torghut_rollout.batch_last') AS uuid)" in text_
+    # the batch scope is bounded by both of the migrator's batch settings, and the UPDATE writes only scope rows
+    assert "id BETWEEN CAST(current_setting('torghut_rollout.batch_first') AS uuid)" in batch_scope.group(1)
+    assert "AND CAST(current_setting('torghut_rollout.batch_last') AS uuid)" in batch_scope.group(1)
+    assert body.endswith("\nFROM changes AS c\nWHERE c.id = e.id AND c.changed;\n")
     assert ROUTE_SCOPE_ALL_CTE == "scope AS (SELECT * FROM public.executions AS x)"
 
 
