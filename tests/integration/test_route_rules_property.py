@@ -149,7 +149,7 @@ def rows(draw: st.DrawFn) -> tuple[Route, object]:
     return route, draw(raw_orders())
 
 
-batches = st.lists(rows(), min_size=10, max_size=40)
+batches = st.lists(rows(), min_size=-(-MIN_ROWS // BATCHES), max_size=40)  # MIN_ROWS reached by construction
 
 
 # ---- the database ---------------------------------------------------------------------------------
