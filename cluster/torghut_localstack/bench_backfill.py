@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         "--null-fraction", type=float, default=0.9, help="share of rows with NULL route columns (default 0.9)"
     )
     parser.add_argument("--load-sessions", type=int, default=2, help="sessions inserting the rows (default 2)")
-    parser.add_argument("--idle-seconds", type=float, default=5.0, help="idle measurement window (default 5)")
+    parser.add_argument("--idle-seconds", type=float, default=15.0, help="idle measurement window (default 15)")
     parser.add_argument(
         "--driver",
         choices=("auto", "migrator", "bench"),
