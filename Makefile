@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha256sum requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: help install binaries lint test test-unit test-integration test-e2e bench demo screens \
+.PHONY: help install binaries lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens \
         cluster-up cluster-down cluster-smoke cluster-status clean
 
 help:
@@ -13,6 +13,7 @@ help:
 	@echo "make cluster-smoke check the running cluster (Deployment Available, Job Complete); cluster-status"
 	@echo "make bench         benchmark stage-advance latency and operator overhead"
 	@echo "make bench-sql     EXPLAIN and time the preset's SQL on a million executions (ROWS=10000000 for 10 M)"
+	@echo "make bench-backfill the route backfill by batch vs one UPDATE, under a trading-shaped writer (ROWS=...)"
 	@echo "make screens       redraw the README's pictures (docs/screens/*.svg) from the plugin's own views"
 
 $(VENV_STAMP): requirements.lock pyproject.toml
@@ -47,6 +48,9 @@ test-e2e: install binaries
 
 bench-sql: install
 	$(PY) -m torghut_localstack.bench_sql $(if $(ROWS),--rows $(ROWS),) $(if $(STATE),--state $(STATE),)
+
+bench-backfill: install
+	$(PY) -m torghut_localstack.bench_backfill $(if $(ROWS),--rows $(ROWS),)
 
 bench: install binaries
 	$(PY) -m torghut_localstack.bench

@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             torghut_db.bulk_seed_executions(engine, args.rows, statement_timeout_ms=3_600_000)
             print(f"seeded {args.rows:,} executions ({args.state} schema) in {time.monotonic() - started:.1f}s")
             started = time.monotonic()
-            with engine.begin() as conn:
-                for path in sql_pack.pack_files():
-                    conn.exec_driver_sql(path.read_text())
+            sql_pack.apply_pack(engine, batch_size=20_000)
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.exec_driver_sql("VACUUM ANALYZE executions")
                 size = conn.execute(sa.text("SELECT pg_size_pretty(pg_total_relation_size('executions'))")).scalar()

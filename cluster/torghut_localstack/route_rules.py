@@ -4,7 +4,7 @@ The service (``app/trading/route_metadata.py`` of proompteng/lab: ``resolve_orde
 ``normalize_route_provenance``) decides what an execution row records as its expected adapter, actual adapter,
 fallback reason and fallback count. This module restates those rules (it does not import or copy the service) so
 that the simulator writes what the service writes, and so that the SQL pack's backfill
-(``manifests/torghut/0002_route_provenance_backfill.sql``) and the ``route-backfill`` check can be tested against
+(``manifests/torghut/0004_route_provenance_backfill.sql``) and the ``route-backfill`` check can be tested against
 one reference, row by row. Pure: no I/O.
 
 The service's rules, for a payload ``raw_order`` and no execution client (a backfill has none):

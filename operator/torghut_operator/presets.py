@@ -80,7 +80,7 @@ candidates AS MATERIALIZED (
         NULLIF(btrim(e.execution_expected_adapter, r.ws), '') AS col_expected,
         NULLIF(btrim(e.execution_actual_adapter, r.ws), '') AS col_actual,
         CASE WHEN jsonb_typeof(CAST(e.raw_order AS jsonb)) = 'object' THEN CAST(e.raw_order AS jsonb) END AS raw
-    FROM public.executions AS e
+    FROM scope AS e
     CROSS JOIN rules AS r
     WHERE e.execution_expected_adapter IS NULL
         OR e.execution_actual_adapter IS NULL
@@ -256,14 +256,22 @@ changes AS MATERIALIZED (
     FROM backfill AS b
 )
 """.strip()
-"""Torghut's own route-provenance rules in SQL: the CTEs after ``WITH`` in the SQL pack's backfill
-(``manifests/torghut/0002_route_provenance_backfill.sql``; a unit test keeps both identical, and an integration
-test compares them with ``torghut_localstack.route_rules`` row by row). ``changes`` has one row per execution whose
-adapter columns are missing or hold ``alpaca_fallback``: ``changed`` (the backfill would write it), ``skipped`` (a
-value does not fit its column) and ``unknown`` (left without provenance)."""
+"""Torghut's own route-provenance rules in SQL: the CTEs after ``WITH scope AS (...),`` in the SQL pack's backfill
+(``manifests/torghut/0004_route_provenance_backfill.sql``; a unit test keeps both identical, and an integration
+test compares them with ``torghut_localstack.route_rules`` row by row). The rules read the executions of a CTE
+``scope`` that the text using them defines first: the backfill's scope is one batch (``id BETWEEN`` the batch's first
+and last key), the check's is the whole table (:data:`ROUTE_SCOPE_ALL_CTE`). ``changes`` has one row per execution
+of the scope whose adapter columns are missing or hold ``alpaca_fallback``: ``changed`` (the backfill would write
+it), ``skipped`` (a value does not fit its column) and ``unknown`` (left without provenance)."""
+
+ROUTE_SCOPE_ALL_CTE = "scope AS (SELECT * FROM public.executions AS x)"
+"""The scope of the ``route-backfill`` check: every execution. (Referenced once, so PostgreSQL inlines it: the plan
+is the plain scan of ``public.executions``.)"""
 
 ROUTE_BACKFILL_SQL = (
     "WITH\n"
+    + ROUTE_SCOPE_ALL_CTE
+    + ",\n"
     + ROUTE_RULES_CTE
     + """
 SELECT

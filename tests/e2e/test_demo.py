@@ -31,6 +31,11 @@ def test_the_demo_carries_a_release_to_succeeded_and_prints_its_evidence(binarie
     assert "# TorghutRollout evidence: torghut/torghut-release" in output
     assert "| Phase | **Succeeded** |" in output
     assert "applied 0001_research_grants.sql" in output
-    assert "applied 0002_route_provenance_backfill.sql" in output
+    for name in (
+        "0002_route_provenance_columns.sql",
+        "0003_route_provenance_indexes.sql",
+        "0004_route_provenance_backfill.sql",
+    ):
+        assert f"applied {name}" in output
     assert "TorghutRollout torghut/torghut-release Succeeded" in output
     assert "Traceback" not in output

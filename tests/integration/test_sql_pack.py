@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from torghut_localstack import sql_pack, torghut_db
@@ -48,11 +48,13 @@ def engine(db_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
-def apply_pack(engine: Engine) -> None:
-    """What the operator's sql mode does: each file in order, in its own transaction."""
-    for path in sql_pack.pack_files():
-        with engine.begin() as conn:
-            conn.exec_driver_sql(path.read_text("utf-8"))
+def apply_pack(engine: Engine, *, batch_size: int = 16) -> None:
+    """What the operator's sql mode does: each file in order as its header says (the backfill in batches of
+    ``batch_size`` keys, each its own transaction; the index builds in autocommit)."""
+    sql_pack.apply_pack(engine, batch_size=batch_size)
+
+
+BACKFILL = sql_pack.PACK_DIR / "0004_route_provenance_backfill.sql"
 
 
 def routes(engine: Engine) -> dict[str, Route]:
@@ -391,7 +393,7 @@ def test_bulk_rows_are_backfilled(engine: Engine) -> None:
         ).scalar_one()
     assert 5_000 < null_before < 7_000
 
-    apply_pack(engine)
+    apply_pack(engine, batch_size=2_000)
 
     with engine.connect() as conn:
         null_after, unknown_after, fallback_wrong = conn.execute(
@@ -422,20 +424,130 @@ def test_skipped_rows_are_left_alone_and_counted_by_the_reference(engine: Engine
     assert after[ok] == Route("alpaca", "alpaca", 0, None)
 
 
+# ---- batches -----------------------------------------------------------------------------------
+
+
+def _ids(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [str(r[0]) for r in conn.execute(text("SELECT id::text FROM executions ORDER BY id"))]
+
+
+def _run_batch(conn: Connection, first: str, last: str) -> None:
+    conn.execute(
+        text("SELECT set_config(:f, :first, true), set_config(:l, :last, true)"),
+        {"f": sql_pack.BATCH_FIRST, "first": first, "l": sql_pack.BATCH_LAST, "last": last},
+    )
+    conn.exec_driver_sql(BACKFILL.read_text("utf-8"))
+
+
+def test_the_backfill_refuses_to_run_without_a_batch(engine: Engine) -> None:
+    """Run outside the migrator (psql -f, an old migrator) the file fails instead of updating the whole table."""
+    insert_row(engine, {E: "lean", A: "alpaca_fallback"})
+    with pytest.raises(DBAPIError, match=r"torghut_rollout\.batch_first"), engine.begin() as conn:
+        conn.exec_driver_sql(BACKFILL.read_text("utf-8"))
+    assert set(routes(engine).values()) == {Route(None, None, 0, None)}
+
+
+def test_a_batch_touches_only_its_own_rows(engine: Engine) -> None:
+    torghut_db.seed_executions(engine, 60, route_markers=torghut_db.HISTORY_MARKER_MIX, null_adapters=True, seed=11)
+    ids = _ids(engine)
+    before = snapshot(engine)
+    with engine.begin() as conn:
+        _run_batch(conn, ids[20], ids[39])
+    after = snapshot(engine)
+    touched = sorted(i for i in ids if after[i] != before[i])
+    assert touched, "the batch changed nothing"
+    assert set(touched) <= set(ids[20:40])
+    assert {routes(engine)[i] for i in ids[:20] + ids[40:]} <= {Route(None, None, 0, None)}
+
+
+def test_batches_of_any_size_give_what_the_reference_gives(engine: Engine) -> None:
+    """The same history backfilled in batches of 1, 7 and 500 keys (one batch for all): the reference's rows, row
+    by row, every time."""
+    mix = torghut_db.HISTORY_MARKER_MIX
+    torghut_db.seed_executions(engine, 40, route_markers=mix, null_adapters=True, seed=21)
+    torghut_db.seed_executions(engine, 40, route_markers=mix, null_adapters="unknown", seed=22)
+    torghut_db.seed_executions(engine, 40, route_markers=mix, null_adapters=False, seed=23)
+    with engine.connect() as conn:
+        raw = {r[0]: r[1] for r in conn.execute(text("SELECT id::text, raw_order FROM executions"))}
+    before = routes(engine)
+    want = {i: backfill(before[i], raw[i]).route for i in before}
+    assert want != before
+    for size in (1, 7, 500):
+        with engine.begin() as conn:  # back to the history
+            conn.execute(
+                text(
+                    f"UPDATE executions SET {', '.join(f'{c} = :{c}' for c in ROUTE_COLUMNS)}"
+                    " WHERE id = CAST(:id AS uuid)"
+                ),
+                [
+                    {
+                        "id": i,
+                        "execution_expected_adapter": r.expected,
+                        "execution_actual_adapter": r.actual,
+                        "execution_fallback_count": r.fallback_count,
+                        "execution_fallback_reason": r.fallback_reason,
+                    }
+                    for i, r in before.items()
+                ],
+            )
+        assert routes(engine) == before
+
+        run = sql_pack.run_backfill(engine, BACKFILL.read_text("utf-8"), table="public.executions", batch_size=size)
+
+        assert (run.rows, run.batches) == (120, -(-120 // size))
+        assert routes(engine) == want, f"batches of {size}"
+
+
+def test_a_running_batch_blocks_no_write_outside_it(engine: Engine, db_url: str) -> None:
+    """A batch holds row locks on its changed rows only: the service updates any other execution at once, and
+    inserts new ones, while the batch's transaction is still open."""
+    torghut_db.seed_executions(engine, 40, route_markers="lean_fallback", null_adapters=True, seed=12)
+    ids = _ids(engine)
+    writer = _engine(db_url)
+    try:
+        with engine.connect() as batch:
+            tx = batch.begin()
+            _run_batch(batch, ids[0], ids[19])
+            with writer.begin() as conn:
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
+                updated = conn.execute(
+                    text("UPDATE executions SET status = 'canceled', updated_at = now() WHERE id = CAST(:id AS uuid)"),
+                    {"id": ids[30]},
+                ).rowcount
+                torghut_db.insert_execution(conn, markers={E: "lean"}, adapters="null")
+            assert updated == 1
+            with writer.begin() as conn:
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '200ms'")
+                inside = text("UPDATE executions SET status = 'canceled' WHERE id = CAST(:id AS uuid)")
+                with pytest.raises(DBAPIError, match="lock timeout"):
+                    conn.execute(inside, {"id": ids[5]})
+            tx.commit()
+    finally:
+        writer.dispose()
+
+
 # ---- the files and the ConfigMap ------------------------------------------------------------------
 
 
 def test_pack_files_are_executor_safe() -> None:
     """No transaction control, no percent sign, no bind syntax, and outside dollar-quoted DO bodies no semicolon
-    except at the end of a statement; both files are repeatable."""
+    except at the end of a statement; every file is repeatable; concurrent index builds only in the no-transaction
+    file."""
     files = sql_pack.pack_files()
-    assert [f.name for f in files] == ["0001_research_grants.sql", "0002_route_provenance_backfill.sql"]
+    assert [f.name for f in files] == [
+        "0001_research_grants.sql",
+        "0002_route_provenance_columns.sql",
+        "0003_route_provenance_indexes.sql",
+        "0004_route_provenance_backfill.sql",
+    ]
     for path in files:
         body = path.read_text("utf-8")
         assert is_repeatable(body), path.name
         assert transaction_control(body) == [], path.name
         assert "%" not in body, path.name
-        assert "CONCURRENTLY" not in re.sub(r"--[^\n]*", "", body), path.name
+        concurrent = "CONCURRENTLY" in re.sub(r"--[^\n]*", "", body)
+        assert concurrent == sql_pack.file_options(body).no_transaction, path.name
         assert not re.search(r"(?<!:):[A-Za-z_]", body), f"{path.name}: bind-parameter-like syntax"
         outside = re.sub(r"\$\$.*?\$\$", "$$ $$", body, flags=re.DOTALL)
         for line in outside.splitlines():

@@ -26,7 +26,7 @@ from torghut_operator.api.spec import Check
 from torghut_operator.gates.deadline import Deadline
 from torghut_operator.gates.measure import take_measurement
 from torghut_operator.gates.reading import Reading
-from torghut_operator.presets import ROUTE_BACKFILL_SQL, ROUTE_RULES_CTE
+from torghut_operator.presets import ROUTE_BACKFILL_SQL, ROUTE_RULES_CTE, ROUTE_SCOPE_ALL_CTE
 
 pytestmark = pytest.mark.unit
 
@@ -180,9 +180,21 @@ def test_values_that_do_not_fit_skip_the_row(raw_order: dict[str, object]) -> No
 
 
 def test_the_preset_check_and_the_pack_share_one_rule_text() -> None:
-    backfill_file = sql_pack.pack_files()[1].read_text("utf-8")
-    assert "WITH\n" + ROUTE_RULES_CTE + "\nUPDATE public.executions" in backfill_file
-    assert ROUTE_BACKFILL_SQL.startswith("WITH\n" + ROUTE_RULES_CTE + "\nSELECT")
+    """One text of the rules; only the scope differs: the backfill's is one batch, the check's the whole table."""
+    backfill_file = next(p for p in sql_pack.pack_files() if p.name == "0004_route_provenance_backfill.sql")
+    body = backfill_file.read_text("utf-8")
+    batch_scope = re.search(r"WITH\n(scope AS \(.*?\n\)),\n", body, flags=re.DOTALL)
+    assert batch_scope is not None
+    assert "WITH\n" + batch_scope.group(1) + ",\n" + ROUTE_RULES_CTE + "\nUPDATE public.executions" in body
+    assert ROUTE_BACKFILL_SQL.startswith("WITH\n" + ROUTE_SCOPE_ALL_CTE + ",\n" + ROUTE_RULES_CTE + "\nSELECT")
+    # the rules read the scope and nothing else of executions: a batch reads only its own rows
+    assert "FROM scope AS e" in ROUTE_RULES_CTE
+    assert "FROM public.executions" not in ROUTE_RULES_CTE
+    # the batch scope is bounded by both of the migrator's batch settings, and the UPDATE writes only scope rows
+    assert "id BETWEEN CAST(current_setting('torghut_rollout.batch_first') AS uuid)" in batch_scope.group(1)
+    assert "AND CAST(current_setting('torghut_rollout.batch_last') AS uuid)" in batch_scope.group(1)
+    assert body.endswith("\nFROM changes AS c\nWHERE c.id = e.id AND c.changed;\n")
+    assert ROUTE_SCOPE_ALL_CTE == "scope AS (SELECT * FROM public.executions AS x)"
 
 
 def _sql_string(name: str) -> str:

@@ -1,17 +1,25 @@
 -- torghut-rollout: repeatable
+-- torghut-rollout: backfill table=public.executions
 --
--- Route/grant pack, file 2 of 2: execution route provenance, backfilled by Torghut's own rules.
+-- Route/grant pack, file 4 of 4: execution route provenance, backfilled by Torghut's own rules, one batch at a time.
+--
+-- A backfill file: the migrator runs it once per batch of public.executions, keyset by the primary key id in
+-- ascending order, each batch in its own short transaction in which it first sets (transaction-local) the settings
+-- torghut_rollout.batch_first and torghut_rollout.batch_last to the batch's first and last id. The statement reads
+-- and updates only the rows with id BETWEEN those two (CTE scope: the UPDATE joins its rows by id), so it holds
+-- ROW EXCLUSIVE on the table (which blocks no insert, update or read of the service) and row locks on one batch's
+-- changed rows, for one batch's time. Progress is committed with each batch: a killed migrator resumes at the next
+-- batch. Run outside the migrator (psql -f) the file fails at once: the two settings are unset.
 --
 -- A repeatable file: re-applied whenever its checksum changes (that is how a corrected backfill ships) and
 -- re-run once after the new image is available (the rollout's catch-up), so rows the old image wrote between the
 -- migration and the rollout get their provenance too. Safe to run any number of times: a run that finds nothing
 -- to change updates no row.
 --
--- 1. Adds the route columns and their indexes, only when missing (no table lock when they exist).
--- 2. Sets execution_expected_adapter, execution_actual_adapter, execution_fallback_count and
---    execution_fallback_reason to what the service itself (app/trading/route_metadata.py) would have written for
---    the row's raw_order. The rules, and the reference they are tested against row by row, are in
---    cluster/torghut_localstack/route_rules.py. In short:
+-- The columns come from 0002 and their indexes from 0003. This file sets execution_expected_adapter,
+-- execution_actual_adapter, execution_fallback_count and execution_fallback_reason to what the service itself
+-- (app/trading/route_metadata.py) would have written for the row's raw_order. The rules, and the reference they
+-- are tested against row by row, are in cluster/torghut_localstack/route_rules.py. In short:
 --     * text markers: JSON strings only, trimmed as Python's str.strip() does, empty is missing, case kept,
 --       exactly alpaca_fallback becomes alpaca
 --     * expected: the column when usable (the submit-time choice), else raw_order._execution_route_expected
@@ -27,37 +35,24 @@
 --       aborting the file. The route-backfill check reports skipped rows, count and share.
 --     * updated_at is not touched (the backfill is metadata, not a broker update).
 --
--- Applied by the operator's sql migration mode inside its own transaction (no BEGIN/COMMIT, no CREATE INDEX
--- CONCURRENTLY). The file is sent as one script, so the semicolons inside the DO block's dollar quotes are fine
--- (psql handles them too). Outside dollar quotes: no semicolon inside a statement, no percent sign, no
--- bind-parameter syntax.
+-- No BEGIN/COMMIT (the migrator owns each batch's transaction), no CREATE INDEX CONCURRENTLY. No semicolon inside
+-- the statement, no percent sign, no bind-parameter syntax.
 
-DO $$
-BEGIN
-    IF (
-        SELECT count(*) FROM pg_catalog.pg_attribute
-        WHERE attrelid = CAST('public.executions' AS regclass) AND NOT attisdropped
-            AND attname IN ('execution_expected_adapter', 'execution_actual_adapter', 'execution_fallback_reason',
-                'execution_fallback_count')
-    ) < 4 THEN
-        ALTER TABLE public.executions
-            ADD COLUMN IF NOT EXISTS execution_expected_adapter varchar(32),
-            ADD COLUMN IF NOT EXISTS execution_actual_adapter varchar(32),
-            ADD COLUMN IF NOT EXISTS execution_fallback_reason varchar(128),
-            ADD COLUMN IF NOT EXISTS execution_fallback_count bigint NOT NULL DEFAULT 0;
-    END IF;
-    IF to_regclass('public.ix_executions_expected_adapter') IS NULL THEN
-        CREATE INDEX IF NOT EXISTS ix_executions_expected_adapter ON public.executions (execution_expected_adapter);
-    END IF;
-    IF to_regclass('public.ix_executions_actual_adapter') IS NULL THEN
-        CREATE INDEX IF NOT EXISTS ix_executions_actual_adapter ON public.executions (execution_actual_adapter);
-    END IF;
-END
-$$;
-
--- The route rules: the same text is the core of the torghut-completion preset's route-backfill check
--- (torghut_operator.presets.ROUTE_RULES_CTE, kept identical by a unit test).
+-- The UPDATE joins the changed rows by id only, on purpose: a second BETWEEN on e would give e the planner's
+-- estimate of a batch range inside one histogram bucket of the uuid key (1 row: uuid ranges are not interpolated),
+-- and the planner would then loop over e and rescan the materialized changes for each row, quadratic in the batch
+-- size. Without it the changed rows drive the join and each looks its row up by the primary key.
+--
+-- The route rules (every CTE after scope): the same text is the core of the torghut-completion preset's
+-- route-backfill check (torghut_operator.presets.ROUTE_RULES_CTE, kept identical by a unit test), whose scope is
+-- the whole table.
 WITH
+scope AS (
+    -- This batch: the executions between the batch's first and last id (set by the migrator).
+    SELECT * FROM public.executions AS x
+    WHERE x.id BETWEEN CAST(current_setting('torghut_rollout.batch_first') AS uuid)
+        AND CAST(current_setting('torghut_rollout.batch_last') AS uuid)
+),
 rules AS (
     -- Python's str.strip() whitespace, the whitespace int() skips (not U+001C to U+001F), the Unicode digit
     -- zeros int() accepts (digits 1-9 follow each), and the lengths of the route columns (NULL: unbounded).
@@ -103,7 +98,7 @@ candidates AS MATERIALIZED (
         NULLIF(btrim(e.execution_expected_adapter, r.ws), '') AS col_expected,
         NULLIF(btrim(e.execution_actual_adapter, r.ws), '') AS col_actual,
         CASE WHEN jsonb_typeof(CAST(e.raw_order AS jsonb)) = 'object' THEN CAST(e.raw_order AS jsonb) END AS raw
-    FROM public.executions AS e
+    FROM scope AS e
     CROSS JOIN rules AS r
     WHERE e.execution_expected_adapter IS NULL
         OR e.execution_actual_adapter IS NULL
