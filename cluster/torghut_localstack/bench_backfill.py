@@ -13,9 +13,8 @@ writer's own most recent orders (through the unique (account, order id) index). 
 latency
 
 1. at idle, then during the batched backfill: ``0004_route_provenance_backfill.sql`` through
-   ``SqlMigrator.apply(pack, rollout="bench")`` (``budget`` defaults to None: to the end) when the migrator runs
-   backfill files; a migrator that predates them gets the same batches from :func:`sql_pack.run_backfill` (keyset,
-   one transaction per batch, sized towards 100 ms) and the output says so;
+   ``SqlMigrator.apply(pack, rollout="bench")`` with its default settings (batches sized towards 100 ms, throttling
+   on), ``budget`` None: to the end;
 2. at idle, then during the single statement: the same file over the whole key range (its two batch settings
    replaced by the smallest and largest uuid), in one transaction, as the old ``0002_route_provenance_backfill.sql``
    ran it.
@@ -46,8 +45,7 @@ from psycopg import sql
 
 from torghut_localstack import sql_pack, torghut_db
 from torghut_localstack.postgres import PostgresServer
-from torghut_operator.migrate import sqlfiles
-from torghut_operator.migrate.sqlfiles import SqlMigrator
+from torghut_operator.migrate.sqlfiles import BackfillSettings, SqlMigrator
 
 BACKFILL_FILE = "0004_route_provenance_backfill.sql"
 WRITER_LOCK_TIMEOUT = "1s"
@@ -319,36 +317,22 @@ def fingerprint(dsn: str) -> tuple[int, str]:
 # ---- the two ways -----------------------------------------------------------------------------------------------
 
 
-def migrator_backfills() -> bool:
-    """Whether this operator's migrator runs backfill files itself (the ``backfill table=...`` header)."""
-    return hasattr(sqlfiles, "BackfillSettings")
-
-
-def run_batched(dsn: str, driver: str) -> tuple[float, str]:
+def run_batched(dsn: str) -> tuple[float, str]:
+    """The pack through the operator's migrator: 0001-0003 first, untimed, then the backfill alone, timed."""
     pack = {p.name: p.read_text("utf-8") for p in sql_pack.pack_files()}
-    migrator = SqlMigrator(dsn, connect_timeout=5, lock_timeout=2, statement_timeout=None)
-    if driver == "migrator":  # 0001-0003 first, untimed, so the timed call is the backfill alone
-        setup = migrator.apply({n: t for n, t in pack.items() if n < BACKFILL_FILE}, rollout="bench")
-        if setup.error is not None:
-            raise RuntimeError(f"the migrator failed: {setup.error.message}")
+    migrator = SqlMigrator(dsn, connect_timeout=5, lock_timeout=2, statement_timeout=None, backfill=BackfillSettings())
+    setup = migrator.apply({n: t for n, t in pack.items() if n < BACKFILL_FILE}, rollout="bench")
+    if setup.error is not None:
+        raise RuntimeError(f"the migrator failed: {setup.error.message}")
     started = time.monotonic()
-    if driver == "migrator":
-        result = migrator.apply(pack, rollout="bench")  # budget=None (the default): to the end
-        if result.error is not None:
-            raise RuntimeError(f"the migrator failed: {result.error.message}")
-        progress = getattr(result, "backfill", None)  # the contract's BackfillProgress (a newer migrator)
-        detail = f"SqlMigrator.apply: {getattr(progress, 'batches', '?')} batches, last size " + str(
-            getattr(progress, "batch_size", "?")
-        )
-    else:
-        engine = torghut_db.make_engine(dsn, statement_timeout_ms=600_000)
-        try:
-            run = sql_pack.run_backfill(
-                engine, pack[BACKFILL_FILE], table="public.executions", batch_size=1000, batch_duration=0.1
-            )
-        finally:
-            engine.dispose()
-        detail = f"bench's own batches (migrator without backfill support): {run.batches} batches"
+    result = migrator.apply(pack, rollout="bench")  # budget None: to the end
+    if result.error is not None or result.backfill is None:
+        raise RuntimeError(f"the migrator failed: {result.error.message if result.error else 'no backfill ran'}")
+    progress = result.backfill
+    detail = (
+        f"SqlMigrator.apply: {progress.batches:,} batches of ~100 ms, last size {progress.batch_size:,}, "
+        f"{progress.rows_per_second:,.0f} rows/s"
+    )
     return time.monotonic() - started, detail
 
 
@@ -447,7 +431,6 @@ def bench(admin_dsn: str, args: argparse.Namespace) -> list[str]:
     dsn_b = dsn_of(dsn_a, "bench_backfill_b")
     print(f"copied the database in {copied:.1f}s", flush=True)
     needing = to_backfill(dsn_a)
-    driver = args.driver if args.driver != "auto" else ("migrator" if migrator_backfills() else "bench")
     phases: list[Phase] = []
     times: dict[str, float] = {}
     details: dict[str, str] = {}
@@ -459,7 +442,7 @@ def bench(admin_dsn: str, args: argparse.Namespace) -> list[str]:
         time.sleep(args.idle_seconds)  # the measurement window, not a synchronisation
     print("idle A measured; running the batched backfill", flush=True)
     with writing(dsn_a, ids, "batched", phases):
-        times["batched"], details["batched"] = run_batched(dsn_a, driver)
+        times["batched"], details["batched"] = run_batched(dsn_a)
     with writing(dsn_b, ids, "idle B", phases):
         time.sleep(args.idle_seconds)
     print("idle B measured; running the single UPDATE", flush=True)
@@ -484,12 +467,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--load-sessions", type=int, default=2, help="sessions inserting the rows (default 2)")
     parser.add_argument("--idle-seconds", type=float, default=15.0, help="idle measurement window (default 15)")
-    parser.add_argument(
-        "--driver",
-        choices=("auto", "migrator", "bench"),
-        default="auto",
-        help="who runs the batches: the operator's SqlMigrator (when it runs backfill files) or the bench itself",
-    )
     parser.add_argument("--admin-dsn", help="a PostgreSQL superuser DSN to use instead of starting a server")
     args = parser.parse_args(argv)
     if args.rows < 1 or args.load_sessions < 1 or not 0 <= args.null_fraction <= 1:

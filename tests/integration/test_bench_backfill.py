@@ -16,7 +16,6 @@ pytestmark = pytest.mark.integration
 def test_the_bench_backfills_both_ways_and_prints_its_table(
     postgres: PostgresServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # driver "auto": the operator's SqlMigrator once it runs backfill files, the bench's own batches before that
     assert bench_backfill.main(["--rows", "2000", "--idle-seconds", "0.5", "--admin-dsn", postgres.dsn()]) == 0
 
     out = capsys.readouterr().out

@@ -25,7 +25,6 @@ from torghut_localstack.torghut_db import (
     make_engine,
 )
 from torghut_operator.api.spec import Check, Expectations, GrantExpectation
-from torghut_operator.migrate import sqlfiles
 from torghut_operator.migrate.expect import (
     ALEMBIC_HEADS,
     ExpectationResult,
@@ -276,11 +275,6 @@ def test_pattern_wildcards_are_only_stars(dsn: str, role: str) -> None:
     assert exact.message == f"{role} lacks SELECT on researchxruns (0 of 1 tables matching researchxruns are fine)"
 
 
-@pytest.mark.xfail(
-    not hasattr(sqlfiles, "file_options"),
-    reason="this migrator predates the no-transaction and backfill file headers the pack's 0003 and 0004 use",
-    strict=True,
-)
 def test_0007s_grants_are_not_enough_and_the_sql_pack_makes_the_grants_pass(dsn: str) -> None:
     """The migrate stage end to end: Torghut's 0007 grants on five tables leave 0026's tables and every later one
     out, and the check names them; the pack's grant file covers both."""

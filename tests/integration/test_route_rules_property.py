@@ -222,7 +222,7 @@ def run_batch(engine: Engine, batch: list[tuple[Route, object]], tally: Tally) -
     assert before == changed, "route-backfill must count exactly the rows the rules would change"
 
     # in batches, as the migrator runs it: a few keys each, so batch edges fall everywhere
-    sql_pack.run_backfill(engine, backfill_sql(), table="public.executions", batch_size=BATCH_KEYS)
+    sql_pack.run_backfill(engine, backfill_sql(), batch_size=BATCH_KEYS)
     with engine.connect() as conn:
         got = {r[0]: Route(r[1], r[2], int(r[3]), r[4]) for r in conn.execute(_READ)}
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from torghut_localstack import sql_pack, torghut_db
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.route_rules import Outcome, Route, backfill
-from torghut_operator.migrate.sqlfiles import is_repeatable, transaction_control
+from torghut_operator.migrate.sqlfiles import file_options, is_repeatable, transaction_control
 
 pytestmark = pytest.mark.integration
 
@@ -493,7 +493,7 @@ def test_batches_of_any_size_give_what_the_reference_gives(engine: Engine) -> No
             )
         assert routes(engine) == before
 
-        run = sql_pack.run_backfill(engine, BACKFILL.read_text("utf-8"), table="public.executions", batch_size=size)
+        run = sql_pack.run_backfill(engine, BACKFILL.read_text("utf-8"), batch_size=size)
 
         assert (run.rows, run.batches) == (120, -(-120 // size))
         assert routes(engine) == want, f"batches of {size}"
@@ -547,7 +547,7 @@ def test_pack_files_are_executor_safe() -> None:
         assert transaction_control(body) == [], path.name
         assert "%" not in body, path.name
         concurrent = "CONCURRENTLY" in re.sub(r"--[^\n]*", "", body)
-        assert concurrent == sql_pack.file_options(body).no_transaction, path.name
+        assert concurrent == (not file_options(body).transactional), path.name
         assert not re.search(r"(?<!:):[A-Za-z_]", body), f"{path.name}: bind-parameter-like syntax"
         outside = re.sub(r"\$\$.*?\$\$", "$$ $$", body, flags=re.DOTALL)
         for line in outside.splitlines():

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from torghut_localstack import sql_pack
-from torghut_operator.migrate.sqlfiles import AppliedRecord, checksum, plan_files
+from torghut_operator.migrate.sqlfiles import AppliedRecord, checksum, file_options, plan_files
 
 pytestmark = pytest.mark.unit
 
@@ -27,10 +27,11 @@ def test_the_pack_is_four_files_in_order() -> None:
 
 
 def test_the_files_declare_how_they_run() -> None:
-    options = {name: sql_pack.file_options(body) for name, body in PACK.items()}
+    options = {name: file_options(body, name) for name, body in PACK.items()}
+    assert all(o.errors == () for o in options.values())
     assert all(o.repeatable for o in options.values())
-    assert [n for n, o in options.items() if o.no_transaction] == ["0003_route_provenance_indexes.sql"]
-    assert {n: o.backfill_table for n, o in options.items() if o.backfill_table} == {
+    assert [n for n, o in options.items() if not o.transactional] == ["0003_route_provenance_indexes.sql"]
+    assert {n: o.backfill.table for n, o in options.items() if o.backfill} == {
         "0004_route_provenance_backfill.sql": "public.executions"
     }
     backfill = PACK["0004_route_provenance_backfill.sql"]
