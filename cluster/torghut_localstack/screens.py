@@ -202,7 +202,7 @@ def backfilling() -> cli.Rollout:
     obj = next(d for d in yaml.safe_load_all(SQL_SAMPLE.read_text()) if d and d.get("kind") == "TorghutRollout")
     obj["metadata"].update({"uid": "7d1e", "resourceVersion": "1", "creationTimestamp": _ago(14)})
     backfill = {
-        "file": "0003_backfill_route_adapters.sql",
+        "file": "0004_route_provenance_backfill.sql",
         "table": "public.executions",
         "rowsDone": 4_512_000,
         "rowsTotal": 10_000_000,
@@ -210,13 +210,13 @@ def backfilling() -> cli.Rollout:
         "batchSize": 6_400,
         "rowsPerSecond": 12_480.0,
         "etaSeconds": 440,
-        "throttled": "2 sessions wait for a lock on public.executions",
+        "throttled": "2 lock wait(s) on public.executions",
         "finished": False,
         "updatedAt": _ago(0.1),
     }
     text = (
-        "migrating: backfill 0003_backfill_route_adapters.sql: 45% (4,512,000 / 10,000,000 rows), 12,480 rows/s, "
-        "ETA 7m20s; throttled: 2 sessions wait for a lock on public.executions"
+        "migrating: backfill 0004_route_provenance_backfill.sql: 45% (4,512,000 / 10,000,000 rows), 12,480 rows/s, "
+        "ETA 7m20s; throttled: 2 lock wait(s) on public.executions"
     )
     obj["status"] = {
         "specHash": TorghutRolloutSpec.model_validate(obj["spec"]).spec_hash(),
