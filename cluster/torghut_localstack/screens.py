@@ -23,8 +23,8 @@ from rich.console import Console, RenderableType
 from rich.markdown import Markdown
 from rich.terminal_theme import MONOKAI
 
-from torghut_operator import cli
-from torghut_operator.timefmt import format_time
+from torghut_operator.cli import commands as cli
+from torghut_operator.core.timefmt import format_time
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "manifests" / "samples" / "promotion-paper-to-live.yaml"
@@ -186,7 +186,7 @@ def events() -> list[dict[str, Any]]:
 def rollout() -> cli.Rollout:
     obj = copy.deepcopy(yaml.safe_load(SAMPLE.read_text()))
     obj["metadata"].update({"uid": "5b0c", "resourceVersion": "1", "creationTimestamp": _ago(97)})
-    from torghut_operator.api.spec import TorghutRolloutSpec  # noqa: PLC0415
+    from torghut_operator.core.api.spec import TorghutRolloutSpec  # noqa: PLC0415
 
     obj["status"] = {"specHash": TorghutRolloutSpec.model_validate(obj["spec"]).spec_hash(), **_status()}
     return cli.Rollout.from_object(obj)
@@ -197,7 +197,7 @@ SQL_SAMPLE = REPO / "manifests" / "samples" / "sql-migration-expect.yaml"
 
 def backfilling() -> cli.Rollout:
     """The SQL sample in its migrate stage, 45% through a backfill that waits on lock queues right now."""
-    from torghut_operator.api.spec import TorghutRolloutSpec  # noqa: PLC0415
+    from torghut_operator.core.api.spec import TorghutRolloutSpec  # noqa: PLC0415
 
     obj = next(d for d in yaml.safe_load_all(SQL_SAMPLE.read_text()) if d and d.get("kind") == "TorghutRollout")
     obj["metadata"].update({"uid": "7d1e", "resourceVersion": "1", "creationTimestamp": _ago(14)})

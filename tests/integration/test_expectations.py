@@ -24,15 +24,15 @@ from torghut_localstack.torghut_db import (
     drop_database,
     make_engine,
 )
-from torghut_operator.api.spec import Check, Expectations, GrantExpectation
-from torghut_operator.migrate.expect import (
+from torghut_operator.adapters.postgres.expectations import (
     ALEMBIC_HEADS,
     ExpectationResult,
     check_alembic_heads,
     check_grants,
     run_expectations,
 )
-from torghut_operator.migrate.sqlfiles import SqlMigrator, pg_engine
+from torghut_operator.adapters.postgres.migrator import SqlMigrator, pg_engine
+from torghut_operator.core.api.spec import Check, Expectations, GrantExpectation
 
 pytestmark = pytest.mark.integration
 

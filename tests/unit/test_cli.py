@@ -20,16 +20,16 @@ from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from torghut_operator import cli
-from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.api.status import TERMINAL_PHASES, Phase, PromotionStatus, TorghutRolloutStatus
-from torghut_operator.kube.builders import ACTION_ANNOTATION
-from torghut_operator.observations import Observations
-from torghut_operator.planner import plan
-from torghut_operator.presets import effective_checks
-from torghut_operator.timefmt import format_time
-from torghut_operator.troubleshooting import markdown_table
-from torghut_operator.verbs import VERBS, action_value, is_refusal, parse_action, verb_applies
+from torghut_operator.cli import commands as cli
+from torghut_operator.core.api.spec import TorghutRolloutSpec
+from torghut_operator.core.api.status import TERMINAL_PHASES, Phase, PromotionStatus, TorghutRolloutStatus
+from torghut_operator.core.manifests import ACTION_ANNOTATION
+from torghut_operator.core.observations import Observations
+from torghut_operator.core.planner import plan
+from torghut_operator.core.presets import effective_checks
+from torghut_operator.core.timefmt import format_time
+from torghut_operator.core.troubleshooting import markdown_table
+from torghut_operator.core.verbs import VERBS, action_value, is_refusal, parse_action, verb_applies
 
 pytestmark = pytest.mark.unit
 
@@ -1101,4 +1101,4 @@ def test_the_readme_troubleshooting_table_is_the_one_why_quotes() -> None:
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
     table = "\n".join(lines[start:end])
-    assert table == markdown_table(), "regenerate the README's table from torghut_operator.troubleshooting"
+    assert table == markdown_table(), "regenerate the README's table from torghut_operator.core.troubleshooting"
