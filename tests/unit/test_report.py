@@ -33,6 +33,7 @@ from torghut_operator.core.records import (
     status_measurements,
     transitions,
 )
+from torghut_operator.core.text import shorten
 from torghut_operator.core.timefmt import format_time
 from torghut_operator.evidence.facts import (
     GateDecision,
@@ -45,7 +46,7 @@ from torghut_operator.evidence.facts import (
     facts_since,
     lane_runs_seen,
 )
-from torghut_operator.evidence.report import PR_BODY_LIMIT, cell, code, fit_for_pr, render_report, shorten
+from torghut_operator.evidence.report import PR_BODY_LIMIT, cell, code, fit_for_pr, render_report
 
 pytestmark = pytest.mark.unit
 

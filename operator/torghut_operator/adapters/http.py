@@ -42,6 +42,7 @@ from torghut_operator.core.api.spec import Check
 from torghut_operator.core.deadline import Deadline, DeadlineExceeded
 from torghut_operator.core.jsonpath import parse_json_path, select
 from torghut_operator.core.reading import ProviderError, Reading
+from torghut_operator.core.text import shorten
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -155,10 +156,10 @@ def fetch(
             raise FetchError(
                 f"GET {shown}: no complete answer within {budget:g}s", kind="timeout", cause=f"{budget:g}s"
             ) from None
-        cause = f"{type(error).__name__}: {_short(str(error), 200)}"
+        cause = f"{type(error).__name__}: {shorten(str(error), 200)}"
         kind = "connect" if isinstance(error, httpx.ConnectError) else "other"
         raise FetchError(
-            f"GET {shown}: {cause}", kind=kind, cause=_short(str(error), 200) or type(error).__name__
+            f"GET {shown}: {cause}", kind=kind, cause=shorten(str(error), 200) or type(error).__name__
         ) from None
     except httpx.InvalidURL:
         raise FetchError(f"GET {shown}: invalid URL", kind="other", cause="invalid URL") from None
@@ -219,7 +220,7 @@ class HttpGateway:
             except ValueError as error:
                 raise ProviderError(
                     f"HTTP {status} body is not JSON ({answer.content_type or 'no content type'}): "
-                    f"{_short(str(error), 80)}; jsonPath {spec.json_path} can't apply"
+                    f"{shorten(str(error), 80)}; jsonPath {spec.json_path} can't apply"
                 ) from None
             value = select(document, keys)
             if value is None:
@@ -239,8 +240,3 @@ class HttpGateway:
 def _safe_url(url: str) -> str:
     """The URL without user:password@ (should a user put credentials in it)."""
     return re.sub(r"(?<=://)[^/@\s]*@", "", url)
-
-
-def _short(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

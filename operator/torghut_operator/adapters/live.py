@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 from torghut_operator.adapters.http import HttpGateway
 from torghut_operator.adapters.kube import KubeGateway
 from torghut_operator.adapters.measure import Explain, Provider, take_measurement
-from torghut_operator.adapters.postgres.expectations import ExpectationResult, run_expectations
+from torghut_operator.adapters.postgres.expectations import run_expectations
 from torghut_operator.adapters.postgres.gate_queries import PostgresGateway
 from torghut_operator.adapters.postgres.ledger import Ledger
 from torghut_operator.adapters.postgres.migrator import (
@@ -239,9 +239,9 @@ class LiveGates:
         assert spec.database is not None
         dsn = self._dsn(spec, namespace)
 
-        def run_check(check: Check) -> ExpectationResult:
+        def run_check(check: Check) -> ExpectationOutcome:
             m = self.measure(check, spec, namespace, None)
-            return ExpectationResult(check.name, m.phase is Verdict.SUCCESSFUL, m.message, m.phase is Verdict.ERROR)
+            return ExpectationOutcome(check.name, m.phase is Verdict.SUCCESSFUL, m.message, m.phase is Verdict.ERROR)
 
         results = run_expectations(
             dsn,
@@ -250,7 +250,7 @@ class LiveGates:
             statement_timeout=parse_duration(spec.database.statement_timeout),
             run_check=run_check,
         )
-        return tuple(ExpectationOutcome(r.name, r.passed, r.message, r.error) for r in results)
+        return tuple(results)
 
     def promotion_evidence(
         self, spec: TorghutRolloutSpec, namespace: str, request: CheckPromotionEvidence

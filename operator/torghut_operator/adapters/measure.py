@@ -22,12 +22,9 @@ shortened to 256 characters); ``at`` is RFC 3339 UTC, when the measurement finis
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
 import re
 import time
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any, Protocol
 
 from torghut_operator.adapters.http import UnexpectedStatus
@@ -35,11 +32,11 @@ from torghut_operator.core.api.durations import parse_duration
 from torghut_operator.core.api.spec import Check
 from torghut_operator.core.api.status import Measurement, Verdict
 from torghut_operator.core.deadline import Deadline, DeadlineExceeded
-from torghut_operator.core.judge import format_number, judge, judgement_text, query_part, shorten, to_json
+from torghut_operator.core.judge import judge, judgement_text, query_part
 from torghut_operator.core.reading import ProviderError, Reading
+from torghut_operator.core.text import shorten, value_text
 from torghut_operator.core.timefmt import format_time
 
-VALUE_TEXT_LIMIT = 256
 NOTE_LIMIT = 400
 """A provider's note (e.g. the Postgres column ``detail``) is shortened to this many characters in a message."""
 _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
@@ -128,35 +125,6 @@ def _unexpected(error: BaseException) -> str:
     # URL credentials, in case a library put them in its message.
     text = _USERINFO.sub("***@", str(error))
     return shorten(f"unexpected {type(error).__name__}: {text}" if text else f"unexpected {type(error).__name__}", 300)
-
-
-def value_text(value: Any) -> str | None:
-    """A measured value as text for status and the ledger: ``0.12``, ``12``, ``true``, strings as they are,
-    JSON for structures; at most VALUE_TEXT_LIMIT characters."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, float | Decimal):
-        text = format_number(math.nan if isinstance(value, Decimal) and value.is_snan() else float(value))
-    elif isinstance(value, str):
-        text = value
-    else:
-        text = to_json(value)
-    return text if len(text) <= VALUE_TEXT_LIMIT else text[: VALUE_TEXT_LIMIT - 1] + "…"
-
-
-def previous_value(measurement: Measurement | None) -> Any | None:
-    """The value of a recorded measurement, back as a value for CEL's ``previous``: JSON when the text is
-    JSON (numbers, bools, structures), else the text. None without a measurement or a value."""
-    if measurement is None or measurement.value is None:
-        return None
-    try:
-        return json.loads(measurement.value)
-    except ValueError:
-        return measurement.value
 
 
 def rfc3339(moment: dt.datetime) -> str:

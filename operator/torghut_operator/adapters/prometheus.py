@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 from torghut_operator.adapters.http import FetchError, fetch, new_client
 from torghut_operator.core.api.spec import Check
 from torghut_operator.core.deadline import Deadline
-from torghut_operator.core.judge import format_number
 from torghut_operator.core.reading import ProviderError, Reading
+from torghut_operator.core.text import format_number, shorten
 
 _MAX_LABEL_SETS = 3
 _LABELS_LIMIT = 300
@@ -65,7 +65,7 @@ def decode(status: int, body: bytes, target: str) -> QueryResult:
     except (UnicodeDecodeError, ValueError):
         document = None
     if not 200 <= status < 300:
-        detail = _error_text(document) if isinstance(document, dict) else _short(body.decode("utf-8", "replace"), 200)
+        detail = _error_text(document) if isinstance(document, dict) else shorten(body.decode("utf-8", "replace"), 200)
         raise ProviderError(f"prometheus {target} answered HTTP {status}: {detail}")
     if not isinstance(document, dict) or "status" not in document:
         raise ProviderError(f"{target} did not answer like a Prometheus query API")
@@ -75,7 +75,7 @@ def decode(status: int, body: bytes, target: str) -> QueryResult:
         )
     warnings = document.get("warnings")
     if warnings is not None and not isinstance(warnings, list):
-        raise ProviderError(f"prometheus {target} answered malformed warnings: {_short(repr(warnings), 100)}")
+        raise ProviderError(f"prometheus {target} answered malformed warnings: {shorten(repr(warnings), 100)}")
     data = document.get("data")
     if not isinstance(data, dict):
         raise ProviderError(f"prometheus {target} answered without data")
@@ -84,7 +84,7 @@ def decode(status: int, body: bytes, target: str) -> QueryResult:
         samples: tuple[Sample, ...] = (_sample(result, ""),)
     elif result_type == "vector":
         if not isinstance(result, list):
-            raise ProviderError(f"prometheus {target} answered a malformed vector: {_short(repr(result), 200)}")
+            raise ProviderError(f"prometheus {target} answered a malformed vector: {shorten(repr(result), 200)}")
         samples = tuple(_series(item) for item in result)
     elif result_type == "matrix":
         raise ProviderError(
@@ -99,7 +99,7 @@ def decode(status: int, body: bytes, target: str) -> QueryResult:
 
 def _series(item: Any) -> Sample:
     if not isinstance(item, dict) or not isinstance(item.get("metric"), dict):
-        raise ProviderError(f"malformed series in the answer: {_short(repr(item), 200)}")
+        raise ProviderError(f"malformed series in the answer: {shorten(repr(item), 200)}")
     if "value" not in item:
         raise ProviderError("a series without a single value (a range vector?); gates need an instant vector")
     return _sample(item["value"], _labels(item["metric"]))
@@ -112,11 +112,11 @@ def _sample(pair: Any, labels: str) -> Sample:
         or isinstance(pair[0], bool)
         or not isinstance(pair[0], int | float)
     ):
-        raise ProviderError(f"malformed sample {_short(repr(pair), 100)} in the answer")
+        raise ProviderError(f"malformed sample {shorten(repr(pair), 100)} in the answer")
     raw = pair[1]
     # Prometheus sends every sample value as a string; anything else is not a Prometheus answer.
     if not isinstance(raw, str):
-        raise ProviderError(f"sample value {_short(json.dumps(raw), 60)} is not a string-encoded float")
+        raise ProviderError(f"sample value {shorten(json.dumps(raw), 60)} is not a string-encoded float")
     if raw in _SPECIAL:
         return Sample(labels, _SPECIAL[raw])
     if not _FLOAT.fullmatch(raw):
@@ -223,7 +223,7 @@ def _single(result: QueryResult) -> tuple[float | None, str]:
         shown = ", ".join(s.labels for s in result.samples[:_MAX_LABEL_SETS])
         more = f", and {len(result.samples) - _MAX_LABEL_SETS} more" if len(result.samples) > _MAX_LABEL_SETS else ""
         raise ProviderError(
-            _short(f"the query returned {len(result.samples)} series, expected one: {shown}{more}", _LABELS_LIMIT)
+            shorten(f"the query returned {len(result.samples)} series, expected one: {shown}{more}", _LABELS_LIMIT)
             + "; aggregate it (e.g. sum(...))"
         )
     return _value(result.samples[0].value, result.samples[0].labels)
@@ -246,7 +246,7 @@ def _count(value: float | None) -> int | None:
 
 
 def _shown_warnings(warnings: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(_short(w, _WARNINGS_LIMIT) for w in dict.fromkeys(warnings))
+    return tuple(shorten(w, _WARNINGS_LIMIT) for w in dict.fromkeys(warnings))
 
 
 def _labels(metric: dict[str, Any]) -> str:
@@ -256,13 +256,8 @@ def _labels(metric: dict[str, Any]) -> str:
 
 
 def _error_text(document: dict[str, Any]) -> str:
-    return _short(f"{document.get('errorType', 'error')}: {document.get('error', '')}", 200)
+    return shorten(f"{document.get('errorType', 'error')}: {document.get('error', '')}", 200)
 
 
 def _quoted(value: Any) -> str:
-    return _short(json.dumps(value, ensure_ascii=False, default=str), 60)
-
-
-def _short(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(json.dumps(value, ensure_ascii=False, default=str), 60)

@@ -49,6 +49,7 @@ from celpy.celparser import CELParseError
 from celpy.evaluation import CELEvalError, Evaluator, base_functions
 
 from torghut_operator.core.deadline import Deadline, DeadlineExceeded
+from torghut_operator.core.text import cut
 
 VARIABLES = ("result", "samples", "previous")
 """The variables an expression may name."""
@@ -329,8 +330,7 @@ class CompiledCondition:
         if isinstance(outcome, CELEvalError):
             raise ConditionEvaluationError(self.source, _describe(outcome))
         if not isinstance(outcome, celtypes.BoolType | bool):
-            shown = str(outcome)
-            shown = shown if len(shown) <= 60 else shown[:59] + "…"
+            shown = cut(str(outcome), 60)
             raise ConditionEvaluationError(self.source, f"yielded {_cel_type_name(outcome)} {shown}, not a bool")
         return bool(outcome)
 

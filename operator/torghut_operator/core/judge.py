@@ -24,20 +24,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from torghut_operator.core.api.spec import Check
-from torghut_operator.core.api.status import Verdict
+from torghut_operator.core.api.status import Measurement, Verdict
 from torghut_operator.core.cel import ConditionEvaluationError, compile_condition
 from torghut_operator.core.deadline import Deadline
 from torghut_operator.core.reading import Reading
+from torghut_operator.core.text import format_value, shorten
 
 QUERY_LIMIT = 200
 """Queries are shortened to about this many characters in messages."""
-VALUE_LIMIT = 80
-"""Values are shortened to about this many characters in messages."""
 
 
 def judge(
@@ -163,55 +162,22 @@ def _judge_conditions(
 # --- text ----------------------------------------------------------------------------------------------------
 
 
-def format_value(value: Any, limit: int = VALUE_LIMIT) -> str:
-    """A value as compact text: ``0.12``, ``12`` (not ``12.0``), ``1e-07``, ``true``, ``"text"``, JSON for
-    structures; shortened to about ``limit`` characters."""
-    if value is None:
-        text = "null"
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, float | Decimal):
-        text = format_number(_decimal_float(value) if isinstance(value, Decimal) else value)
-    elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-    else:
-        text = to_json(value)
-    return shorten(text, limit)
+def previous_value(measurement: Measurement | None) -> Any | None:
+    """The value of a recorded measurement, back as a value for CEL's ``previous``: JSON when the text is
+    JSON (numbers, bools, structures), else the text. None without a measurement or a value."""
+    if measurement is None or measurement.value is None:
+        return None
+    try:
+        return json.loads(measurement.value)
+    except ValueError:
+        return measurement.value
 
 
-def _decimal_float(value: Decimal) -> float:
-    """A Decimal as a float; a signalling NaN (which float() refuses) as NaN."""
-    return math.nan if value.is_snan() else float(value)
-
-
-def format_number(number: float) -> str:
-    """Up to 10 significant digits, no trailing ``.0``: 0.12, 12, 1234567.5, 1e-07, +Inf, NaN."""
-    if math.isnan(number):
-        return "NaN"
-    if math.isinf(number):
-        return "+Inf" if number > 0 else "-Inf"
-    if number.is_integer() and abs(number) < 1e15:
-        return str(int(number))
-    return f"{number:.10g}"
-
-
-def to_json(value: Any) -> str:
-    """Compact JSON; a Decimal as a number, anything else JSON lacks as its ``str``."""
-
-    def default(item: Any) -> Any:
-        if isinstance(item, Decimal):
-            return _decimal_float(item)
-        return str(item)
-
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=default, allow_nan=True)
-
-
-def shorten(text: str, limit: int) -> str:
-    """``text`` with runs of whitespace collapsed, cut to ``limit`` characters with an ellipsis."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+def last_value(measurements: Sequence[Measurement]) -> Any | None:
+    """:func:`previous_value` of the newest measurement that has a value and is no error (CEL's ``previous``)."""
+    return previous_value(
+        next((m for m in reversed(measurements) if m.value is not None and m.phase is not Verdict.ERROR), None)
+    )
 
 
 def query_part(check: Check) -> str:

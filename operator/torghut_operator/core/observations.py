@@ -65,6 +65,7 @@ class ExpectationOutcome:
     passed: bool
     message: str
     error: bool = False
+    """The check could not be made (connection, timeout, bad query); never passed."""
 
 
 @dataclass(frozen=True)

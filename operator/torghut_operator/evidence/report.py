@@ -20,6 +20,7 @@ from torghut_operator.core.api.spec import TorghutRolloutSpec
 from torghut_operator.core.api.status import CheckStatus, Measurement, TorghutRolloutStatus, Verdict
 from torghut_operator.core.presets import effective_checks
 from torghut_operator.core.records import DecisionRecord, LedgerMeasurement, MeasurementRecord, query_hash
+from torghut_operator.core.text import shorten
 from torghut_operator.core.timefmt import parse_time
 from torghut_operator.evidence.facts import (
     LANE_RUNS,
@@ -39,12 +40,6 @@ MAX_MEASUREMENT_ROWS = 200
 
 # ---------------------------------------------------------------------------------------------------------------
 # Markdown
-
-
-def shorten(text: str, limit: int) -> str:
-    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters with an ellipsis."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
 _TAG_LIKE = re.compile(r"<(?=[A-Za-z/!?])")

@@ -9,7 +9,6 @@ measurements) return outcomes that go straight back into the planner within the 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -21,9 +20,10 @@ from typing import Any
 import urllib3
 from pydantic import ValidationError
 
-from torghut_operator.core.api.spec import Check, TargetKind, TorghutRolloutSpec
+from torghut_operator.core.api.spec import Check, TargetKind, TorghutRolloutSpec, target_key
 from torghut_operator.core.api.status import Measurement, Phase, RestorePoint, TorghutRolloutStatus, Verdict
 from torghut_operator.core.errors import OperatorError, PermanentError, TemporaryError
+from torghut_operator.core.judge import last_value
 from torghut_operator.core.manifests import (
     ACTION_ANNOTATION,
     deployment_state,
@@ -57,6 +57,7 @@ from torghut_operator.core.planner import (
 from torghut_operator.core.presets import effective_checks
 from torghut_operator.core.records import RolloutRef
 from torghut_operator.core.timefmt import format_time, parse_time, utcnow
+from torghut_operator.core.verbs import parse_action
 from torghut_operator.evidence.facts import LANE_RUNS, REFRESH_HOURS
 from torghut_operator.shell import metrics
 from torghut_operator.shell.ports import EventSink, Gates, KubernetesPort
@@ -111,7 +112,7 @@ class Reconciler:
             return Turn(Phase.FAILED.value, None)
         status = _parse_status(body.get("status"))
         verb_value = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
-        verb = verb_value.split(":", 1)[0].strip().lower() if verb_value else None
+        verb = parse_action(verb_value)[0] if verb_value else None
         obs = await self._observe(body, spec, status, namespace, name, verb)
         resource_version = meta["resourceVersion"]
         result: Plan | None = None
@@ -313,8 +314,7 @@ class Reconciler:
         items = await asyncio.to_thread(self._kube.list_rollouts, namespace)
         peers = []
         for item in items:
-            other = (item.get("spec") or {}).get("target") or {}
-            if other.get("name") != spec.target.name or other.get("kind", "Deployment") != spec.target.kind.value:
+            if target_key(namespace, item.get("spec") or {}) != target_key(namespace, spec):
                 continue
             phase = ((item.get("status") or {}).get("phase")) or Phase.PENDING.value
             active = phase not in {p.value for p in Phase if p.terminal} and not item["metadata"].get(
@@ -371,7 +371,7 @@ class Reconciler:
         names: tuple[str, ...],
     ) -> dict[str, Measurement]:
         by_name = {c.name: c for c in checks}
-        previous = {s.name: _previous_value(s.measurements) for s in status.checks}
+        previous = {s.name: last_value(s.measurements) for s in status.checks}
         due = [by_name[n] for n in names if n in by_name]
         results = await asyncio.gather(
             *(asyncio.to_thread(self._gates.measure, c, spec, namespace, previous.get(c.name)) for c in due),
@@ -431,16 +431,6 @@ def _left_behind(spec: TorghutRolloutSpec, restore: RestorePoint) -> str:
 def _secret_free(exc: Exception) -> str:
     """Our own errors are written secret-free; anything else is named by type only."""
     return str(exc) if isinstance(exc, OperatorError) else type(exc).__name__
-
-
-def _previous_value(measurements: list[Measurement]) -> Any | None:
-    for m in reversed(measurements):
-        if m.value is not None and m.phase is not Verdict.ERROR:
-            try:
-                return json.loads(m.value)
-            except ValueError:
-                return m.value
-    return None
 
 
 def _parse_status(raw: dict[str, Any] | None) -> TorghutRolloutStatus:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from torghut_operator.adapters.postgres.gate_queries import ROLE_SQL, role_refusal
 from torghut_operator.adapters.postgres.migrator import describe_db_error, pg_engine, set_local_timeouts
 from torghut_operator.core.api.spec import Check, Expectations, GrantExpectation
+from torghut_operator.core.observations import ExpectationOutcome
 
 # Seconds; the defaults of spec.database.connectTimeout and statementTimeout.
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -27,19 +27,10 @@ DEFAULT_STATEMENT_TIMEOUT = 10.0
 ALEMBIC_HEADS = "alembic-heads"
 
 
-@dataclass(frozen=True)
-class ExpectationResult:
-    name: str
-    passed: bool
-    message: str
-    error: bool = False
-    """The check could not be made (connection, timeout, bad query); never passed."""
-
-
 Db = str | sa.Connection
 """A DSN (a connection is opened and closed per call) or an open connection outside any transaction."""
 
-CheckRunner = Callable[[Check], ExpectationResult]
+CheckRunner = Callable[[Check], ExpectationOutcome]
 """Measures and judges one of expect.checks (the gates package owns providers and judgement)."""
 
 
@@ -49,16 +40,16 @@ def check_alembic_heads(
     *,
     statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-) -> ExpectationResult:
+) -> ExpectationOutcome:
     """Every revision in ``heads`` is a row of alembic_version (which may hold several heads; other rows may be
     present too). alembic_version is found through the search_path, as Alembic finds it."""
     expected = list(dict.fromkeys(heads))
     if not expected:
-        return ExpectationResult(ALEMBIC_HEADS, False, "no Alembic heads expected: nothing to prove")
+        return ExpectationOutcome(ALEMBIC_HEADS, False, "no Alembic heads expected: nothing to prove")
 
-    def query(conn: sa.Connection) -> ExpectationResult:
+    def query(conn: sa.Connection) -> ExpectationOutcome:
         if not conn.execute(sa.text("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar_one():
-            return ExpectationResult(
+            return ExpectationOutcome(
                 ALEMBIC_HEADS,
                 False,
                 f"table alembic_version does not exist (expected heads {', '.join(expected)}): Alembic never ran "
@@ -67,13 +58,13 @@ def check_alembic_heads(
         present = list(conn.execute(sa.text("SELECT version_num FROM alembic_version ORDER BY 1")).scalars())
         missing = [h for h in expected if h not in present]
         if missing:
-            return ExpectationResult(
+            return ExpectationOutcome(
                 ALEMBIC_HEADS,
                 False,
                 f"alembic_version lacks {', '.join(missing)}; present: {', '.join(present) or 'none (empty)'}",
             )
         extra = [h for h in present if h not in expected]
-        return ExpectationResult(
+        return ExpectationOutcome(
             ALEMBIC_HEADS,
             True,
             f"alembic_version holds {', '.join(expected)}" + (f" (and {', '.join(extra)})" if extra else ""),
@@ -131,7 +122,7 @@ def check_grants(
     *,
     statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-) -> ExpectationResult:
+) -> ExpectationOutcome:
     """``grant.role`` holds every privilege in ``grant.privileges`` (directly, through role membership or PUBLIC)
     on every table of schema public matching ``grant.tables``; at least one table must match. A pattern with ``*``
     also covers the tables created later: the default privileges of every owner of the matching tables must grant
@@ -139,9 +130,9 @@ def check_grants(
     name = _grant_name(grant)
     privileges = list(dict.fromkeys(grant.privileges))
 
-    def query(conn: sa.Connection) -> ExpectationResult:
+    def query(conn: sa.Connection) -> ExpectationOutcome:
         if not conn.execute(_ROLE_EXISTS, {"role": grant.role}).scalar_one():
-            return ExpectationResult(name, False, f"role {grant.role} does not exist")
+            return ExpectationOutcome(name, False, f"role {grant.role} does not exist")
         lacking: dict[str, list[str]] = {}
         for table, privilege, granted in conn.execute(
             _PRIVILEGES, {"role": grant.role, "privileges": privileges, "pattern": like_pattern(grant.tables)}
@@ -150,7 +141,7 @@ def check_grants(
             if not granted:
                 missing.append(privilege)
         if not lacking:
-            return ExpectationResult(
+            return ExpectationOutcome(
                 name, False, f"no table in schema public matches {grant.tables}: nothing proves the grant"
             )
         future: dict[str, list[str]] = {}
@@ -171,14 +162,14 @@ def check_grants(
                 f"ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public GRANT ... TO {grant.role})"
                 for owner, p in failing_future.items()
             ]
-            return ExpectationResult(
+            return ExpectationOutcome(
                 name,
                 False,
                 "; ".join(gaps)
                 + f" ({len(lacking) - len(failing)} of {len(lacking)} tables matching {grant.tables} are fine)",
             )
         later = f", and on tables created later by {', '.join(future)}" if future else ""
-        return ExpectationResult(
+        return ExpectationOutcome(
             name,
             True,
             f"{grant.role} holds {', '.join(privileges)} on all {len(lacking)} tables matching {grant.tables}{later}: "
@@ -195,7 +186,7 @@ def run_expectations(
     connect_timeout: float,
     statement_timeout: float,
     run_check: CheckRunner | None = None,
-) -> list[ExpectationResult]:
+) -> list[ExpectationOutcome]:
     """One result per expectation, in spec order: alembic heads (when listed), each grant, each check (measured
     by ``run_check``; without one a check is not passed). All share one connection; when it can't be opened,
     every expectation is an error. Expectations that list nothing yield one failed result: nothing proven."""
@@ -204,8 +195,8 @@ def run_expectations(
         *(_grant_name(g) for g in expectations.grants),
     ]
     if not in_postgres and not expectations.checks:
-        return [ExpectationResult("expect", False, "expect lists no alembicHeads, grants or checks: nothing proven")]
-    results: list[ExpectationResult] = []
+        return [ExpectationOutcome("expect", False, "expect lists no alembicHeads, grants or checks: nothing proven")]
+    results: list[ExpectationOutcome] = []
     if in_postgres:
         try:
             with _connect(dsn, connect_timeout, statement_timeout) as conn:
@@ -213,8 +204,8 @@ def run_expectations(
                     refused = role_refusal(tuple(conn.exec_driver_sql(ROLE_SQL).one()))
                 if refused is not None:
                     return [
-                        *(ExpectationResult(name, False, refused, True) for name in in_postgres),
-                        *(ExpectationResult(c.name, False, refused, True) for c in expectations.checks),
+                        *(ExpectationOutcome(name, False, refused, True) for name in in_postgres),
+                        *(ExpectationOutcome(c.name, False, refused, True) for c in expectations.checks),
                     ]
                 if expectations.alembic_heads:
                     results.append(
@@ -227,22 +218,22 @@ def run_expectations(
     return results
 
 
-def _run_check(check: Check, run_check: CheckRunner | None) -> ExpectationResult:
+def _run_check(check: Check, run_check: CheckRunner | None) -> ExpectationOutcome:
     if run_check is None:
-        return ExpectationResult(check.name, False, "no runner for expect.checks was given: not measured", True)
+        return ExpectationOutcome(check.name, False, "no runner for expect.checks was given: not measured", True)
     try:
         return run_check(check)
     except Exception as exc:  # noqa: BLE001 - an injected runner's crash must fail the check, never pass it
-        return ExpectationResult(check.name, False, f"could not measure: {type(exc).__name__}", True)
+        return ExpectationOutcome(check.name, False, f"could not measure: {type(exc).__name__}", True)
 
 
 def _run(
     db: Db,
     name: str,
-    query: Callable[[sa.Connection], ExpectationResult],
+    query: Callable[[sa.Connection], ExpectationOutcome],
     statement_timeout: float,
     connect_timeout: float,
-) -> ExpectationResult:
+) -> ExpectationOutcome:
     dsn = db if isinstance(db, str) else None
     try:
         if isinstance(db, str):
@@ -254,9 +245,9 @@ def _run(
         return _could_not_check(name, exc, dsn or "")
 
 
-def _could_not_check(name: str, exc: sa.exc.DBAPIError, dsn: str) -> ExpectationResult:
+def _could_not_check(name: str, exc: sa.exc.DBAPIError, dsn: str) -> ExpectationOutcome:
     failure = describe_db_error(exc, dsn)
-    return ExpectationResult(name, False, f"could not check: {failure}", True)
+    return ExpectationOutcome(name, False, f"could not check: {failure}", True)
 
 
 def _grant_name(grant: GrantExpectation) -> str:

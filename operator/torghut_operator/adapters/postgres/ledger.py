@@ -37,6 +37,8 @@ import sqlalchemy as sa
 
 from torghut_operator.adapters.postgres.migrator import LOCK_KEY as SQL_MIGRATOR_LOCK_KEY
 from torghut_operator.adapters.postgres.migrator import (
+    advisory_lock,
+    advisory_unlock,
     describe_db_error,
     pg_engine,
     redact,
@@ -118,9 +120,7 @@ _VERSION_TABLE_EXISTS = sa.text(f"SELECT to_regclass('{VERSION_TABLE}') IS NOT N
 _CURRENT_VERSION = sa.text(f"SELECT COALESCE(max(version), 0) FROM {VERSION_TABLE}")
 _STEP_APPLIED = sa.text(f"SELECT EXISTS (SELECT 1 FROM {VERSION_TABLE} WHERE version = :version)")
 _RECORD_STEP = sa.text(f"INSERT INTO {VERSION_TABLE} (version, name) VALUES (:version, :name)")
-_LOCK = sa.text("SELECT pg_advisory_lock(:key)")
 _XACT_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")
-_UNLOCK = sa.text("SELECT pg_advisory_unlock(:key)")
 
 _INSERT_MEASUREMENT = sa.text(
     f"""
@@ -223,7 +223,7 @@ class Ledger:
                     conn.exec_driver_sql(step.sql).close()
                     conn.execute(_RECORD_STEP, {"version": step.version, "name": step.name})
         finally:
-            self._unlock(conn)
+            advisory_unlock(conn, LOCK_KEY)
 
     @staticmethod
     def _read_version(conn: sa.Connection) -> int:
@@ -258,28 +258,12 @@ class Ledger:
     def _lock(self, conn: sa.Connection) -> None:
         """The session advisory lock, waiting at most the statement timeout; it outlives the transaction."""
         wait = self._statement_timeout
-        try:
-            with conn.begin():
-                set_local_timeouts(conn, statement_timeout=2 * wait, lock_timeout=wait)
-                conn.execute(_LOCK, {"key": LOCK_KEY})
-        except sa.exc.DBAPIError as exc:
-            if describe_db_error(exc, self._dsn).sqlstate != "55P03":
-                raise
+        if advisory_lock(conn, LOCK_KEY, wait=wait, statement_timeout=2 * wait, dsn=self._dsn) is not None:
             raise LedgerError(
                 f"evidence ledger: another operator holds the ledger schema lock {LOCK_KEY}: waited {wait:g}s "
                 "(55P03); nothing was changed",
                 sqlstate="55P03",
-            ) from None
-
-    @staticmethod
-    def _unlock(conn: sa.Connection) -> None:
-        if conn.invalidated or conn.closed:
-            return
-        try:
-            with conn.begin():
-                conn.execute(_UNLOCK, {"key": LOCK_KEY})
-        except sa.exc.DBAPIError:
-            conn.invalidate()  # closing the session releases the lock
+            )
 
     # -- writing --------------------------------------------------------------------------------------------------
 

@@ -551,6 +551,38 @@ def describe_db_error(exc: BaseException, dsn: str, sql: str | None = None) -> D
     return DbError(sqlstate=sqlstate, message=redact(" ".join(message.split()), dsn), retryable=retryable)
 
 
+_ADVISORY_LOCK = sa.text("SELECT pg_advisory_lock(:key)")
+_ADVISORY_UNLOCK = sa.text("SELECT pg_advisory_unlock(:key)")
+
+
+def advisory_lock(conn: sa.Connection, key: int, *, wait: float, statement_timeout: float, dsn: str) -> DbError | None:
+    """Take the session advisory lock ``key`` (it outlives the transaction), waiting at most ``wait`` seconds.
+    Returns the lock-timeout error (55P03) when the wait ran out, None once held; any other error raises."""
+    try:
+        with conn.begin():
+            set_local_timeouts(conn, statement_timeout=statement_timeout, lock_timeout=wait)
+            conn.execute(_ADVISORY_LOCK, {"key": key})
+    except sa.exc.DBAPIError as exc:
+        error = describe_db_error(exc, dsn)
+        if error.sqlstate != "55P03":
+            raise
+        return error
+    return None
+
+
+def advisory_unlock(conn: sa.Connection, key: int) -> None:
+    """Release ``key`` if the session is still usable; closing the connection releases it anyway."""
+    if conn.invalidated or conn.closed:
+        return
+    try:
+        if conn.in_transaction():
+            conn.rollback()
+        with conn.begin():
+            conn.execute(_ADVISORY_UNLOCK, {"key": key})
+    except sa.exc.DBAPIError:
+        conn.invalidate()
+
+
 def redact(text: str, dsn: str) -> str:
     """``text`` without the DSN, its password (raw or percent-encoded) or anything that looks like a password."""
     secrets = {dsn}
@@ -652,8 +684,6 @@ _INSERT_HISTORY = sa.text(
 _FRESH_SESSION = "RESET ALL; RESET ROLE; DISCARD TEMP"
 """Run before each file: a file sees the session as it was at connection start, whatever an earlier file SET,
 so it behaves the same applied right after its predecessors or alone after a restart."""
-_LOCK = sa.text("SELECT pg_advisory_lock(:key)")
-_UNLOCK = sa.text("SELECT pg_advisory_unlock(:key)")
 _LOCK_HOLDERS = sa.text(
     "SELECT l.pid, a.application_name FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
@@ -933,19 +963,15 @@ class SqlMigrator:
         )
 
     def _lock(self, conn: sa.Connection) -> None:
-        """Take the session advisory lock, waiting at most lock_timeout; it outlives the transaction."""
-        try:
-            with conn.begin():
-                set_local_timeouts(
-                    conn,
-                    statement_timeout=self._advisory_timeout + BOOKKEEPING_TIMEOUT,
-                    lock_timeout=self._advisory_timeout,
-                )
-                conn.execute(_LOCK, {"key": LOCK_KEY})
-        except sa.exc.DBAPIError as exc:
-            error = describe_db_error(exc, self._dsn)
-            if error.sqlstate != "55P03":
-                raise
+        """Take the session advisory lock, waiting at most the advisory timeout; it outlives the transaction."""
+        error = advisory_lock(
+            conn,
+            LOCK_KEY,
+            wait=self._advisory_timeout,
+            statement_timeout=self._advisory_timeout + BOOKKEEPING_TIMEOUT,
+            dsn=self._dsn,
+        )
+        if error is not None:
             raise _Stop(
                 SqlMigrationError(
                     kind=SqlErrorKind.LOCK_TIMEOUT,
@@ -954,7 +980,7 @@ class SqlMigrator:
                     sqlstate=error.sqlstate,
                     retryable=True,
                 )
-            ) from exc
+            )
 
     def _holders(self, conn: sa.Connection) -> str:
         """Who holds the lock, best effort (visibility of other sessions depends on the role)."""
@@ -967,16 +993,7 @@ class SqlMigrator:
         return "".join(f"; held by pid {pid} ({app or 'application unknown'})" for pid, app in rows)
 
     def _unlock(self, conn: sa.Connection) -> None:
-        """Release the lock if the session is still usable; closing the connection releases it anyway."""
-        if conn.invalidated or conn.closed:
-            return
-        try:
-            if conn.in_transaction():
-                conn.rollback()
-            with conn.begin():
-                conn.execute(_UNLOCK, {"key": LOCK_KEY})
-        except sa.exc.DBAPIError:
-            conn.invalidate()
+        advisory_unlock(conn, LOCK_KEY)
 
     def _plan(self, conn: sa.Connection, files: Mapping[str, str], *, catch_up: bool, run: str | None) -> SqlPlan:
         """Create the history tables when missing and plan against the history read under the lock."""

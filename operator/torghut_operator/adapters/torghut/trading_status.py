@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from torghut_operator.core.text import shorten
+
 STATUS_PATH = "/trading/status"
 _ERROR_CHARS = 160
 
@@ -39,7 +41,7 @@ def blocks(status: Any) -> list[str]:
         found.append("trading loop not running (running=false)" if running is False else _bad("running", running))
     error = status.get("last_error")
     if isinstance(error, str) and error.strip():
-        found.append(f"last_error: {_short(error.strip())}")
+        found.append(f"last_error: {shorten(error.strip(), _ERROR_CHARS)}")
     elif error is not None and not isinstance(error, str):
         found.append(_bad("last_error", error))
     autonomy = status.get("autonomy")
@@ -53,7 +55,7 @@ def blocks(status: Any) -> list[str]:
         found.append(_bad("autonomy.signals_total", signals))
     elif signals == 0:
         reason = autonomy.get("last_reason") or autonomy.get("last_no_signal_reason")
-        why = f", last no-signal reason {_short(str(reason))}" if reason else ""
+        why = f", last no-signal reason {shorten(str(reason), _ERROR_CHARS)}" if reason else ""
         if isinstance(runs, int) and runs > 0:
             found.append(f"loop running with zero signals (runs_total={runs}, signals_total=0{why})")
         else:
@@ -72,9 +74,4 @@ def _count(value: Any) -> bool:
 
 
 def _bad(field: str, value: Any) -> str:
-    return f"malformed {STATUS_PATH} answer: {field} is {_short(repr(value), 40)}"
-
-
-def _short(text: str, limit: int = _ERROR_CHARS) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return f"malformed {STATUS_PATH} answer: {field} is {shorten(repr(value), 40)}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
@@ -618,3 +619,12 @@ _HASH_NEUTRAL_SQL_DEFAULTS: dict[str, Any] = {
 }
 """spec.migrate.sql fields added after specs were written (issue 10), with their defaults: at these values they
 leave the spec hash as it was before them."""
+
+
+def target_key(namespace: str, spec: TorghutRolloutSpec | Mapping[str, Any]) -> tuple[str, str, str]:
+    """(namespace, kind, name) of a rollout's target, from its model or its raw ``spec`` (a watch event's, another
+    rollout's): two rollouts with the same key drive the same workload."""
+    if isinstance(spec, TorghutRolloutSpec):
+        return namespace, spec.target.kind.value, spec.target.name
+    target = spec.get("target") or {}
+    return namespace, str(target.get("kind", TargetKind.DEPLOYMENT.value)), str(target.get("name", ""))
