@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from torghut_operator.app.runtime import Runtime
 from torghut_operator.app.settings import OperatorConfig, report_refresh_interval, route_interval
-from torghut_operator.core.api.spec import GROUP, PLURAL, VERSION, TorghutRolloutSpec
+from torghut_operator.core.api.spec import GROUP, PLURAL, VERSION, TorghutRolloutSpec, target_key
 from torghut_operator.core.api.status import Phase
 from torghut_operator.core.manifests import MANAGED_BY
 from torghut_operator.core.route_stats import RouteStats
@@ -57,8 +57,6 @@ async def drive(
     runtime = _runtime(memo)
     metrics.watching(namespace, name)
     wake = runtime.wakers.setdefault(uid, asyncio.Event())
-    target = spec.get("target") or {}
-    runtime.targets[uid] = (namespace, target.get("kind", "Deployment"), target.get("name", ""))
     backoff = 1.0
     try:
         while not stopped:
@@ -89,7 +87,6 @@ async def drive(
                 await _wait(wake, delay)
     finally:
         runtime.wakers.pop(uid, None)
-        runtime.targets.pop(uid, None)
 
 
 async def _wait(wake: asyncio.Event, seconds: float) -> None:
@@ -106,9 +103,37 @@ async def finalize(*, namespace: str | None, name: str, memo: Any, **_: Any) -> 
         raise kopf.TemporaryError("restoring the target before the rollout goes", delay=3.0)
 
 
+TargetIndex = kopf.Index[tuple[str, str, str], str]
+"""(namespace, target kind, target name) -> uids of the rollouts driving that target."""
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def rollouts_by_target(
+    *, namespace: str | None, uid: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str, str], str]:
+    """Kopf keeps this index current as rollouts come, change their target and go (no map of our own to go stale);
+    every handler receives it as the keyword argument ``rollouts_by_target``."""
+    return {target_key(namespace or "", spec): uid}
+
+
+def _wake_target(memo: Any, kwargs: dict[str, Any], key: tuple[str, str, str]) -> None:
+    """Wake the daemons of the rollouts driving ``key`` (Kopf passes the index in the handler's ``kwargs``)."""
+    index: TargetIndex = kwargs["rollouts_by_target"]
+    runtime = _runtime(memo)
+    for uid in index.get(key, []):
+        runtime.wake(uid)
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def rollout_changed(
-    *, type: str, body: kopf.Body, uid: str, name: str, namespace: str | None, memo: Any, **_: Any
+    *,
+    type: str,
+    body: kopf.Body,
+    uid: str,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    **kwargs: Any,
 ) -> None:
     runtime = _runtime(memo)
     runtime.freshness.saw(uid, body.metadata.get("resourceVersion"))
@@ -116,12 +141,9 @@ async def rollout_changed(
         runtime.freshness.forget(uid)
         metrics.forget(namespace or "", name)
         metrics.forget_route(uid)
-    target = body.spec.get("target") or {}
-    key = (namespace or "", target.get("kind", "Deployment"), target.get("name", ""))
     # Any change to one rollout may unblock another on the same target.
-    for other, other_key in list(runtime.targets.items()):
-        if other == uid or other_key == key:
-            runtime.wake(other)
+    runtime.wake(uid)
+    _wake_target(memo, kwargs, target_key(namespace or "", body.spec))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=route_interval(), initial_delay=1.0)
@@ -184,13 +206,13 @@ async def job_changed(*, body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments")
-async def deployment_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    _runtime(memo).wake_target(namespace or "", "Deployment", name)
+async def deployment_changed(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    _wake_target(memo, kwargs, (namespace or "", "Deployment", name))
 
 
 @kopf.on.event("serving.knative.dev", "v1", "services")
-async def knative_service_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    _runtime(memo).wake_target(namespace or "", "Service", name)
+async def knative_service_changed(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    _wake_target(memo, kwargs, (namespace or "", "Service", name))
 
 
 @kopf.on.probe(id="watch-freshness")

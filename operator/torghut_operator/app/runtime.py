@@ -21,8 +21,6 @@ class Runtime:
     config: OperatorConfig
     freshness: WatchFreshness
     wakers: dict[str, asyncio.Event] = field(default_factory=dict)
-    targets: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    """uid -> (namespace, target kind, target name)"""
     route_reader: Callable[[TorghutRolloutSpec, str], RouteStats] | None = None
     """Reads a rollout's target database's route statistics (blocking); None: route metrics off."""
     reports_done: set[tuple[str, str, int]] = field(default_factory=set)
@@ -33,8 +31,3 @@ class Runtime:
         event = self.wakers.get(uid)
         if event is not None:
             event.set()
-
-    def wake_target(self, namespace: str, kind: str, name: str) -> None:
-        for uid, key in list(self.targets.items()):
-            if key == (namespace, kind, name):
-                self.wake(uid)
