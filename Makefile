@@ -32,6 +32,7 @@ lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	.venv/bin/lint-imports
 
 # Every test carries a tier marker (unit, integration or e2e); an unmarked test is a collection error.
 test: lint binaries

@@ -54,8 +54,8 @@ from torghut_localstack.world import (
     target_deployment,
     watch,
 )
-from torghut_operator.api.spec import GROUP, KIND, PLURAL, VERSION
-from torghut_operator.kube.builders import MANAGED_BY
+from torghut_operator.core.api.spec import GROUP, KIND, PLURAL, VERSION
+from torghut_operator.core.manifests import MANAGED_BY
 
 TERMINAL: Final = frozenset({"Succeeded", "Failed", "RolledBack", "Aborted"})
 VERIFY_INITIAL_DELAY, VERIFY_INTERVAL, VERIFY_COUNT = 0, 1, 2

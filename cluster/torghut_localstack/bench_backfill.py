@@ -45,7 +45,7 @@ from psycopg import sql
 
 from torghut_localstack import sql_pack, torghut_db
 from torghut_localstack.postgres import PostgresServer
-from torghut_operator.migrate.sqlfiles import BackfillSettings, SqlMigrator
+from torghut_operator.adapters.postgres.migrator import BackfillSettings, SqlMigrator
 
 BACKFILL_FILE = "0004_route_provenance_backfill.sql"
 WRITER_LOCK_TIMEOUT = "1s"

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from torghut_localstack import sql_pack, torghut_db
 from torghut_localstack.postgres import PostgresServer
-from torghut_operator import presets
+from torghut_operator.core import presets
 
 WINDOW = presets.WINDOW
 WINDOW_ALTERNATIVES = {

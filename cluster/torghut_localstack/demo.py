@@ -56,10 +56,10 @@ from torghut_localstack.world import (
     kube_client,
     watch,
 )
-from torghut_operator.api.spec import GROUP, KIND, PLURAL, VERSION, TorghutRolloutSpec
-from torghut_operator.api.status import TorghutRolloutStatus
+from torghut_operator.core.api.spec import GROUP, KIND, PLURAL, VERSION, TorghutRolloutSpec
+from torghut_operator.core.api.status import TorghutRolloutStatus
+from torghut_operator.core.manifests import report_name
 from torghut_operator.evidence.report import render_report
-from torghut_operator.kube.gateway import report_name
 
 ROLLOUT: Final = "torghut-release"
 TERMINAL: Final = frozenset({"Succeeded", "Failed", "RolledBack", "Aborted"})

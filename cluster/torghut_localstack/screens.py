@@ -23,8 +23,8 @@ from rich.console import Console, RenderableType
 from rich.markdown import Markdown
 from rich.terminal_theme import MONOKAI
 
-from torghut_operator import cli
-from torghut_operator.timefmt import format_time
+from torghut_operator.cli import views as cli_views
+from torghut_operator.core.timefmt import format_time
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "manifests" / "samples" / "promotion-paper-to-live.yaml"
@@ -183,21 +183,21 @@ def events() -> list[dict[str, Any]]:
     ]
 
 
-def rollout() -> cli.Rollout:
+def rollout() -> cli_views.Rollout:
     obj = copy.deepcopy(yaml.safe_load(SAMPLE.read_text()))
     obj["metadata"].update({"uid": "5b0c", "resourceVersion": "1", "creationTimestamp": _ago(97)})
-    from torghut_operator.api.spec import TorghutRolloutSpec  # noqa: PLC0415
+    from torghut_operator.core.api.spec import TorghutRolloutSpec  # noqa: PLC0415
 
     obj["status"] = {"specHash": TorghutRolloutSpec.model_validate(obj["spec"]).spec_hash(), **_status()}
-    return cli.Rollout.from_object(obj)
+    return cli_views.Rollout.from_object(obj)
 
 
 SQL_SAMPLE = REPO / "manifests" / "samples" / "sql-migration-expect.yaml"
 
 
-def backfilling() -> cli.Rollout:
+def backfilling() -> cli_views.Rollout:
     """The SQL sample in its migrate stage, 45% through a backfill that waits on lock queues right now."""
-    from torghut_operator.api.spec import TorghutRolloutSpec  # noqa: PLC0415
+    from torghut_operator.core.api.spec import TorghutRolloutSpec  # noqa: PLC0415
 
     obj = next(d for d in yaml.safe_load_all(SQL_SAMPLE.read_text()) if d and d.get("kind") == "TorghutRollout")
     obj["metadata"].update({"uid": "7d1e", "resourceVersion": "1", "creationTimestamp": _ago(14)})
@@ -239,7 +239,7 @@ def backfilling() -> cli.Rollout:
             {"type": "Migrated", "status": "False", "lastTransitionTime": _ago(13), "reason": "Migrating"},
         ],
     }
-    return cli.Rollout.from_object(obj)
+    return cli_views.Rollout.from_object(obj)
 
 
 def _others() -> list[dict[str, Any]]:
@@ -268,8 +268,8 @@ def _others() -> list[dict[str, Any]]:
 def views() -> dict[str, Callable[[int], RenderableType]]:
     """Each picture by name, as a function of the terminal width."""
     r = rollout()
-    entries = cli.history(r, events())
-    rows = [cli.rollout_row(r.raw, NOW), *(cli.rollout_row(o, NOW) for o in _others())]
+    entries = cli_views.history(r, events())
+    rows = [cli_views.rollout_row(r.raw, NOW), *(cli_views.rollout_row(o, NOW) for o in _others())]
     rows.sort(key=lambda row: row["name"])
 
     def report(_: int) -> RenderableType:
@@ -281,12 +281,12 @@ def views() -> dict[str, Callable[[int], RenderableType]]:
         return Markdown(text)
 
     return {
-        "status": lambda w: cli.render_status(r, now=NOW, width=w),
-        "list": lambda _: cli.render_list(rows, all_namespaces=True),
-        "history": lambda w: cli.render_history(r, entries, NOW, w),
-        "why": lambda _: cli.render_why(cli.explain(r, NOW), NOW, name=r.name, namespace=r.namespace),
+        "status": lambda w: cli_views.render_status(r, now=NOW, width=w),
+        "list": lambda _: cli_views.render_list(rows, all_namespaces=True),
+        "history": lambda w: cli_views.render_history(r, entries, NOW, w),
+        "why": lambda _: cli_views.render_why(cli_views.explain(r, NOW), NOW, name=r.name, namespace=r.namespace),
         "report": report,
-        "backfill": lambda w: cli.render_status(backfilling(), now=NOW, width=w),
+        "backfill": lambda w: cli_views.render_status(backfilling(), now=NOW, width=w),
     }
 
 

@@ -7,7 +7,7 @@ batch its own transaction with ``torghut_rollout.batch_first`` / ``batch_last`` 
 transaction. ``manifests/torghut/kustomization.yaml`` generates the ConfigMap ``torghut-route-grant-sql``;
 :func:`configmap_manifest` builds the same object in Python for tests that have no ``kubectl kustomize`` at hand.
 
-:func:`apply_pack` runs the files through the operator's own migrator (``torghut_operator.migrate.sqlfiles``): for
+:func:`apply_pack` runs the files through the operator's own migrator (``torghut_operator.adapters.postgres.migrator``): for
 tests and benches that need the pack's effects on a database. Importing this module starts
 nothing.
 """
@@ -22,7 +22,13 @@ from typing import Any, Final
 
 from sqlalchemy.engine import Engine
 
-from torghut_operator.migrate.sqlfiles import BATCH_FIRST, BATCH_LAST, BackfillSettings, SqlMigrationResult, SqlMigrator
+from torghut_operator.adapters.postgres.migrator import (
+    BATCH_FIRST,
+    BATCH_LAST,
+    BackfillSettings,
+    SqlMigrationResult,
+    SqlMigrator,
+)
 
 __all__ = [
     "BATCH_FIRST",

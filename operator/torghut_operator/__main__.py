@@ -28,7 +28,7 @@ def run(
 ) -> None:
     import kopf  # noqa: PLC0415 (keep --help fast)
 
-    from torghut_operator import handlers  # noqa: F401, PLC0415 (registers the handlers)
+    from torghut_operator.app import handlers  # noqa: F401, PLC0415 (registers the handlers)
 
     formats = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
     if log_format not in formats:

@@ -23,9 +23,9 @@ from tests.conftest import ClusterHandle
 from tests.e2e.conftest import OperatorProcess
 from torghut_localstack.kubectl import Kubectl
 from torghut_localstack.wait import wait_for
-from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.kube.builders import ACTION_ANNOTATION
-from torghut_operator.timefmt import format_time, utcnow
+from torghut_operator.core.api.spec import TorghutRolloutSpec
+from torghut_operator.core.manifests import ACTION_ANNOTATION
+from torghut_operator.core.timefmt import format_time, utcnow
 
 pytestmark = pytest.mark.e2e
 

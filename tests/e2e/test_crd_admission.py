@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.wait import wait_for
 from torghut_localstack.world import crd_established
-from torghut_operator.api.spec import GROUP, KIND, PLURAL, VERSION, TorghutRolloutSpec
-from torghut_operator.api.status import (
+from torghut_operator.core.api.spec import GROUP, KIND, PLURAL, VERSION, TorghutRolloutSpec
+from torghut_operator.core.api.status import (
     AppliedFile,
     BackfillStatus,
     CheckStatus,
@@ -30,7 +30,7 @@ from torghut_operator.api.status import (
     TorghutRolloutStatus,
     Verdict,
 )
-from torghut_operator.reconciler import _dump_status
+from torghut_operator.shell.reconciler import _dump_status
 
 pytestmark = pytest.mark.e2e
 NAMESPACE_PREFIX = "admission"

@@ -158,7 +158,7 @@ def test_series_named_in_rules_and_dashboard_exist() -> None:
     """A misspelt series makes an alert that never fires: every torghut_* name must be a known series."""
     from prometheus_client.metrics import MetricWrapperBase  # noqa: PLC0415
 
-    from torghut_operator import metrics  # noqa: PLC0415
+    from torghut_operator.shell import metrics  # noqa: PLC0415
 
     known = {
         # Torghut's own series (torghut.md section 4)

@@ -24,15 +24,15 @@ from torghut_localstack.torghut_db import (
     drop_database,
     make_engine,
 )
-from torghut_operator.api.spec import Check, Expectations, GrantExpectation
-from torghut_operator.migrate.expect import (
+from torghut_operator.adapters.postgres.expectations import (
     ALEMBIC_HEADS,
-    ExpectationResult,
     check_alembic_heads,
     check_grants,
     run_expectations,
 )
-from torghut_operator.migrate.sqlfiles import SqlMigrator, pg_engine
+from torghut_operator.adapters.postgres.migrator import SqlMigrator, pg_engine
+from torghut_operator.core.api.spec import Check, Expectations, GrantExpectation
+from torghut_operator.core.observations import ExpectationOutcome
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def test_several_long_heads_present(dsn: str) -> None:
 
     result = check_alembic_heads(dsn, [*DEFAULT_HEADS, LONG_HEAD])
 
-    assert result == ExpectationResult(ALEMBIC_HEADS, True, result.message)
+    assert result == ExpectationOutcome(ALEMBIC_HEADS, True, result.message)
     assert LONG_HEAD in result.message
 
 
@@ -351,9 +351,9 @@ def reader(dsn: str, gate_reader: str) -> str:
 def test_run_expectations_one_result_each_in_order(dsn: str, gate_reader: str) -> None:
     seen: list[Check] = []
 
-    def runner(check: Check) -> ExpectationResult:
+    def runner(check: Check) -> ExpectationOutcome:
         seen.append(check)
-        return ExpectationResult(check.name, True, "measured 1 >= 1")
+        return ExpectationOutcome(check.name, True, "measured 1 >= 1")
 
     results = run_expectations(
         reader(dsn, gate_reader),
@@ -377,7 +377,7 @@ def test_run_expectations_one_result_each_in_order(dsn: str, gate_reader: str) -
 
 
 def test_run_expectations_fails_closed(dsn: str) -> None:
-    def crashing(check: Check) -> ExpectationResult:
+    def crashing(check: Check) -> ExpectationOutcome:
         raise RuntimeError("boom")
 
     without_runner = run_expectations(
@@ -402,7 +402,7 @@ def test_run_expectations_refuses_a_superuser_dsn(dsn: str) -> None:
         expectations(alembicHeads=list(DEFAULT_HEADS), checks=[sql_check("a")]),
         connect_timeout=5,
         statement_timeout=5,
-        run_check=lambda check: ExpectationResult(check.name, True, "measured"),
+        run_check=lambda check: ExpectationOutcome(check.name, True, "measured"),
     )
     assert [(r.name, r.passed, r.error) for r in results] == [(ALEMBIC_HEADS, False, True), ("a", False, True)]
     assert all("gate DSN role postgres is a superuser" in r.message for r in results)

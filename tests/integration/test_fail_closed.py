@@ -23,13 +23,13 @@ import pytest
 from torghut_localstack.ports import HOST
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.wait import wait_for
-from torghut_operator.api.spec import Check
-from torghut_operator.api.status import Measurement, Verdict
-from torghut_operator.gates.deadline import pending_hooks
-from torghut_operator.gates.http import HttpGateway
-from torghut_operator.gates.measure import Provider, take_measurement
-from torghut_operator.gates.postgres import PostgresGateway
-from torghut_operator.gates.prometheus import PrometheusGateway
+from torghut_operator.adapters.http import HttpGateway
+from torghut_operator.adapters.measure import Provider, take_measurement
+from torghut_operator.adapters.postgres.gate_queries import PostgresGateway
+from torghut_operator.adapters.prometheus import PrometheusGateway
+from torghut_operator.core.api.spec import Check
+from torghut_operator.core.api.status import Measurement, Verdict
+from torghut_operator.core.deadline import pending_hooks
 
 pytestmark = pytest.mark.integration
 

@@ -27,27 +27,14 @@ from torghut_localstack.torghut_db import (
     seed_executions,
     seed_research_run,
 )
-from torghut_operator.api.status import TorghutRolloutStatus
-from torghut_operator.evidence.ledger import (
-    LOCK_KEY,
-    Ledger,
-    LedgerDecision,
-    LedgerError,
-    LedgerMeasurement,
-    RolloutRef,
-    latest_version,
-    query_hash,
-)
-from torghut_operator.evidence.report import (
-    RouteNullRate,
-    TableUnavailable,
-    TableWrites,
-    Unavailable,
-    collect_torghut_facts,
-    render_report,
-)
-from torghut_operator.migrate.sqlfiles import LOCK_KEY as SQL_MIGRATOR_LOCK_KEY
-from torghut_operator.migrate.sqlfiles import SqlMigrator
+from torghut_operator.adapters.postgres.ledger import LOCK_KEY, Ledger, LedgerError, latest_version
+from torghut_operator.adapters.postgres.migrator import LOCK_KEY as SQL_MIGRATOR_LOCK_KEY
+from torghut_operator.adapters.postgres.migrator import SqlMigrator
+from torghut_operator.adapters.postgres.torghut_facts import collect_torghut_facts
+from torghut_operator.core.api.status import TorghutRolloutStatus
+from torghut_operator.core.records import LedgerDecision, LedgerMeasurement, RolloutRef, query_hash
+from torghut_operator.evidence.facts import RouteNullRate, TableUnavailable, TableWrites, Unavailable
+from torghut_operator.evidence.report import render_report
 
 pytestmark = pytest.mark.integration
 

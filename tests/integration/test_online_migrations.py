@@ -19,7 +19,7 @@ import pytest
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.torghut_db import create_database, drop_database
 from torghut_localstack.wait import wait_for
-from torghut_operator.migrate.sqlfiles import BackfillSettings, SqlErrorKind, SqlMigrator
+from torghut_operator.adapters.postgres.migrator import BackfillSettings, SqlErrorKind, SqlMigrator
 
 pytestmark = pytest.mark.integration
 
@@ -209,7 +209,7 @@ def test_a_killed_migrator_resumes_at_the_next_batch_and_runs_no_batch_twice(dsn
     assert migrator(dsn).apply(setup, rollout=ROLLOUT).ok
     script = (
         "import sys\n"
-        "from torghut_operator.migrate.sqlfiles import BackfillSettings, SqlMigrator\n"
+        "from torghut_operator.adapters.postgres.migrator import BackfillSettings, SqlMigrator\n"
         "m = SqlMigrator(sys.argv[1], connect_timeout=5, lock_timeout=2, statement_timeout=None, "
         "backfill=BackfillSettings(initial_batch=100, min_batch=100, max_batch=100))\n"
         f"m.apply({files!r}, rollout='killed')\n"

@@ -14,11 +14,11 @@ import sqlalchemy as sa
 from tests.conftest import GATE_READER
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.torghut_db import create_database, create_schema, drop_database, make_engine
-from torghut_operator.gates.live import PROMOTION_EVIDENCE_SQL, promotion_evidence_verdict
-from torghut_operator.gates.postgres import PostgresGateway
-from torghut_operator.observations import PromotionEvidence
-from torghut_operator.planner import CheckPromotionEvidence
-from torghut_operator.timefmt import format_time
+from torghut_operator.adapters.live import PROMOTION_EVIDENCE_SQL, promotion_evidence_verdict
+from torghut_operator.adapters.postgres.gate_queries import PostgresGateway
+from torghut_operator.core.observations import PromotionEvidence
+from torghut_operator.core.planner import CheckPromotionEvidence
+from torghut_operator.core.timefmt import format_time
 
 STARTED = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

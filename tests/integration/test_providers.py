@@ -21,14 +21,14 @@ from torghut_localstack.ports import HOST, free_port
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.prometheus import PrometheusServer
 from torghut_localstack.wait import NotYet, wait_for
-from torghut_operator.api.spec import Check
-from torghut_operator.api.status import Measurement, Verdict
-from torghut_operator.gates.deadline import Deadline
-from torghut_operator.gates.http import HttpGateway
-from torghut_operator.gates.measure import Provider, take_measurement
-from torghut_operator.gates.postgres import PostgresGateway
-from torghut_operator.gates.prometheus import PrometheusGateway
-from torghut_operator.gates.reading import ProviderError
+from torghut_operator.adapters.http import HttpGateway
+from torghut_operator.adapters.measure import Provider, take_measurement
+from torghut_operator.adapters.postgres.gate_queries import PostgresGateway
+from torghut_operator.adapters.prometheus import PrometheusGateway
+from torghut_operator.core.api.spec import Check
+from torghut_operator.core.api.status import Measurement, Verdict
+from torghut_operator.core.deadline import Deadline
+from torghut_operator.core.reading import ProviderError
 
 pytestmark = pytest.mark.integration
 

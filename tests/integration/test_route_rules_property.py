@@ -28,7 +28,7 @@ from torghut_localstack.route_rules import (
     backfill,
     decimal_digit_starts,
 )
-from torghut_operator.presets import ROUTE_BACKFILL_SQL
+from torghut_operator.core.presets import ROUTE_BACKFILL_SQL
 
 pytestmark = pytest.mark.integration
 

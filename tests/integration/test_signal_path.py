@@ -13,13 +13,13 @@ from torghut_localstack.ports import HOST
 from torghut_localstack.prometheus import PrometheusServer
 from torghut_localstack.simulator import DEFAULT_IMAGE, LOOP_ERROR, TorghutSimulator
 from torghut_localstack.wait import NotYet, wait_for
-from torghut_operator.api.spec import Check, TorghutRolloutSpec
-from torghut_operator.api.status import Verdict
-from torghut_operator.gates.http import HttpGateway
-from torghut_operator.gates.live import LiveGates
-from torghut_operator.gates.measure import take_measurement
-from torghut_operator.kube.gateway import KubeGateway
-from torghut_operator.presets import torghut_completion
+from torghut_operator.adapters.http import HttpGateway
+from torghut_operator.adapters.kube import KubeGateway
+from torghut_operator.adapters.live import LiveGates
+from torghut_operator.adapters.measure import take_measurement
+from torghut_operator.core.api.spec import Check, TorghutRolloutSpec
+from torghut_operator.core.api.status import Verdict
+from torghut_operator.core.presets import torghut_completion
 
 pytestmark = pytest.mark.integration
 

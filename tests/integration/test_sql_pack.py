@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from torghut_localstack import sql_pack, torghut_db
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.route_rules import Outcome, Route, backfill
-from torghut_operator.migrate.sqlfiles import file_options, is_repeatable, transaction_control
+from torghut_operator.adapters.postgres.migrator import file_options, is_repeatable, transaction_control
 
 pytestmark = pytest.mark.integration
 

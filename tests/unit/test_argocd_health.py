@@ -17,7 +17,7 @@ import pytest
 import yaml
 from lupa import lua51, lua54
 
-from torghut_operator.api.status import Phase
+from torghut_operator.core.api.status import Phase
 
 pytestmark = pytest.mark.unit
 

@@ -20,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from torghut_operator.api.durations import parse_duration
-from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.api.status import BackfillStatus, Phase, TorghutRolloutStatus
-from torghut_operator.observations import Observations, SqlOutcome, TargetState
-from torghut_operator.planner import ApplySqlMigrations, Plan, SetTargetImage, plan, with_outcomes
-from torghut_operator.presets import effective_checks
-from torghut_operator.timefmt import format_time, parse_time
+from torghut_operator.core.api.durations import parse_duration
+from torghut_operator.core.api.spec import TorghutRolloutSpec
+from torghut_operator.core.api.status import BackfillStatus, Phase, TorghutRolloutStatus
+from torghut_operator.core.observations import Observations, SqlOutcome, TargetState
+from torghut_operator.core.planner import ApplySqlMigrations, Plan, SetTargetImage, plan, with_outcomes
+from torghut_operator.core.presets import effective_checks
+from torghut_operator.core.timefmt import format_time, parse_time
 
 pytestmark = pytest.mark.unit
 

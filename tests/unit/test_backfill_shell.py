@@ -15,14 +15,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from torghut_operator.api.spec import Target, TorghutRolloutSpec
-from torghut_operator.api.status import BackfillStatus, MigrationStatus, PromotionStatus, TorghutRolloutStatus
-from torghut_operator.gates import live
-from torghut_operator.kube.gateway import KubeGateway
-from torghut_operator.migrate.sqlfiles import BackfillProgress, BackfillSettings, SqlMigrationResult
-from torghut_operator.observations import SqlOutcome
-from torghut_operator.reconciler import Gates, Reconciler, _dump_status
-from torghut_operator.timefmt import format_time
+from torghut_operator.adapters import live
+from torghut_operator.adapters.kube import KubeGateway
+from torghut_operator.adapters.postgres.migrator import BackfillProgress, BackfillSettings, SqlMigrationResult
+from torghut_operator.core.api.spec import Target, TorghutRolloutSpec
+from torghut_operator.core.api.status import BackfillStatus, MigrationStatus, PromotionStatus, TorghutRolloutStatus
+from torghut_operator.core.observations import SqlOutcome
+from torghut_operator.core.timefmt import format_time
+from torghut_operator.shell.ports import Gates
+from torghut_operator.shell.reconciler import Reconciler, _dump_status
 
 pytestmark = pytest.mark.unit
 

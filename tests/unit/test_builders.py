@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.kube.builders import deployment_state, job_state, knative_state, migration_job
+from torghut_operator.core.api.spec import TorghutRolloutSpec
+from torghut_operator.core.manifests import deployment_state, job_state, knative_state, migration_job
 
 pytestmark = pytest.mark.unit
 

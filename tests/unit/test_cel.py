@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from torghut_operator.gates.cel import ConditionEvaluationError, compile_condition
+from torghut_operator.core.cel import ConditionEvaluationError, compile_condition
 
 pytestmark = pytest.mark.unit
 

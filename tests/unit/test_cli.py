@@ -20,16 +20,18 @@ from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from torghut_operator import cli
-from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.api.status import TERMINAL_PHASES, Phase, PromotionStatus, TorghutRolloutStatus
-from torghut_operator.kube.builders import ACTION_ANNOTATION
-from torghut_operator.observations import Observations
-from torghut_operator.planner import plan
-from torghut_operator.presets import effective_checks
-from torghut_operator.timefmt import format_time
-from torghut_operator.troubleshooting import markdown_table
-from torghut_operator.verbs import VERBS, action_value, is_refusal, parse_action, verb_applies
+from torghut_operator.cli import commands as cli
+from torghut_operator.cli import session as cli_session
+from torghut_operator.cli import views as cli_views
+from torghut_operator.core.api.spec import TorghutRolloutSpec
+from torghut_operator.core.api.status import TERMINAL_PHASES, Phase, PromotionStatus, TorghutRolloutStatus
+from torghut_operator.core.manifests import ACTION_ANNOTATION
+from torghut_operator.core.observations import Observations
+from torghut_operator.core.planner import plan
+from torghut_operator.core.presets import effective_checks
+from torghut_operator.core.timefmt import format_time
+from torghut_operator.core.troubleshooting import markdown_table
+from torghut_operator.core.verbs import VERBS, action_value, is_refusal, parse_action, verb_applies
 
 pytestmark = pytest.mark.unit
 
@@ -271,14 +273,14 @@ def test_the_action_annotation_carries_a_nonce_the_operator_strips() -> None:
 def test_a_spec_the_operator_has_not_seen_yet_means_the_verb_meets_a_new_run() -> None:
     obj = rollout_object({"phase": "Succeeded"})
     obj["status"]["specHash"] = "an-older-spec"
-    r = cli.Rollout.from_object(obj)
+    r = cli_views.Rollout.from_object(obj)
     assert r.refusal("abort") is None  # the operator starts the new run first: Pending, abortable
     assert r.refusal("retry") == f"nothing to retry: {NAME} is Pending (retry applies to Failed, RolledBack or Aborted)"
 
 
 def test_no_verb_applies_to_a_rollout_whose_spec_is_invalid() -> None:
     broken = {**SPEC, "verify": {"checks": []}}
-    r = cli.Rollout.from_object(rollout_object({"phase": "Failed", "message": "invalid spec"}, spec=broken))
+    r = cli_views.Rollout.from_object(rollout_object({"phase": "Failed", "message": "invalid spec"}, spec=broken))
     refusal = r.refusal("retry")
     assert refusal is not None
     assert refusal.startswith(f"retry does not apply: the spec of {NAME} is invalid (")
@@ -289,8 +291,8 @@ def test_no_verb_applies_to_a_rollout_whose_spec_is_invalid() -> None:
 
 
 def test_status_shows_phase_images_checks_measurements_steps_and_last_action() -> None:
-    r = cli.Rollout.from_object(rollout_object(AWAITING_CANARY))
-    text = render(cli.render_status(r, now=NOW))
+    r = cli_views.Rollout.from_object(rollout_object(AWAITING_CANARY))
+    text = render(cli_views.render_status(r, now=NOW))
     lines = text.splitlines()
 
     def line(label: str) -> str:
@@ -328,8 +330,8 @@ def test_status_shows_phase_images_checks_measurements_steps_and_last_action() -
 
 
 def test_status_of_a_new_rollout_says_nothing_happened_yet() -> None:
-    r = cli.Rollout.from_object(rollout_object({}))
-    text = render(cli.render_status(r, now=NOW))
+    r = cli_views.Rollout.from_object(rollout_object({}))
+    text = render(cli_views.render_status(r, now=NOW))
     assert "Pending" in text
     assert "none measured yet" in text
     assert "Last action\nnone" in text
@@ -340,25 +342,25 @@ def test_status_shows_a_pending_request_and_the_failed_stage() -> None:
         {"phase": "Failed", "failedStage": "verify", "message": "verify failed (GateFailed): error-rate Failed"},
         annotations={ACTION_ANNOTATION: "retry:2026-11-24T11:59:00.00Z"},
     )
-    text = render(cli.render_status(cli.Rollout.from_object(obj), now=NOW))
+    text = render(cli_views.render_status(cli_views.Rollout.from_object(obj), now=NOW))
     assert "Failed stage       verify" in text
     assert "Pending action     retry (requested; the operator has not handled it yet)" in text
     assert "Verbs now          retry" in text
 
 
 def test_a_status_this_plugin_cannot_read_is_one_clear_error() -> None:
-    with pytest.raises(cli.CliError, match=r"the status of torghutrollout \"release-42\" is not readable"):
-        cli.Rollout.from_object(rollout_object({"phase": "Exploded"}))
+    with pytest.raises(cli_session.CliError, match=r"the status of torghutrollout \"release-42\" is not readable"):
+        cli_views.Rollout.from_object(rollout_object({"phase": "Exploded"}))
 
 
 def test_list_rows_come_from_the_raw_objects() -> None:
     rows = [
-        cli.rollout_row(rollout_object(AWAITING_CANARY), NOW),
-        cli.rollout_row({"metadata": {"name": "fresh", "namespace": "ops", "creationTimestamp": ago(0.5)}}, NOW),
+        cli_views.rollout_row(rollout_object(AWAITING_CANARY), NOW),
+        cli_views.rollout_row({"metadata": {"name": "fresh", "namespace": "ops", "creationTimestamp": ago(0.5)}}, NOW),
     ]
     assert rows[0]["ready"] == "False"
     assert rows[1]["phase"] == ""
-    text = render(cli.render_list(rows, all_namespaces=True))
+    text = render(cli_views.render_list(rows, all_namespaces=True))
     header, first, second = text.splitlines()[:3]
     assert header.split() == ["NAMESPACE", "NAME", "PHASE", "STAGE", "READY", "AGE", "IMAGE"]
     assert first.split() == ["trading", "release-42", "Promoting", "promote:canary", "False", "30m", "torghut:v42"]
@@ -366,12 +368,12 @@ def test_list_rows_come_from_the_raw_objects() -> None:
 
 
 def test_list_wide_shows_the_whole_image_and_the_message() -> None:
-    row = cli.rollout_row(rollout_object({**AWAITING_CANARY, "image": DIGEST_IMAGE}), NOW)
-    narrow = render(cli.render_list([row], all_namespaces=False))
+    row = cli_views.rollout_row(rollout_object({**AWAITING_CANARY, "image": DIGEST_IMAGE}), NOW)
+    narrow = render(cli_views.render_list([row], all_namespaces=False))
     assert narrow.splitlines()[1].split()[-1] == "torghut@884bec35f7d2"
     assert DIGEST_IMAGE not in narrow
     wide = Console(record=True, width=400, color_system=None)
-    wide.print(cli.render_list([row], all_namespaces=False, wide=True))
+    wide.print(cli_views.render_list([row], all_namespaces=False, wide=True))
     header, line = wide.export_text().splitlines()[:2]
     assert header.split() == ["NAME", "PHASE", "STAGE", "READY", "AGE", "IMAGE", "MESSAGE"]
     assert DIGEST_IMAGE in line
@@ -379,12 +381,12 @@ def test_list_wide_shows_the_whole_image_and_the_message() -> None:
 
 
 def test_history_merges_events_conditions_measurements_and_the_last_verb_oldest_first() -> None:
-    r = cli.Rollout.from_object(rollout_object(AWAITING_CANARY))
+    r = cli_views.Rollout.from_object(rollout_object(AWAITING_CANARY))
     events: list[dict[str, Any]] = [
         {"type": "Normal", "reason": "Verifying", "message": "Deploying -> Verifying", "lastTimestamp": ago(20)},
         {"type": "Warning", "reason": "AwaitingApproval", "message": "step canary", "eventTime": ago(1), "count": 3},
     ]
-    entries = cli.history(r, events)
+    entries = cli_views.history(r, events)
     assert [(e.source, e.reason) for e in entries] == [
         ("event", "Verifying"),
         ("condition", "ChecksPassed"),
@@ -397,7 +399,7 @@ def test_history_merges_events_conditions_measurements_and_the_last_verb_oldest_
         # Ready=False since the start, but its reason is the one the event above set: it follows that event
         ("condition", "AwaitingApproval"),
     ]
-    text = render(cli.render_history(r, entries, NOW))
+    text = render(cli_views.render_history(r, entries, NOW))
     assert "step canary (x3)" in text
     assert "2026-11-24 11:40:00Z" in text
     assert "412 > 0" in text
@@ -419,9 +421,9 @@ def _retried_events() -> list[dict[str, Any]]:
 
 
 def test_history_is_grouped_by_attempt_in_time_order_with_the_time_between_entries() -> None:
-    r = cli.Rollout.from_object(rollout_object({**AWAITING_CANARY, "startedAt": ago(15)}))
-    entries = cli.history(r, _retried_events())
-    attempts = cli.by_attempt(entries, r.status.attempt)
+    r = cli_views.Rollout.from_object(rollout_object({**AWAITING_CANARY, "startedAt": ago(15)}))
+    entries = cli_views.history(r, _retried_events())
+    attempts = cli_views.by_attempt(entries, r.status.attempt)
     assert [a.number for a in attempts] == [1, 2]
     assert [e.reason for e in attempts[0].entries] == ["Verifying", "RollingBack", "RolledBack"]
     assert attempts[1].entries[0].message == "retry: retrying (attempt 2)"
@@ -430,7 +432,7 @@ def test_history_is_grouped_by_attempt_in_time_order_with_the_time_between_entri
         assert times == sorted(times)
     # conditions older than the attempt (kept by retry) are shown in it, not in the attempt before
     assert all(e.source != "condition" for e in attempts[0].entries)
-    text = render(cli.render_history(r, entries, NOW))
+    text = render(cli_views.render_history(r, entries, NOW))
     first, second = text.index("Attempt 1"), text.index("Attempt 2")
     assert first < text.index("previous image available") < second
     assert "Attempt 1  2026-11-24 11:31:00Z, 4m" in text
@@ -442,22 +444,22 @@ def test_history_is_grouped_by_attempt_in_time_order_with_the_time_between_entri
 
 
 def test_history_after_a_spec_change_starts_a_new_run() -> None:
-    r = cli.Rollout.from_object(rollout_object({"phase": "Verifying", "attempt": 1}))
+    r = cli_views.Rollout.from_object(rollout_object({"phase": "Verifying", "attempt": 1}))
     events = [
         {"type": "Normal", "reason": "Verifying", "message": "Deploying -> Verifying", "lastTimestamp": ago(20)},
         {"type": "Normal", "reason": "SpecChanged", "message": "spec changed", "lastTimestamp": ago(10)},
         {"type": "Normal", "reason": "Migrating", "message": "Pending -> Migrating", "lastTimestamp": ago(9)},
     ]
-    attempts = cli.by_attempt(cli.history(r, events), 1)
+    attempts = cli_views.by_attempt(cli_views.history(r, events), 1)
     assert [(a.number, a.new_run, len(a.entries)) for a in attempts] == [(1, False, 1), (1, True, 2)]
-    assert "(new run: the spec changed)" in render(cli.render_history(r, cli.history(r, events), NOW))
+    assert "(new run: the spec changed)" in render(cli_views.render_history(r, cli_views.history(r, events), NOW))
 
 
 @pytest.mark.parametrize(
     ("seconds", "shown"), [(5, "5s"), (119, "119s"), (150, "2m30s"), (600, "10m"), (3 * 3600, "3h"), (3 * 86400, "3d")]
 )
 def test_ages_read_like_kubectl(seconds: int, shown: str) -> None:
-    assert cli.age(format_time(NOW - timedelta(seconds=seconds)), NOW) == shown
+    assert cli_views.age(format_time(NOW - timedelta(seconds=seconds)), NOW) == shown
 
 
 # --- commands without a cluster ---------------------------------------------------------------------------------
@@ -572,7 +574,7 @@ def test_version_needs_no_cluster(runner: CliRunner) -> None:
     assert "torghut.proompteng.ai/v1alpha1" in result.stdout
 
 
-class FakeSession(cli.Session):
+class FakeSession(cli_session.Session):
     """A session whose API answers are canned: the verb flow without an API server."""
 
     def __init__(self, obj: dict[str, Any] | None) -> None:
@@ -582,7 +584,7 @@ class FakeSession(cli.Session):
 
     def get_rollout(self, name: str) -> dict[str, Any]:
         if self.obj is None:
-            raise cli.CliError(f'torghutrollout "{name}" not found in namespace "{self.namespace}"')
+            raise cli_session.CliError(f'torghutrollout "{name}" not found in namespace "{self.namespace}"')
         return self.obj
 
     def patch_annotation(self, name: str, key: str, value: str) -> dict[str, Any]:
@@ -768,8 +770,8 @@ def _at_a_glance(lines: list[str], *needles: str) -> None:
     assert not any("…" in line for line in lines)
 
 
-def _digest_rollout() -> cli.Rollout:
-    return cli.Rollout.from_object(
+def _digest_rollout() -> cli_views.Rollout:
+    return cli_views.Rollout.from_object(
         rollout_object(
             {**AWAITING_CANARY, "image": DIGEST_IMAGE, "previousImage": DIGEST_IMAGE.replace("884b", "1f0c")}
         )
@@ -778,7 +780,7 @@ def _digest_rollout() -> cli.Rollout:
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_status_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int) -> None:
-    lines = render_at(cli.render_status(_digest_rollout(), now=NOW, width=width), width)
+    lines = render_at(cli_views.render_status(_digest_rollout(), now=NOW, width=width), width)
     assert max(len(line.rstrip()) for line in lines) <= width
     _at_a_glance(lines, "Promoting", "promote:canary", "False (AwaitingApproval)", "30m")
     image = next(line for line in lines if line.startswith("Image"))
@@ -814,8 +816,8 @@ BACKFILLING: dict[str, Any] = {
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_status_draws_a_progress_bar_for_a_running_backfill(width: int) -> None:
-    r = cli.Rollout.from_object(rollout_object(BACKFILLING))
-    lines = render_at(cli.render_status(r, now=NOW, width=width), width)
+    r = cli_views.Rollout.from_object(rollout_object(BACKFILLING))
+    lines = render_at(cli_views.render_status(r, now=NOW, width=width), width)
     assert max(len(line.rstrip()) for line in lines) <= width
     start = next(i for i, line in enumerate(lines) if line.startswith("Backfill "))
     assert lines[start].split()[1:] == ["0004_backfill_routes.sql", "on", "public.executions"]
@@ -828,7 +830,7 @@ def test_status_draws_a_progress_bar_for_a_running_backfill(width: int) -> None:
 
 
 def test_why_says_how_far_a_running_backfill_is_and_when_it_last_reported() -> None:
-    why = cli.explain(cli.Rollout.from_object(rollout_object(BACKFILLING)), NOW)
+    why = cli_views.explain(cli_views.Rollout.from_object(rollout_object(BACKFILLING)), NOW)
     details = dict(why.details)
     assert details["Backfill"] == (
         "0004_backfill_routes.sql: 45% (450,000 / 1,000,000 rows), 12,000 rows/s, ETA 46s; "
@@ -839,25 +841,31 @@ def test_why_says_how_far_a_running_backfill_is_and_when_it_last_reported() -> N
 def test_status_keeps_a_finished_backfills_figures_and_shows_none_without_one() -> None:
     finished = {**BACKFILLING["migration"]["backfill"], "rowsDone": 1_000_000, "finished": True, "etaSeconds": None}
     obj = rollout_object({**BACKFILLING, "phase": "Deploying", "migration": {"mode": "sql", "backfill": finished}})
-    lines = render_at(cli.render_status(cli.Rollout.from_object(obj), now=NOW, width=100), 100)
+    lines = render_at(cli_views.render_status(cli_views.Rollout.from_object(obj), now=NOW, width=100), 100)
     start = next(i for i, line in enumerate(lines) if line.startswith("Backfill "))
     assert lines[start + 1].split()[1:] == ["100%", "1,000,000", "/", "1,000,000", "rows"]
     assert lines[start + 1].split()[0] == "█" * 30
     assert lines[start + 2].strip() == "done in 90 batches, 12,000 rows/s"
-    plain = render_at(cli.render_status(cli.Rollout.from_object(rollout_object(AWAITING_CANARY)), now=NOW), 100)
+    plain = render_at(
+        cli_views.render_status(cli_views.Rollout.from_object(rollout_object(AWAITING_CANARY)), now=NOW), 100
+    )
     assert not any(line.startswith("Backfill") for line in plain)
 
 
 def test_status_wide_shows_whole_images_at_any_width() -> None:
-    text = "\n".join(render_at(cli.render_status(_digest_rollout(), now=NOW, width=80, wide=True), 80))
+    text = "\n".join(render_at(cli_views.render_status(_digest_rollout(), now=NOW, width=80, wide=True), 80))
     assert DIGEST_IMAGE.replace("\n", "") in text.replace("\n                   ", "")
 
 
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("all_namespaces", [False, True])
 def test_list_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int, all_namespaces: bool) -> None:
-    rows = [cli.rollout_row(rollout_object({**AWAITING_CANARY, "image": DIGEST_IMAGE}, name="torghut-2026-11-24"), NOW)]
-    lines = render_at(cli.render_list(rows, all_namespaces=all_namespaces), width)
+    rows = [
+        cli_views.rollout_row(
+            rollout_object({**AWAITING_CANARY, "image": DIGEST_IMAGE}, name="torghut-2026-11-24"), NOW
+        )
+    ]
+    lines = render_at(cli_views.render_list(rows, all_namespaces=all_namespaces), width)
     assert max(len(line.rstrip()) for line in lines) <= width
     header = lines[0].split()
     assert header[: 7 if all_namespaces else 6][-5:] == ["PHASE", "STAGE", "READY", "AGE", "IMAGE"]
@@ -873,8 +881,8 @@ def test_list_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int, 
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_history_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int) -> None:
-    r = cli.Rollout.from_object(rollout_object({**AWAITING_CANARY, "startedAt": ago(15)}))
-    lines = render_at(cli.render_history(r, cli.history(r, _retried_events()), NOW, width), width)
+    r = cli_views.Rollout.from_object(rollout_object({**AWAITING_CANARY, "startedAt": ago(15)}))
+    lines = render_at(cli_views.render_history(r, cli_views.history(r, _retried_events()), NOW, width), width)
     assert max(len(line.rstrip()) for line in lines) <= width
     _at_a_glance(lines, "Promoting", "promote:canary", "False (AwaitingApproval)", "age 30m", "Attempt 1", "Attempt 2")
 
@@ -882,7 +890,7 @@ def test_history_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: in
 @pytest.mark.parametrize("width", WIDTHS)
 def test_why_fits_the_terminal_and_shows_phase_stage_ready_and_age(width: int) -> None:
     r = _digest_rollout()
-    lines = render_at(cli.render_why(cli.explain(r, NOW), NOW, name=r.name, namespace=r.namespace), width)
+    lines = render_at(cli_views.render_why(cli_views.explain(r, NOW), NOW, name=r.name, namespace=r.namespace), width)
     assert max(len(line.rstrip()) for line in lines) <= width
     _at_a_glance(lines, "Promoting", "promote:canary", "False (AwaitingApproval)", "30m", "Reason", "Do")
 
@@ -896,10 +904,10 @@ def test_a_short_image_keeps_the_repository_name_and_the_digest_prefix(
     path: list[str], digest: str, tag: str | None
 ) -> None:
     repository = "/".join(path)
-    by_digest = cli.short_image(f"{repository}@sha256:{digest}")
+    by_digest = cli_views.short_image(f"{repository}@sha256:{digest}")
     assert by_digest == f"{path[-1]}@{digest[:12]}"
     if tag is not None:
-        assert cli.short_image(f"{repository}:{tag}") == f"{path[-1]}:{tag}"
+        assert cli_views.short_image(f"{repository}:{tag}") == f"{path[-1]}:{tag}"
 
 
 # --- why --------------------------------------------------------------------------------------------------------
@@ -909,8 +917,8 @@ def _condition(type_: str, status: str, reason: str, message: str = "", minutes:
     return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": ago(minutes)}
 
 
-def _why(status: dict[str, Any], **meta: Any) -> cli.Why:
-    return cli.explain(cli.Rollout.from_object(rollout_object(status, **meta)), NOW)
+def _why(status: dict[str, Any], **meta: Any) -> cli_views.Why:
+    return cli_views.explain(cli_views.Rollout.from_object(rollout_object(status, **meta)), NOW)
 
 
 def test_why_names_the_check_its_value_threshold_query_how_long_and_the_verb() -> None:
@@ -919,7 +927,7 @@ def test_why_names_the_check_its_value_threshold_query_how_long_and_the_verb() -
     assert w.check is None  # every check passed or was accepted: the step waits for a human, not for a check
     assert w.do == "`promote` to accept, `abort` to roll back"
     assert w.next_verbs == ("promote", "abort")
-    text = render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+    text = render(cli_views.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
     assert "Next               kubectl torghut promote release-42 -n trading  or  kubectl torghut abort" in text
     assert "AwaitingApproval (Ready), since 2026-11-24 11:30:00Z (30m)" in text
 
@@ -964,7 +972,7 @@ def test_why_for_a_failed_check_gives_value_against_threshold_query_and_since() 
     assert w.check_since == ago(7)
     assert w.means == "a check failed more than `failureLimit`; the message has value, threshold, query"
     assert w.next_verbs == ("retry",)
-    text = render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+    text = render(cli_views.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
     assert "Last value         0.2 against <= 0.01" in text
     assert "So for             7m (since 2026-11-24 11:53:00Z)" in text
     assert "Next               kubectl torghut retry release-42 -n trading" in text
@@ -1065,7 +1073,7 @@ def test_why_explains_each_reason_with_the_troubleshooting_advice(
     w = _why(status)
     assert w.reason == reason
     assert w.next_verbs == verbs
-    text = render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+    text = render(cli_views.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
     assert shown in text
     assert "Do " in text
 
@@ -1084,14 +1092,14 @@ def test_why_for_a_soaking_step_says_how_much_soak_is_left() -> None:
         },
         spec=spec,
     )
-    w = cli.explain(cli.Rollout.from_object(obj), NOW)
+    w = cli_views.explain(cli_views.Rollout.from_object(obj), NOW)
     assert dict(w.details)["Soak"] == "10m of 30m since 2026-11-24 11:50:00Z (20m left)"
 
 
 def test_why_for_a_succeeded_rollout_says_there_is_nothing_to_do() -> None:
     w = _why({"phase": "Succeeded", "conditions": [_condition("Ready", "True", "Succeeded")]})
     assert (w.state, w.reason, w.do, w.next_verbs) == ("finished", None, None, ())
-    assert "finished: nothing to do" in render(cli.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
+    assert "finished: nothing to do" in render(cli_views.render_why(w, NOW, name=NAME, namespace=NAMESPACE))
 
 
 def test_the_readme_troubleshooting_table_is_the_one_why_quotes() -> None:
@@ -1101,4 +1109,4 @@ def test_the_readme_troubleshooting_table_is_the_one_why_quotes() -> None:
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
     table = "\n".join(lines[start:end])
-    assert table == markdown_table(), "regenerate the README's table from torghut_operator.troubleshooting"
+    assert table == markdown_table(), "regenerate the README's table from torghut_operator.core.troubleshooting"

@@ -24,9 +24,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from torghut_operator.api import spec as spec_api
-from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.api.status import TorghutRolloutStatus
+from torghut_operator.core.api import spec as spec_api
+from torghut_operator.core.api.spec import TorghutRolloutSpec
+from torghut_operator.core.api.status import TorghutRolloutStatus
 
 pytestmark = pytest.mark.unit
 

@@ -15,17 +15,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torghut_operator import presets
-from torghut_operator.api.spec import Check, TorghutRolloutSpec
-from torghut_operator.api.status import Verdict
-from torghut_operator.gates.deadline import Deadline, pending_hooks
-from torghut_operator.gates.judge import judge
-from torghut_operator.gates.live import PROMOTION_EVIDENCE_SQL, LiveGates
-from torghut_operator.gates.measure import take_measurement
-from torghut_operator.gates.postgres import role_refusal
-from torghut_operator.gates.reading import Reading
-from torghut_operator.gates.sql_guard import refusal
-from torghut_operator.kube.gateway import KubeGateway
+from torghut_operator.adapters.kube import KubeGateway
+from torghut_operator.adapters.live import PROMOTION_EVIDENCE_SQL, LiveGates
+from torghut_operator.adapters.measure import take_measurement
+from torghut_operator.adapters.postgres.gate_queries import role_refusal
+from torghut_operator.adapters.postgres.sql_guard import refusal
+from torghut_operator.core import presets
+from torghut_operator.core.api.spec import Check, TorghutRolloutSpec
+from torghut_operator.core.api.status import Verdict
+from torghut_operator.core.deadline import Deadline, pending_hooks
+from torghut_operator.core.judge import judge
+from torghut_operator.core.reading import Reading
 
 pytestmark = pytest.mark.unit
 

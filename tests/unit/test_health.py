@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from torghut_operator.health import WatchFreshness
+from torghut_operator.app.health import WatchFreshness
 
 pytestmark = pytest.mark.unit
 

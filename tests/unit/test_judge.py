@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 
-from torghut_operator.api.spec import Check
-from torghut_operator.api.status import Verdict
-from torghut_operator.gates.deadline import Deadline
-from torghut_operator.gates.http import UnexpectedStatus
-from torghut_operator.gates.jsonpath import parse_json_path, select
-from torghut_operator.gates.judge import as_number, format_number, format_value, judge
-from torghut_operator.gates.measure import previous_value, take_measurement, value_text
-from torghut_operator.gates.reading import ProviderError, Reading
+from torghut_operator.adapters.http import UnexpectedStatus
+from torghut_operator.adapters.measure import take_measurement
+from torghut_operator.core.api.spec import Check
+from torghut_operator.core.api.status import Verdict
+from torghut_operator.core.deadline import Deadline
+from torghut_operator.core.jsonpath import parse_json_path, select
+from torghut_operator.core.judge import as_number, judge, previous_value
+from torghut_operator.core.reading import ProviderError, Reading
+from torghut_operator.core.text import format_number, format_value, value_text
 
 pytestmark = pytest.mark.unit
 

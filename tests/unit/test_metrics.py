@@ -7,8 +7,7 @@ import math
 import pytest
 from prometheus_client import REGISTRY
 
-from torghut_operator import metrics
-from torghut_operator.api.status import (
+from torghut_operator.core.api.status import (
     BackfillStatus,
     CheckStatus,
     Condition,
@@ -18,7 +17,8 @@ from torghut_operator.api.status import (
     TorghutRolloutStatus,
     Verdict,
 )
-from torghut_operator.route_stats import RouteStats
+from torghut_operator.core.route_stats import RouteStats
+from torghut_operator.shell import metrics
 
 pytestmark = pytest.mark.unit
 

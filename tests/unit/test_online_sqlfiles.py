@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torghut_operator.migrate.sqlfiles import (
+from torghut_operator.adapters.postgres.migrator import (
     BackfillSettings,
     BackfillTarget,
     backoff,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.api.status import (
+from torghut_operator.core.api.spec import TorghutRolloutSpec
+from torghut_operator.core.api.status import (
     AppliedFile,
     BackfillStatus,
     Measurement,
@@ -17,9 +17,8 @@ from torghut_operator.api.status import (
     TorghutRolloutStatus,
     Verdict,
 )
-from torghut_operator.gates.judge import judge
-from torghut_operator.gates.reading import Reading
-from torghut_operator.observations import (
+from torghut_operator.core.judge import judge
+from torghut_operator.core.observations import (
     ExpectationOutcome,
     JobState,
     Observations,
@@ -28,7 +27,7 @@ from torghut_operator.observations import (
     SqlOutcome,
     TargetState,
 )
-from torghut_operator.planner import (
+from torghut_operator.core.planner import (
     ApplySqlMigrations,
     CheckExpectations,
     CheckPromotionEvidence,
@@ -44,8 +43,9 @@ from torghut_operator.planner import (
     plan,
     stage_checks,
 )
-from torghut_operator.presets import effective_checks
-from torghut_operator.timefmt import format_time
+from torghut_operator.core.presets import effective_checks
+from torghut_operator.core.reading import Reading
+from torghut_operator.core.timefmt import format_time
 
 pytestmark = pytest.mark.unit
 

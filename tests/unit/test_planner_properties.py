@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.api.status import Measurement, Phase, TorghutRolloutStatus, Verdict
-from torghut_operator.observations import JobState, Observations, PromotionEvidence, TargetState
-from torghut_operator.planner import (
+from torghut_operator.core.api.spec import TorghutRolloutSpec
+from torghut_operator.core.api.status import Measurement, Phase, TorghutRolloutStatus, Verdict
+from torghut_operator.core.observations import JobState, Observations, PromotionEvidence, TargetState
+from torghut_operator.core.planner import (
     CheckPromotionEvidence,
     CreateMigrationJob,
     Measure,
@@ -33,8 +33,8 @@ from torghut_operator.planner import (
     plan,
     with_outcomes,
 )
-from torghut_operator.presets import effective_checks
-from torghut_operator.timefmt import format_time
+from torghut_operator.core.presets import effective_checks
+from torghut_operator.core.timefmt import format_time
 
 pytestmark = pytest.mark.unit
 

@@ -11,11 +11,12 @@ from typing import Any, cast
 import pytest
 import urllib3
 
-from torghut_operator.api.spec import Target
-from torghut_operator.errors import PermanentError, TemporaryError
-from torghut_operator.kube.gateway import KubeGateway
-from torghut_operator.reconciler import Gates, Reconciler, describe_error, is_transient
-from torghut_operator.timefmt import format_time
+from torghut_operator.adapters.kube import KubeGateway
+from torghut_operator.core.api.spec import Target
+from torghut_operator.core.errors import PermanentError, TemporaryError
+from torghut_operator.core.timefmt import format_time
+from torghut_operator.shell.ports import Gates
+from torghut_operator.shell.reconciler import Reconciler, describe_error, is_transient
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.api.status import (
+from torghut_operator.core.api.spec import TorghutRolloutSpec
+from torghut_operator.core.api.status import (
     CheckStatus,
     Condition,
     LastAction,
@@ -20,7 +20,10 @@ from torghut_operator.api.status import (
     TorghutRolloutStatus,
     Verdict,
 )
-from torghut_operator.evidence.ledger import (
+from torghut_operator.core.observations import Observations, TargetState
+from torghut_operator.core.planner import Event, plan
+from torghut_operator.core.presets import effective_checks
+from torghut_operator.core.records import (
     DecisionRecord,
     LedgerDecision,
     LedgerMeasurement,
@@ -30,8 +33,9 @@ from torghut_operator.evidence.ledger import (
     status_measurements,
     transitions,
 )
-from torghut_operator.evidence.report import (
-    PR_BODY_LIMIT,
+from torghut_operator.core.text import shorten
+from torghut_operator.core.timefmt import format_time
+from torghut_operator.evidence.facts import (
     GateDecision,
     LaneRun,
     RouteNullRate,
@@ -39,18 +43,10 @@ from torghut_operator.evidence.report import (
     TableWrites,
     TorghutFacts,
     Unavailable,
-    cell,
-    code,
     facts_since,
-    fit_for_pr,
     lane_runs_seen,
-    render_report,
-    shorten,
 )
-from torghut_operator.observations import Observations, TargetState
-from torghut_operator.planner import Event, plan
-from torghut_operator.presets import effective_checks
-from torghut_operator.timefmt import format_time
+from torghut_operator.evidence.report import PR_BODY_LIMIT, cell, code, fit_for_pr, render_report
 
 pytestmark = pytest.mark.unit
 

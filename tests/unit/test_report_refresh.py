@@ -8,12 +8,13 @@ from typing import Any, cast
 
 import pytest
 
-from torghut_operator.api.spec import TorghutRolloutSpec
-from torghut_operator.api.status import TorghutRolloutStatus
-from torghut_operator.evidence.ledger import RolloutRef
-from torghut_operator.kube.gateway import KubeGateway
-from torghut_operator.reconciler import Gates, Reconciler
-from torghut_operator.timefmt import format_time
+from torghut_operator.adapters.kube import KubeGateway
+from torghut_operator.core.api.spec import TorghutRolloutSpec
+from torghut_operator.core.api.status import TorghutRolloutStatus
+from torghut_operator.core.records import RolloutRef
+from torghut_operator.core.timefmt import format_time
+from torghut_operator.shell.ports import Gates
+from torghut_operator.shell.reconciler import Reconciler
 
 pytestmark = pytest.mark.unit
 

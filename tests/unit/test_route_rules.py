@@ -22,11 +22,11 @@ from torghut_localstack.route_rules import (
     decimal_digit_starts,
     service_route,
 )
-from torghut_operator.api.spec import Check
-from torghut_operator.gates.deadline import Deadline
-from torghut_operator.gates.measure import take_measurement
-from torghut_operator.gates.reading import Reading
-from torghut_operator.presets import ROUTE_BACKFILL_SQL, ROUTE_RULES_CTE, ROUTE_SCOPE_ALL_CTE
+from torghut_operator.adapters.measure import take_measurement
+from torghut_operator.core.api.spec import Check
+from torghut_operator.core.deadline import Deadline
+from torghut_operator.core.presets import ROUTE_BACKFILL_SQL, ROUTE_RULES_CTE, ROUTE_SCOPE_ALL_CTE
+from torghut_operator.core.reading import Reading
 
 pytestmark = pytest.mark.unit
 

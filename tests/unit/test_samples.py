@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from torghut_operator.api.spec import GROUP, KIND, VERSION, TargetKind, TorghutRolloutSpec
+from torghut_operator.core.api.spec import GROUP, KIND, VERSION, TargetKind, TorghutRolloutSpec
 
 pytestmark = pytest.mark.unit
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from torghut_operator.gates import trading_status
-from torghut_operator.gates.cel import compile_condition
-from torghut_operator.gates.schema_facts import missing_column, missing_table
-from torghut_operator.presets import EXECUTIONS_FAILURE, EXECUTIONS_SUCCESS
+from torghut_operator.adapters.torghut import trading_status
+from torghut_operator.adapters.torghut.schema_facts import missing_column, missing_table
+from torghut_operator.core.cel import compile_condition
+from torghut_operator.core.presets import EXECUTIONS_FAILURE, EXECUTIONS_SUCCESS
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from torghut_localstack import sql_pack
-from torghut_operator.migrate.sqlfiles import AppliedRecord, checksum, file_options, plan_files
+from torghut_operator.adapters.postgres.migrator import AppliedRecord, checksum, file_options, plan_files
 
 pytestmark = pytest.mark.unit
 

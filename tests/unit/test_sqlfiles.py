@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from torghut_operator.api.status import AppliedFile
-from torghut_operator.migrate.sqlfiles import (
+from torghut_operator.adapters.postgres.migrator import (
     LOCK_KEY,
     AppliedRecord,
     SqlMigrator,
@@ -18,6 +17,7 @@ from torghut_operator.migrate.sqlfiles import (
     redact,
     transaction_control,
 )
+from torghut_operator.core.api.status import AppliedFile
 
 pytestmark = pytest.mark.unit
 

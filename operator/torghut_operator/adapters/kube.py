@@ -1,0 +1,241 @@
+"""The one Kubernetes gateway: every API call the operator makes, each with a timeout.
+
+Built on the official ``kubernetes`` client (synchronous; the reconciler calls it from worker threads).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from torghut_operator.core.api.spec import GROUP, PLURAL, VERSION, Target, TargetKind
+from torghut_operator.core.errors import PermanentError, TemporaryError
+from torghut_operator.core.manifests import ACTION_ANNOTATION, MANAGED_BY, ROLLOUT_LABEL, owner_reference, report_name
+
+TIMEOUT = (5.0, 20.0)
+"""(connect, read) seconds for every call."""
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """The client's untyped JSON answers, checked once."""
+    if not isinstance(value, dict):
+        raise TemporaryError(f"unexpected answer from the API server: {type(value).__name__}")
+    return value
+
+
+def _api_error(what: str, exc: ApiException) -> Exception:
+    reason = f"{what}: {exc.status} {exc.reason}"
+    if exc.status in (400, 403, 422):
+        return PermanentError(reason)
+    return TemporaryError(reason)
+
+
+class KubeGateway:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api_client)
+        self._apps = client.AppsV1Api(api_client)
+        self._batch = client.BatchV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+
+    # --- TorghutRollouts ---
+
+    def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return as_dict(
+                self._custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _api_error(f"get TorghutRollout {namespace}/{name}", exc) from exc
+
+    def list_rollouts(self, namespace: str) -> list[dict[str, Any]]:
+        try:
+            result = as_dict(
+                self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _request_timeout=TIMEOUT)
+            )
+        except ApiException as exc:
+            raise _api_error(f"list TorghutRollouts in {namespace}", exc) from exc
+        return list(result.get("items", []))
+
+    def patch_rollout_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str
+    ) -> str | None:
+        """Write the whole status, only if the object is still at ``resource_version``. Returns the new
+        resourceVersion, or None on a conflict (someone else changed the object: plan again)."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        try:
+            written = as_dict(
+                self._custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=TIMEOUT
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise _api_error(f"patch status of TorghutRollout {namespace}/{name}", exc) from exc
+        return str(written["metadata"]["resourceVersion"])
+
+    def clear_action(self, namespace: str, name: str, value: str) -> None:
+        """Remove the verb annotation, but only if it still holds the verb that was handled."""
+        key = ACTION_ANNOTATION.replace("/", "~1")
+        patch = [
+            {"op": "test", "path": f"/metadata/annotations/{key}", "value": value},
+            {"op": "remove", "path": f"/metadata/annotations/{key}"},
+        ]
+        path = (GROUP, VERSION, namespace, PLURAL, name)
+        # Gone, or a new verb was written meanwhile (the test op fails): leave it for the next turn.
+        self._json_patch(path, patch, f"clear action on TorghutRollout {namespace}/{name}", ignore=(404, 409, 422))
+
+    # --- Jobs ---
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            job = self._batch.read_namespaced_job(name, namespace, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _api_error(f"get Job {namespace}/{name}", exc) from exc
+        return as_dict(self._batch.api_client.sanitize_for_serialization(job))
+
+    def create_job(self, namespace: str, manifest: dict[str, Any]) -> None:
+        try:
+            self._batch.create_namespaced_job(namespace, cast(Any, manifest), _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 409:  # created before a restart: the name is deterministic, so it is ours
+                return
+            raise _api_error(f"create Job {namespace}/{manifest['metadata']['name']}", exc) from exc
+
+    # --- targets ---
+
+    def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
+        try:
+            if target.kind is TargetKind.DEPLOYMENT:
+                obj = self._apps.read_namespaced_deployment(target.name, namespace, _request_timeout=TIMEOUT)
+                return as_dict(self._apps.api_client.sanitize_for_serialization(obj))
+            return as_dict(
+                self._custom.get_namespaced_custom_object(
+                    "serving.knative.dev", "v1", namespace, "services", target.name, _request_timeout=TIMEOUT
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _api_error(f"get {target.kind.value} {namespace}/{target.name}", exc) from exc
+
+    def set_target_image(self, namespace: str, target: Target, image: str) -> None:
+        self._patch_container(namespace, target, "image", lambda _: image)
+
+    def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None:
+        """Set (value) or remove (None) plain environment variables of the target container."""
+
+        def merged(container: dict[str, Any]) -> list[dict[str, Any]]:
+            kept = [e for e in container.get("env") or [] if e.get("name") not in env]
+            return kept + [{"name": k, "value": v} for k, v in sorted(env.items()) if v is not None]
+
+        self._patch_container(namespace, target, "env", merged)
+
+    def _patch_container(
+        self, namespace: str, target: Target, field: str, value: Callable[[dict[str, Any]], Any]
+    ) -> None:
+        """Replace one field of the target container with a JSON patch that applies only to the version read,
+        so a concurrent writer is never overwritten (the next turn retries)."""
+        what = f"set {field} of {target.kind.value} {namespace}/{target.name}"
+        obj = self.get_target(namespace, target)
+        if obj is None:
+            raise TemporaryError(f"{what}: not found")
+        containers = obj["spec"]["template"]["spec"]["containers"]
+        # Knative allows a single unnamed container; it runs as user-container.
+        index = next((i for i, c in enumerate(containers) if c.get("name") in (target.container, None)), None)
+        if index is None:
+            raise PermanentError(f"{what}: no container {target.container}")
+        ops = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": obj["metadata"]["resourceVersion"]},
+            {"op": "add", "path": f"/spec/template/spec/containers/{index}/{field}", "value": value(containers[index])},
+        ]
+        self._json_patch(self._target_path(namespace, target), ops, what)
+
+    @staticmethod
+    def _target_path(namespace: str, target: Target) -> tuple[str, ...]:
+        if target.kind is TargetKind.DEPLOYMENT:
+            return ("deployments", namespace, target.name)
+        return ("serving.knative.dev", "v1", namespace, "services", target.name)
+
+    def _json_patch(
+        self, path: tuple[str, ...], ops: list[dict[str, Any]], what: str, *, ignore: tuple[int, ...] = ()
+    ) -> None:
+        """A JSON patch of a Deployment (``("deployments", ns, name)``) or a custom object
+        (``(group, version, ns, plural, name)``); a failed test op means the object changed under us."""
+        json_patch = "application/json-patch+json"
+        try:
+            if path[0] == "deployments":
+                self._apps.patch_namespaced_deployment(
+                    path[2], path[1], ops, _content_type=json_patch, _request_timeout=TIMEOUT
+                )
+            else:
+                group, version, namespace, plural, name = path
+                self._custom.patch_namespaced_custom_object(
+                    group, version, namespace, plural, name, ops, _content_type=json_patch, _request_timeout=TIMEOUT
+                )
+        except ApiException as exc:
+            if exc.status in ignore:
+                return
+            if exc.status == 422:  # the test op failed: retried next turn
+                raise TemporaryError(f"{what}: changed concurrently") from None
+            raise _api_error(what, exc) from exc
+
+    # --- evidence ---
+
+    def publish_report(self, namespace: str, rollout: str, uid: str, report: str) -> None:
+        """The Markdown evidence report as a ConfigMap owned by the rollout (deleted with it)."""
+        name = report_name(rollout)
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {**MANAGED_BY, ROLLOUT_LABEL: rollout},
+                "ownerReferences": [owner_reference(rollout, uid)],
+            },
+            "data": {"report.md": report},
+        }
+        try:
+            self._core.create_namespaced_config_map(namespace, cast(Any, body), _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _api_error(f"create ConfigMap {namespace}/{name}", exc) from exc
+            try:
+                self._core.replace_namespaced_config_map(name, namespace, cast(Any, body), _request_timeout=TIMEOUT)
+            except ApiException as again:
+                raise _api_error(f"replace ConfigMap {namespace}/{name}", again) from again
+
+    # --- configuration ---
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str:
+        """A Secret's value; the error names the Secret and key, never a value."""
+        try:
+            secret = self._core.read_namespaced_secret(name, namespace, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise TemporaryError(f"Secret {namespace}/{name} not found") from None
+            raise _api_error(f"read Secret {namespace}/{name}", exc) from None
+        data = secret.data or {}
+        if key not in data:
+            raise TemporaryError(f"Secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(data[key]).decode()
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str]:
+        try:
+            cm = self._core.read_namespaced_config_map(name, namespace, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise TemporaryError(f"ConfigMap {namespace}/{name} not found") from None
+            raise _api_error(f"read ConfigMap {namespace}/{name}", exc) from None
+        return dict(cm.data or {})

@@ -1,0 +1,225 @@
+"""Thin Kopf handlers: one daemon per TorghutRollout drives it; watch events only wake that daemon.
+
+A single writer per object (its daemon) means no two turns of the same rollout ever overlap. Watches on the
+rollouts, their Jobs and their targets wake the daemon at once, so a stage advances as soon as its evidence is
+observable; the daemon's own wait is the timer that polls gates and deadlines. Importing this module registers
+handlers and touches no cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from torghut_operator.app.runtime import Runtime
+from torghut_operator.app.settings import OperatorConfig, report_refresh_interval, route_interval
+from torghut_operator.core.api.spec import GROUP, PLURAL, VERSION, TorghutRolloutSpec, target_key
+from torghut_operator.core.api.status import Phase
+from torghut_operator.core.manifests import MANAGED_BY
+from torghut_operator.core.route_stats import RouteStats
+from torghut_operator.shell import metrics
+from torghut_operator.shell.reconciler import describe_error, is_transient
+
+log = logging.getLogger(__name__)
+TURN_TIMEOUT = 180.0
+"""The longest one reconcile turn may take (a SQL migration file may take a while)."""
+IDLE_SECONDS = 30.0
+"""The longest a daemon sleeps without being woken; a safety net under the watches."""
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime: Runtime = memo.runtime
+    return runtime
+
+
+@kopf.on.startup()
+async def startup(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    from torghut_operator.app.wiring import build_runtime  # noqa: PLC0415 (wiring imports clients; keep import cheap)
+
+    config = OperatorConfig.from_env()
+    config.apply(settings)
+    # Every turn runs its blocking calls in threads; the default pool (cores + 4) would make rollouts queue.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=config.worker_threads))
+    memo.runtime = build_runtime(config)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def drive(
+    *, stopped: kopf.DaemonStopped, namespace: str | None, name: str, uid: str, spec: kopf.Spec, memo: Any, **_: Any
+) -> None:
+    assert namespace is not None  # the resource is namespaced
+    runtime = _runtime(memo)
+    metrics.watching(namespace, name)
+    wake = runtime.wakers.setdefault(uid, asyncio.Event())
+    backoff = 1.0
+    try:
+        while not stopped:
+            wake.clear()
+            try:
+                # A turn that hangs (a library ignoring its timeout) is abandoned, never waited on forever:
+                # the next turn starts again from the persisted status.
+                turn = await asyncio.wait_for(runtime.reconciler.reconcile(namespace, name), TURN_TIMEOUT)
+                backoff = 1.0
+            except Exception as exc:  # noqa: BLE001 (the next turn starts again from the persisted status)
+                backoff = min(backoff * 2, IDLE_SECONDS)
+                if is_transient(exc):
+                    log.warning(
+                        "TorghutRollout %s/%s: turn failed, retrying in %.0fs: %s", namespace, name, backoff, exc
+                    )
+                else:
+                    log.error("TorghutRollout %s/%s: %s", namespace, name, describe_error(exc))
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(runtime.reconciler.report_stuck(namespace, name, exc), TURN_TIMEOUT)
+                await _wait(wake, backoff)
+                continue
+            if turn is None:  # deleted: nothing of it may stay exported
+                metrics.forget(namespace, name)
+                metrics.forget_route(uid)
+                return
+            delay = IDLE_SECONDS if turn.requeue_after is None else min(turn.requeue_after, IDLE_SECONDS)
+            if delay > 0:
+                await _wait(wake, delay)
+    finally:
+        runtime.wakers.pop(uid, None)
+
+
+async def _wait(wake: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout=seconds)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, backoff=3.0)
+async def finalize(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    """Deletion is a decision, not an accident: see Reconciler.finalize (spec.onDelete)."""
+    assert namespace is not None
+    done = await asyncio.wait_for(_runtime(memo).reconciler.finalize(namespace, name), TURN_TIMEOUT)
+    if not done:
+        raise kopf.TemporaryError("restoring the target before the rollout goes", delay=3.0)
+
+
+TargetIndex = kopf.Index[tuple[str, str, str], str]
+"""(namespace, target kind, target name) -> uids of the rollouts driving that target."""
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def rollouts_by_target(
+    *, namespace: str | None, uid: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str, str], str]:
+    """Kopf keeps this index current as rollouts come, change their target and go (no map of our own to go stale);
+    every handler receives it as the keyword argument ``rollouts_by_target``."""
+    return {target_key(namespace or "", spec): uid}
+
+
+def _wake_target(memo: Any, kwargs: dict[str, Any], key: tuple[str, str, str]) -> None:
+    """Wake the daemons of the rollouts driving ``key`` (Kopf passes the index in the handler's ``kwargs``)."""
+    index: TargetIndex = kwargs["rollouts_by_target"]
+    runtime = _runtime(memo)
+    for uid in index.get(key, []):
+        runtime.wake(uid)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def rollout_changed(
+    *,
+    type: str,
+    body: kopf.Body,
+    uid: str,
+    name: str,
+    namespace: str | None,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    runtime = _runtime(memo)
+    runtime.freshness.saw(uid, body.metadata.get("resourceVersion"))
+    if type == "DELETED":
+        runtime.freshness.forget(uid)
+        metrics.forget(namespace or "", name)
+        metrics.forget_route(uid)
+    # Any change to one rollout may unblock another on the same target.
+    runtime.wake(uid)
+    _wake_target(memo, kwargs, target_key(namespace or "", body.spec))
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=route_interval(), initial_delay=1.0)
+async def route_visibility(
+    *, namespace: str | None, uid: str, spec: kopf.Spec, meta: kopf.Meta, memo: Any, **_: Any
+) -> None:
+    """Route null rate, unknown rate and fallback ratio of the rollout's target database, exported all the time
+    (not only while it verifies), labelled namespace/target; gone with the last rollout watching the target."""
+    runtime = _runtime(memo)
+    if runtime.route_reader is None or namespace is None or meta.get("deletionTimestamp"):
+        return
+    try:
+        parsed = TorghutRolloutSpec.model_validate(dict(spec))
+    except ValidationError:
+        return  # an invalid spec is reported by its daemon
+    if parsed.database is None:
+        return
+    try:
+        stats: RouteStats | None = await asyncio.to_thread(runtime.route_reader, parsed, namespace)
+    except Exception as exc:  # noqa: BLE001 (fail closed: no rates rather than stale ones)
+        log.warning("route statistics of %s/%s: %s", namespace, parsed.target.name, _secret_free(exc))
+        stats = None
+    metrics.observe_route(uid, namespace, parsed.target.name, stats)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=report_refresh_interval(), initial_delay=5.0)
+async def refresh_report(
+    *, namespace: str | None, name: str, uid: str, status: kopf.Status, memo: Any, **_: Any
+) -> None:
+    """A finished run's evidence report is refreshed until it shows the first three lane runs after the deploy, for
+    a bounded time (evidence.report.REFRESH_HOURS); the report says how many it saw."""
+    runtime = _runtime(memo)
+    phase = status.get("phase")
+    key = (uid, str(status.get("specHash") or ""), int(status.get("attempt") or 0))
+    if namespace is None or key in runtime.reports_done or phase not in {p.value for p in Phase if p.terminal}:
+        return
+    try:
+        more = await runtime.reconciler.refresh_report(namespace, name)
+    except Exception as exc:  # noqa: BLE001 (tried again at the next interval)
+        log.warning("refreshing the evidence report of %s/%s: %s", namespace, name, _secret_free(exc))
+        return
+    if not more:
+        runtime.reports_done.add(key)
+
+
+def _secret_free(exc: Exception) -> str:
+    """Our own errors (and a malformed answer's ValueError) are written secret-free; others by type only."""
+    from torghut_operator.core.errors import OperatorError  # noqa: PLC0415 (keep import cheap)
+    from torghut_operator.core.reading import ProviderError  # noqa: PLC0415
+
+    return str(exc) if isinstance(exc, OperatorError | ProviderError | ValueError) else type(exc).__name__
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED_BY)
+async def job_changed(*, body: kopf.Body, memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    for ref in body.metadata.get("ownerReferences") or []:
+        if ref.get("kind") == "TorghutRollout":
+            runtime.wake(ref.get("uid", ""))
+
+
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_changed(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    _wake_target(memo, kwargs, (namespace or "", "Deployment", name))
+
+
+@kopf.on.event("serving.knative.dev", "v1", "services")
+async def knative_service_changed(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    _wake_target(memo, kwargs, (namespace or "", "Service", name))
+
+
+@kopf.on.probe(id="watch-freshness")
+async def watch_freshness(*, memo: Any, **_: Any) -> str:
+    """Fails (and so fails the liveness endpoint) when the rollout watch stopped delivering changes."""
+    runtime = _runtime(memo)
+    stale = await runtime.freshness.stale_objects()
+    if stale:
+        raise kopf.PermanentError(f"watch stale: {len(stale)} TorghutRollout change(s) not delivered: {stale[:3]}")
+    return "fresh"

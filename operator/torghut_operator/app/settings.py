@@ -1,0 +1,70 @@
+"""Operator configuration from the environment, applied to Kopf's settings once at startup."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import kopf
+
+from torghut_operator.core.api.spec import GROUP
+
+
+def route_interval() -> float:
+    """Seconds between two reads of each watched target's route statistics (TORGHUT_OPERATOR_ROUTE_INTERVAL,
+    default 30). Read at import: Kopf fixes a timer's interval when the handler is registered."""
+    return max(1.0, float(os.environ.get("TORGHUT_OPERATOR_ROUTE_INTERVAL", "30")))
+
+
+def report_refresh_interval() -> float:
+    """Seconds between two refreshes of a finished rollout's evidence report while it waits for lane runs
+    (TORGHUT_OPERATOR_REPORT_REFRESH_INTERVAL, default 60)."""
+    return max(1.0, float(os.environ.get("TORGHUT_OPERATOR_REPORT_REFRESH_INTERVAL", "60")))
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    watch_server_timeout: int = 300
+    """Seconds the API server keeps a watch open before the client re-establishes it."""
+    watch_client_timeout: int = 330
+    """Client-side watch timeout: a watch that hangs silently is cut and restarted."""
+    request_timeout: float = 30.0
+    """Timeout of Kopf's own API requests."""
+    freshness_grace_seconds: float = 90.0
+    """How long a change may stay undelivered by the watch before liveness fails."""
+    metrics_port: int = 9090
+    """Port of the operator's /metrics endpoint (0 turns it off)."""
+    worker_threads: int = 32
+    """Threads for blocking calls (API, Postgres, Prometheus, HTTP) shared by all rollouts' turns."""
+    gate_sql_denylist: tuple[str, ...] = ()
+    """Functions gate SQL may not call, on top of the built-in list (``name`` or ``prefix*``)."""
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        env = os.environ
+        return cls(
+            watch_server_timeout=int(env.get("TORGHUT_OPERATOR_WATCH_SERVER_TIMEOUT", cls.watch_server_timeout)),
+            watch_client_timeout=int(env.get("TORGHUT_OPERATOR_WATCH_CLIENT_TIMEOUT", cls.watch_client_timeout)),
+            request_timeout=float(env.get("TORGHUT_OPERATOR_REQUEST_TIMEOUT", cls.request_timeout)),
+            freshness_grace_seconds=float(env.get("TORGHUT_OPERATOR_FRESHNESS_GRACE", cls.freshness_grace_seconds)),
+            metrics_port=int(env.get("TORGHUT_OPERATOR_METRICS_PORT", cls.metrics_port)),
+            worker_threads=int(env.get("TORGHUT_OPERATOR_WORKER_THREADS", cls.worker_threads)),
+            gate_sql_denylist=tuple(
+                name.strip() for name in env.get("TORGHUT_OPERATOR_GATE_SQL_DENYLIST", "").split(",") if name.strip()
+            ),
+        )
+
+    def apply(self, settings: kopf.OperatorSettings) -> None:
+        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        settings.watching.server_timeout = self.watch_server_timeout
+        settings.watching.client_timeout = self.watch_client_timeout
+        settings.watching.connect_timeout = 10
+        settings.networking.request_timeout = self.request_timeout
+        settings.networking.connect_timeout = 10
+        settings.posting.level = logging.WARNING  # events are posted explicitly, not from log lines
+        settings.execution.max_workers = 20

@@ -1,0 +1,90 @@
+"""The ports of the reconcile shell: what it needs from the world, as small Protocols.
+
+`adapters` implement them (the Kubernetes API, Postgres, Prometheus, HTTP) without importing this module; `app`
+wires one implementation of each into the :class:`~torghut_operator.shell.reconciler.Reconciler`, and the unit tests
+pass fakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from torghut_operator.core.api.spec import Check, Target, TorghutRolloutSpec
+from torghut_operator.core.api.status import Measurement, TorghutRolloutStatus
+from torghut_operator.core.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
+from torghut_operator.core.planner import CheckPromotionEvidence, Event
+from torghut_operator.core.records import RolloutRef
+
+
+class KubernetesPort(Protocol):
+    """The rollout object, its Jobs, its target and its report ConfigMap."""
+
+    def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def list_rollouts(self, namespace: str) -> list[dict[str, Any]]: ...
+
+    def patch_rollout_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str
+    ) -> str | None: ...
+
+    def clear_action(self, namespace: str, name: str, value: str) -> None: ...
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def create_job(self, namespace: str, manifest: dict[str, Any]) -> None: ...
+
+    def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None: ...
+
+    def set_target_image(self, namespace: str, target: Target, image: str) -> None: ...
+
+    def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None: ...
+
+    def publish_report(self, namespace: str, rollout: str, uid: str, report: str) -> None: ...
+
+
+class EventSink(Protocol):
+    def __call__(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+
+class Measurer(Protocol):
+    def measure(self, check: Check, spec: TorghutRolloutSpec, namespace: str, previous: Any | None) -> Measurement: ...
+
+
+class Migrator(Protocol):
+    def apply_sql(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: str, *, catch_up: bool = False, run: str | None = None
+    ) -> SqlOutcome: ...
+
+    def check_expectations(self, spec: TorghutRolloutSpec, namespace: str) -> tuple[ExpectationOutcome, ...]: ...
+
+
+class PromotionEvidenceReader(Protocol):
+    def promotion_evidence(
+        self, spec: TorghutRolloutSpec, namespace: str, request: CheckPromotionEvidence
+    ) -> PromotionEvidence: ...
+
+
+class EvidenceSink(Protocol):
+    """The ledger (every measurement and decision) and the Markdown report built from it."""
+
+    def record_evidence(
+        self,
+        spec: TorghutRolloutSpec,
+        namespace: str,
+        rollout: RolloutRef,
+        before: TorghutRolloutStatus,
+        after: TorghutRolloutStatus,
+        events: tuple[Event, ...],
+    ) -> None: ...
+
+    def report(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
+    ) -> str: ...
+
+    def report_with_lane_runs(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
+    ) -> tuple[str, int | None]: ...
+
+
+class Gates(Measurer, Migrator, PromotionEvidenceReader, EvidenceSink, Protocol):
+    """Every database- and gate-facing port at once, as one implementation (`adapters.live.LiveGates`) provides."""

@@ -1,0 +1,468 @@
+"""The imperative shell around the planner: observe, plan, persist, act.
+
+One call of :meth:`Reconciler.reconcile` is one turn for one TorghutRollout. It reads the object fresh from the API
+server, gathers what the current phase needs, asks the planner, writes the status *before* acting (with optimistic
+concurrency, so two writers never interleave), then acts. Measuring actions (SQL migration, expectations,
+measurements) return outcomes that go straight back into the planner within the same turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import urllib3
+from pydantic import ValidationError
+
+from torghut_operator.core.api.spec import Check, TargetKind, TorghutRolloutSpec, target_key
+from torghut_operator.core.api.status import Measurement, Phase, RestorePoint, TorghutRolloutStatus, Verdict
+from torghut_operator.core.errors import OperatorError, PermanentError, TemporaryError
+from torghut_operator.core.judge import last_value
+from torghut_operator.core.manifests import (
+    ACTION_ANNOTATION,
+    deployment_state,
+    job_state,
+    knative_state,
+    migration_job,
+    report_name,
+)
+from torghut_operator.core.observations import (
+    Observations,
+    Peer,
+    TargetState,
+)
+from torghut_operator.core.planner import (
+    OUTCOME_ACTIONS,
+    ApplySqlMigrations,
+    CheckExpectations,
+    CheckPromotionEvidence,
+    CreateMigrationJob,
+    Event,
+    Measure,
+    Plan,
+    SetTargetEnv,
+    SetTargetImage,
+    deletion_plan,
+    job_name,
+    plan,
+    stage_checks,
+    with_outcomes,
+)
+from torghut_operator.core.presets import effective_checks
+from torghut_operator.core.records import RolloutRef
+from torghut_operator.core.timefmt import format_time, parse_time, utcnow
+from torghut_operator.core.verbs import parse_action
+from torghut_operator.evidence.facts import LANE_RUNS, REFRESH_HOURS
+from torghut_operator.shell import metrics
+from torghut_operator.shell.ports import EventSink, Gates, KubernetesPort
+
+log = logging.getLogger(__name__)
+
+MAX_STEPS = 8
+"""Planner calls in one turn; each measuring action costs one."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one turn did, for metrics and for the daemon's next wait."""
+
+    phase: str
+    requeue_after: float | None
+
+
+class Reconciler:
+    def __init__(
+        self, kube: KubernetesPort, gates: Gates, events: EventSink, clock: Callable[[], Any] = utcnow
+    ) -> None:
+        self._kube = kube
+        self._gates = gates
+        self._events = events
+        self._clock = clock
+
+    async def reconcile(self, namespace: str, name: str) -> Turn | None:
+        started = time.monotonic()
+        try:
+            turn = await self._turn(namespace, name)
+        except Exception as exc:
+            metrics.RECONCILES.labels(result="error").inc()
+            metrics.ERRORS.labels(kind=type(exc).__name__).inc()
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        metrics.RECONCILES.labels(result="ok").inc()
+        return turn
+
+    async def _turn(self, namespace: str, name: str) -> Turn | None:
+        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        meta = body["metadata"]
+        generation = meta.get("generation")
+        try:
+            spec = TorghutRolloutSpec.model_validate(body.get("spec") or {})
+            checks = effective_checks(spec)
+        except (ValidationError, ValueError) as exc:
+            await self._invalid_spec(body, exc)
+            return Turn(Phase.FAILED.value, None)
+        status = _parse_status(body.get("status"))
+        verb_value = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
+        verb = parse_action(verb_value)[0] if verb_value else None
+        obs = await self._observe(body, spec, status, namespace, name, verb)
+        resource_version = meta["resourceVersion"]
+        result: Plan | None = None
+        for _ in range(MAX_STEPS):
+            result = plan(spec, checks, status, obs, name=name, generation=generation)
+            if result.status != status:
+                written = await asyncio.to_thread(
+                    self._kube.patch_rollout_status,
+                    namespace,
+                    name,
+                    _dump_status(result.status),
+                    resource_version,
+                )
+                if written is None:  # someone else changed the object: start the turn over soon
+                    return Turn(status.phase.value, 0.5)
+                resource_version = written
+                await self._evidence(body, spec, namespace, status, result)
+            if result.verb_handled and verb_value is not None:
+                await asyncio.to_thread(self._kube.clear_action, namespace, name, verb_value)
+                verb_value = None
+                fresh = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+                if fresh is None:
+                    return None
+                resource_version = fresh["metadata"]["resourceVersion"]
+            for event in result.events:
+                self._emit(body, event)
+            status = result.status
+            outcomes = await self._act(body, spec, checks, status, namespace, name, result)
+            if outcomes is None:
+                break
+            obs = with_outcomes(obs, **outcomes)
+        assert result is not None
+        metrics.observe_status(namespace, name, result.status)
+        return Turn(result.status.phase.value, result.requeue_after)
+
+    async def _evidence(
+        self, body: dict[str, Any], spec: TorghutRolloutSpec, namespace: str, before: TorghutRolloutStatus, result: Plan
+    ) -> None:
+        """Record the step in the ledger and, when a run ends, publish the evidence report. Status is the source
+        of truth and is already written; a ledger that is down is reported and caught up on the next change
+        (every measurement still in status is recorded again, idempotently)."""
+        after = result.status
+        meta = body["metadata"]
+        ref = RolloutRef(meta["uid"], meta["name"], namespace, after.attempt, after.spec_hash or "")
+        if spec.database is not None:
+            try:
+                await asyncio.to_thread(self._gates.record_evidence, spec, namespace, ref, before, after, result.events)
+            except Exception as exc:  # noqa: BLE001 (reported, retried on the next change)
+                self._emit(body, Event("Warning", "LedgerWriteFailed", f"evidence ledger: {_secret_free(exc)}"))
+        if after.phase.terminal and not before.phase.terminal:
+            try:
+                report = await asyncio.to_thread(self._gates.report, spec, namespace, ref, after)
+                await asyncio.to_thread(self._kube.publish_report, namespace, meta["name"], meta["uid"], report)
+                self._emit(body, Event("Normal", "EvidenceReport", f"report in ConfigMap {report_name(meta['name'])}"))
+            except Exception as exc:  # noqa: BLE001 (the report can be rendered again by the plugin)
+                self._emit(body, Event("Warning", "EvidenceReportFailed", _secret_free(exc)))
+
+    async def report_stuck(self, namespace: str, name: str, exc: BaseException) -> None:
+        """A turn failed for a reason that retrying alone will not fix (a bug, a forbidden request, a status that
+        does not parse): say so in status (Ready=False, reason ReconcileError) and in an event, once per message.
+        The daemon keeps retrying with backoff; nothing else in status changes, so no decision is lost."""
+        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        if body is None:
+            return
+        text = f"reconcile failed: {describe_error(exc)}"
+        raw = body.get("status") or {}
+        conditions = [c for c in raw.get("conditions") or [] if isinstance(c, dict)]
+        ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+        if ready is not None and ready.get("reason") == "ReconcileError" and ready.get("message") == text:
+            return
+        now = format_time(self._clock())
+        new_ready = {
+            "type": "Ready",
+            "status": "False",
+            "reason": "ReconcileError",
+            "message": text,
+            "lastTransitionTime": ready.get("lastTransitionTime", now)
+            if ready is not None and ready.get("status") == "False"
+            else now,
+            "observedGeneration": body["metadata"].get("generation"),
+        }
+        others = [c for c in conditions if c.get("type") != "Ready"]
+        patch = {"message": text, "conditions": [new_ready, *others]}
+        await asyncio.to_thread(
+            self._kube.patch_rollout_status, namespace, name, patch, body["metadata"]["resourceVersion"]
+        )
+        self._emit(body, Event("Warning", "ReconcileError", text))
+
+    async def finalize(self, namespace: str, name: str) -> bool:
+        """Deletion of a rollout: True once it may go. With ``spec.onDelete: Restore`` (default) a rollout that
+        changed its target first puts the previous image and trading env back (the planner's rollback, as if
+        aborted when the deletion was asked), within deploy.progressDeadline; past it, or with Orphan, it goes
+        with a Warning event saying what it left behind."""
+        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        if body is None:
+            return True
+        try:
+            spec = TorghutRolloutSpec.model_validate(body.get("spec") or {})
+            status = _parse_status(body.get("status"))
+        except (ValidationError, PermanentError) as exc:
+            self._emit(body, Event("Warning", "DeletedUnrestored", f"target not checked: {_short_error(exc)}"))
+            return True
+        restore = status.restore
+        if spec.on_delete == "Orphan":
+            if restore is not None and not restore.empty and status.phase is not Phase.SUCCEEDED:
+                self._emit(body, Event("Warning", "DeletedUnrestored", _left_behind(spec, restore)))
+            return True
+        raw = await asyncio.to_thread(self._kube.get_target, namespace, spec.target)
+        reader = deployment_state if spec.target.kind is TargetKind.DEPLOYMENT else knative_state
+        deleted_at = parse_time(body["metadata"].get("deletionTimestamp") or format_time(self._clock()))
+        result = deletion_plan(
+            spec, status, reader(raw, spec.target.container), now=self._clock(), deleted_at=deleted_at, name=name
+        )
+        if result is None:
+            return True
+        if result.status.phase is Phase.ROLLING_BACK:
+            if result.actions:
+                self._emit(body, Event("Normal", "RestoringOnDelete", f"deleted: {result.status.message}"))
+            for action in result.actions:
+                if isinstance(action, SetTargetImage):
+                    await asyncio.to_thread(self._kube.set_target_image, namespace, spec.target, action.image)
+                elif isinstance(action, SetTargetEnv):
+                    await asyncio.to_thread(self._kube.set_target_env, namespace, spec.target, action.env)
+            return False
+        if result.status.phase is Phase.ABORTED:
+            self._emit(body, Event("Normal", "RestoredOnDelete", f"deleted after {result.status.message}"))
+        else:
+            self._emit(body, Event("Warning", "DeletedUnrestored", f"{result.status.message}; deleted anyway"))
+        return True
+
+    async def refresh_report(self, namespace: str, name: str) -> bool:
+        """Re-render and republish a finished run's report so it shows the first lane runs after the deploy as they
+        happen. True while there is more to wait for (fewer than LANE_RUNS seen, within REFRESH_HOURS of the end);
+        False when done or not applicable (running, no database, deleted)."""
+        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return False
+        try:
+            spec = TorghutRolloutSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return False
+        status = _parse_status(body.get("status"))
+        if spec.database is None or not status.phase.terminal or status.completed_at is None:
+            return False
+        if self._clock() - parse_time(status.completed_at) > timedelta(hours=REFRESH_HOURS):
+            return False
+        meta = body["metadata"]
+        ref = RolloutRef(meta["uid"], meta["name"], namespace, status.attempt, status.spec_hash or "")
+        text, seen = await asyncio.to_thread(self._gates.report_with_lane_runs, spec, namespace, ref, status)
+        await asyncio.to_thread(self._kube.publish_report, namespace, meta["name"], meta["uid"], text)
+        return seen is None or seen < LANE_RUNS
+
+    async def _invalid_spec(self, body: dict[str, Any], exc: Exception) -> None:
+        meta = body["metadata"]
+        message = f"invalid spec: {_short_error(exc)}"
+        status = _parse_status(body.get("status"))
+        if status.message == message and status.phase is Phase.FAILED:
+            return
+        status = status.model_copy(
+            update={"phase": Phase.FAILED, "message": message, "observed_generation": meta.get("generation")}
+        )
+        await asyncio.to_thread(
+            self._kube.patch_rollout_status,
+            meta["namespace"],
+            meta["name"],
+            _dump_status(status),
+            meta["resourceVersion"],
+        )
+        self._emit(body, Event("Warning", "InvalidSpec", message))
+
+    async def _observe(
+        self,
+        body: dict[str, Any],
+        spec: TorghutRolloutSpec,
+        status: TorghutRolloutStatus,
+        namespace: str,
+        name: str,
+        verb: str | None,
+    ) -> Observations:
+        phase = status.phase if status.spec_hash == spec.spec_hash() else Phase.PENDING
+        if phase is Phase.PAUSED and status.paused_from is not None:
+            phase = status.paused_from
+        peers: tuple[Peer, ...] = ()
+        target: TargetState | None = None
+        job = None
+        if phase is Phase.PENDING or verb == "retry":
+            peers = await self._peers(namespace, spec)
+        watched = (Phase.PENDING, Phase.DEPLOYING, Phase.VERIFYING, Phase.PROMOTING, Phase.ROLLING_BACK)
+        if phase in watched or verb in ("retry", "abort"):
+            raw = await asyncio.to_thread(self._kube.get_target, namespace, spec.target)
+            reader = deployment_state if spec.target.kind is TargetKind.DEPLOYMENT else knative_state
+            target = reader(raw, spec.target.container)
+        if phase is Phase.MIGRATING and spec.migrate is not None and spec.migrate.job is not None:
+            jname = job_name(name, status.spec_hash or "", status.attempt)
+            job = job_state(jname, await asyncio.to_thread(self._kube.get_job, namespace, jname))
+        return Observations(now=self._clock(), verb=verb, peers=peers, target=target, job=job)
+
+    async def _peers(self, namespace: str, spec: TorghutRolloutSpec) -> tuple[Peer, ...]:
+        items = await asyncio.to_thread(self._kube.list_rollouts, namespace)
+        peers = []
+        for item in items:
+            if target_key(namespace, item.get("spec") or {}) != target_key(namespace, spec):
+                continue
+            phase = ((item.get("status") or {}).get("phase")) or Phase.PENDING.value
+            active = phase not in {p.value for p in Phase if p.terminal} and not item["metadata"].get(
+                "deletionTimestamp"
+            )
+            peers.append(Peer(item["metadata"]["name"], item["metadata"]["creationTimestamp"], phase, active))
+        return tuple(peers)
+
+    async def _act(
+        self,
+        body: dict[str, Any],
+        spec: TorghutRolloutSpec,
+        checks: list[Check],
+        status: TorghutRolloutStatus,
+        namespace: str,
+        name: str,
+        result: Plan,
+    ) -> dict[str, object] | None:
+        outcomes: dict[str, object] = {}
+        for action in result.actions:
+            if isinstance(action, CreateMigrationJob):
+                manifest = migration_job(
+                    spec, name=action.name, rollout=name, uid=body["metadata"]["uid"], namespace=namespace
+                )
+                await asyncio.to_thread(self._kube.create_job, namespace, manifest)
+            elif isinstance(action, SetTargetImage):
+                await asyncio.to_thread(self._kube.set_target_image, namespace, spec.target, action.image)
+            elif isinstance(action, SetTargetEnv):
+                await asyncio.to_thread(self._kube.set_target_env, namespace, spec.target, action.env)
+            elif isinstance(action, CheckPromotionEvidence):
+                outcomes["promotion_evidence"] = await asyncio.to_thread(
+                    self._gates.promotion_evidence, spec, namespace, action
+                )
+            elif isinstance(action, ApplySqlMigrations):
+                outcome = await asyncio.to_thread(
+                    self._gates.apply_sql, spec, namespace, name, catch_up=action.catch_up, run=action.run
+                )
+                outcomes["sql_catch_up" if action.catch_up else "sql"] = outcome
+            elif isinstance(action, CheckExpectations):
+                outcomes["expectations"] = await asyncio.to_thread(self._gates.check_expectations, spec, namespace)
+            elif isinstance(action, Measure):
+                stage = stage_checks(spec, checks, status)
+                outcomes["measurements"] = await self._measure(spec, stage, status, namespace, action.checks)
+        if not any(isinstance(a, OUTCOME_ACTIONS) for a in result.actions):
+            return None
+        return outcomes
+
+    async def _measure(
+        self,
+        spec: TorghutRolloutSpec,
+        checks: list[Check],
+        status: TorghutRolloutStatus,
+        namespace: str,
+        names: tuple[str, ...],
+    ) -> dict[str, Measurement]:
+        by_name = {c.name: c for c in checks}
+        previous = {s.name: last_value(s.measurements) for s in status.checks}
+        due = [by_name[n] for n in names if n in by_name]
+        results = await asyncio.gather(
+            *(asyncio.to_thread(self._gates.measure, c, spec, namespace, previous.get(c.name)) for c in due),
+            return_exceptions=True,
+        )
+        measured: dict[str, Measurement] = {}
+        for check, outcome in zip(due, results, strict=True):
+            if isinstance(outcome, BaseException):  # fail closed: an unexpected failure is an Error measurement
+                text = outcome if isinstance(outcome, OperatorError) else type(outcome).__name__
+                m = Measurement(phase=Verdict.ERROR, at=format_time(self._clock()), message=f"{check.name}: {text}")
+            else:
+                m = outcome
+            measured[check.name] = m
+            metrics.MEASUREMENTS.labels(check=check.name, verdict=m.phase.value).inc()
+        return measured
+
+    def _emit(self, body: dict[str, Any], event: Event) -> None:
+        try:
+            self._events(body, event.type, event.reason, event.message[:1024])
+        except Exception:  # an event is a courtesy; the status already says it
+            log.exception("could not post event %s", event.reason)
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error for status and events: our own errors as written (secret-free by contract); anything else by
+    type and a short message with URL credentials removed."""
+    if isinstance(exc, OperatorError):
+        return str(exc)
+    text = _USERINFO.sub("***@", " ".join(str(exc).split()))[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the world may fix this by itself (an outage, a timeout, a conflict): retried quietly. Anything
+    else is reported in status by :meth:`Reconciler.report_stuck`."""
+    if isinstance(exc, PermanentError):
+        return False
+    return isinstance(exc, TemporaryError | TimeoutError | OSError | urllib3.exceptions.HTTPError)
+
+
+def _left_behind(spec: TorghutRolloutSpec, restore: RestorePoint) -> str:
+    parts = []
+    if restore.image is not None:
+        parts.append(f"image {spec.target.image} (was {restore.image})")
+    if restore.env or restore.unset:
+        parts.append(
+            "trading env changed by the rollout (was "
+            + ", ".join([f"{k}={v}" for k, v in sorted(restore.env.items())] + [f"{k} unset" for k in restore.unset])
+            + ")"
+        )
+    return "deleted with spec.onDelete Orphan: the target keeps " + " and ".join(parts)
+
+
+def _secret_free(exc: Exception) -> str:
+    """Our own errors are written secret-free; anything else is named by type only."""
+    return str(exc) if isinstance(exc, OperatorError) else type(exc).__name__
+
+
+def _parse_status(raw: dict[str, Any] | None) -> TorghutRolloutStatus:
+    if not raw:
+        return TorghutRolloutStatus()
+    try:
+        return TorghutRolloutStatus.model_validate(raw)
+    except ValidationError as exc:
+        raise PermanentError(f"status does not parse: {_short_error(exc)}") from None
+
+
+def _dump_status(status: TorghutRolloutStatus) -> dict[str, Any]:
+    """The whole status for a merge patch: fields no longer set are null, at any depth of nested objects, so the
+    patch removes them (e.g. migration.backfill.throttled once the backfill stops waiting); inside lists, which a
+    merge patch replaces whole, unset values are left out (a null there would be stored as it is)."""
+    dumped: dict[str, Any] = _nulls_outside_lists(status.model_dump(mode="json", by_alias=True))
+    return dumped
+
+
+def _nulls_outside_lists(value: Any, *, in_list: bool = False) -> Any:
+    if isinstance(value, dict):
+        return {k: _nulls_outside_lists(v, in_list=in_list) for k, v in value.items() if not (in_list and v is None)}
+    if isinstance(value, list):
+        return [_nulls_outside_lists(v, in_list=True) for v in value]
+    return value
+
+
+def _short_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err["loc"])
+            parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+        return "; ".join(parts)
+    return str(exc)

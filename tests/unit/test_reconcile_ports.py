@@ -1,0 +1,255 @@
+"""The reconcile shell against fakes of its ports (shell/ports.py), no cluster and no database: what one turn does
+when the status write loses an optimistic-concurrency race, when the evidence ledger is down, when a verb is
+handled, and when the spec's target changes in the middle of a rollout."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from torghut_operator.core.api.spec import Check, Target, TorghutRolloutSpec
+from torghut_operator.core.api.status import Measurement, TorghutRolloutStatus, Verdict
+from torghut_operator.core.errors import TemporaryError
+from torghut_operator.core.manifests import ACTION_ANNOTATION
+from torghut_operator.core.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
+from torghut_operator.core.planner import CheckPromotionEvidence, Event
+from torghut_operator.core.records import RolloutRef
+from torghut_operator.core.timefmt import format_time
+from torghut_operator.shell.ports import Gates, KubernetesPort
+from torghut_operator.shell.reconciler import Reconciler
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+OLD = "registry/torghut@sha256:old"
+NEW = "registry/torghut@sha256:new"
+DSN = "postgresql://owner:hunter2@db:5432/torghut"
+
+
+def deployment(image: str) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 2},
+        "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "torghut", "image": image}]}}},
+        "status": {
+            "observedGeneration": 2,
+            "replicas": 1,
+            "updatedReplicas": 1,
+            "availableReplicas": 1,
+            "readyReplicas": 1,
+        },
+    }
+
+
+class FakeKube:
+    """KubernetesPort in memory: one rollout, targets by name, every write recorded."""
+
+    def __init__(self, rollout: dict[str, Any], targets: dict[str, dict[str, Any]]) -> None:
+        self.rollout = rollout
+        self.targets = targets
+        self.others: list[dict[str, Any]] = []
+        self.conflicts = 0
+        """Status writes still to refuse as if someone else had changed the object first."""
+        self.status_writes: list[dict[str, Any]] = []
+        self.cleared: list[str] = []
+        self.images: list[tuple[str, str]] = []
+        self.targets_read: list[str] = []
+        self.reports: list[str] = []
+
+    def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.rollout)
+
+    def list_rollouts(self, namespace: str) -> list[dict[str, Any]]:
+        return copy.deepcopy([self.rollout, *self.others])
+
+    def patch_rollout_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str
+    ) -> str | None:
+        if self.conflicts or resource_version != self.rollout["metadata"]["resourceVersion"]:
+            self.conflicts = max(0, self.conflicts - 1)
+            return None
+        self.status_writes.append(status)
+        self.rollout["status"] = {**self.rollout.get("status", {}), **status}
+        return self._bump()
+
+    def clear_action(self, namespace: str, name: str, value: str) -> None:
+        annotations = self.rollout["metadata"].setdefault("annotations", {})
+        if annotations.get(ACTION_ANNOTATION) == value:
+            del annotations[ACTION_ANNOTATION]
+            self._bump()
+        self.cleared.append(value)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+    def create_job(self, namespace: str, manifest: dict[str, Any]) -> None:
+        raise AssertionError("no migration Job in these rollouts")
+
+    def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
+        self.targets_read.append(target.name)
+        return copy.deepcopy(self.targets.get(target.name))
+
+    def set_target_image(self, namespace: str, target: Target, image: str) -> None:
+        self.images.append((target.name, image))
+        self.targets[target.name] = deployment(image)
+
+    def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None:
+        raise AssertionError("no trading env in these rollouts")
+
+    def publish_report(self, namespace: str, rollout: str, uid: str, report: str) -> None:
+        self.reports.append(report)
+
+    def _bump(self) -> str:
+        version = str(int(self.rollout["metadata"]["resourceVersion"]) + 1)
+        self.rollout["metadata"]["resourceVersion"] = version
+        return version
+
+
+class FakeGates:
+    """Gates: every check passes; the ledger can be down."""
+
+    def __init__(self, *, ledger_down: bool = False) -> None:
+        self.ledger_down = ledger_down
+        self.recorded: list[tuple[str, str]] = []
+
+    def measure(self, check: Check, spec: TorghutRolloutSpec, namespace: str, previous: Any | None) -> Measurement:
+        return Measurement(at=format_time(NOW), phase=Verdict.SUCCESSFUL, value="1", message="1 met min 1")
+
+    def apply_sql(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: str, *, catch_up: bool = False, run: str | None = None
+    ) -> SqlOutcome:
+        raise AssertionError("no SQL in these rollouts")
+
+    def check_expectations(self, spec: TorghutRolloutSpec, namespace: str) -> tuple[ExpectationOutcome, ...]:
+        raise AssertionError("no expectations in these rollouts")
+
+    def promotion_evidence(
+        self, spec: TorghutRolloutSpec, namespace: str, request: CheckPromotionEvidence
+    ) -> PromotionEvidence:
+        raise AssertionError("no promotion in these rollouts")
+
+    def record_evidence(
+        self,
+        spec: TorghutRolloutSpec,
+        namespace: str,
+        rollout: RolloutRef,
+        before: TorghutRolloutStatus,
+        after: TorghutRolloutStatus,
+        events: tuple[Event, ...],
+    ) -> None:
+        if self.ledger_down:
+            raise TemporaryError("evidence ledger: connection refused (08006)")
+        self.recorded.append((before.phase.value, after.phase.value))
+
+    def report(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
+    ) -> str:
+        return f"# report of {rollout.name}: {status.phase.value}"
+
+    def report_with_lane_runs(
+        self, spec: TorghutRolloutSpec, namespace: str, rollout: RolloutRef, status: TorghutRolloutStatus
+    ) -> tuple[str, int | None]:
+        return self.report(spec, namespace, rollout, status), None
+
+
+def rollout(
+    *, target: str = "torghut", status: dict[str, Any] | None = None, action: str | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": "release",
+        "namespace": "trading",
+        "uid": "u1",
+        "generation": 1,
+        "resourceVersion": "1",
+        "creationTimestamp": format_time(NOW),
+    }
+    if action is not None:
+        meta["annotations"] = {ACTION_ANNOTATION: action}
+    return {
+        "metadata": meta,
+        "spec": {
+            "target": {"name": target, "container": "torghut", "image": NEW},
+            "database": {"secretRef": {"name": "reader", "key": "uri"}},
+            "verify": {"checks": [{"name": "h", "http": {"url": "http://x"}, "min": 1}]},
+        },
+        "status": status or {},
+    }
+
+
+def shell(kube: FakeKube, gates: FakeGates, events: list[tuple[str, str, str]]) -> Reconciler:
+    def sink(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        events.append((type_, reason, message))
+
+    port: KubernetesPort = kube
+    all_gates: Gates = gates
+    return Reconciler(port, all_gates, sink, clock=lambda: NOW)
+
+
+def turn(kube: FakeKube, gates: FakeGates, events: list[tuple[str, str, str]]) -> None:
+    asyncio.run(shell(kube, gates, events).reconcile("trading", "release"))
+
+
+def test_a_lost_status_write_acts_on_nothing_and_comes_back_soon() -> None:
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
+    events: list[tuple[str, str, str]] = []
+    gates = FakeGates()
+    turn(kube, gates, events)  # Pending -> Deploying
+    assert kube.rollout["status"]["phase"] == "Deploying"
+    writes, seen = len(kube.status_writes), len(events)
+    kube.conflicts = 1  # someone else changes the object between our read and our write
+    result = asyncio.run(shell(kube, gates, events).reconcile("trading", "release"))
+    assert result is not None
+    assert result.requeue_after == 0.5
+    assert len(kube.status_writes) == writes
+    assert kube.images == []  # the status names the action before the action runs: no write, no action
+    assert len(events) == seen
+    turn(kube, gates, events)  # the next turn starts over from the object as it now is, and wins
+    assert kube.images == [("torghut", NEW)]
+
+
+def test_a_ledger_that_is_down_warns_without_its_dsn_and_the_rollout_goes_on() -> None:
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
+    events: list[tuple[str, str, str]] = []
+    turn(kube, FakeGates(ledger_down=True), events)
+    assert kube.rollout["status"]["phase"] == "Deploying"
+    warnings = [(type_, message) for type_, reason, message in events if reason == "LedgerWriteFailed"]
+    assert warnings == [("Warning", "evidence ledger: evidence ledger: connection refused (08006)")]
+    gates = FakeGates()
+    turn(kube, gates, events)  # the ledger is back: the next change is recorded, the rollout never waited on it
+    assert kube.images == [("torghut", NEW)]
+    assert gates.recorded
+
+
+def test_a_handled_verb_is_cleared_once_with_the_value_that_asked_for_it() -> None:
+    action = f"pause:{format_time(NOW)}"
+    verifying = {"phase": "Verifying", "stage": "verify", "image": NEW, "previousImage": OLD, "attempt": 1}
+    kube = FakeKube(rollout(status=verifying, action=action), {"torghut": deployment(NEW)})
+    events: list[tuple[str, str, str]] = []
+    turn(kube, FakeGates(), events)
+    assert kube.cleared == [action]
+    assert ACTION_ANNOTATION not in kube.rollout["metadata"].get("annotations", {})
+    assert kube.rollout["status"]["phase"] == "Paused"
+    turn(kube, FakeGates(), events)
+    assert kube.cleared == [action]
+    assert kube.rollout["status"]["phase"] == "Paused"
+
+
+def test_a_target_changed_mid_rollout_starts_over_on_the_new_target_only() -> None:
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD), "torghut-b": deployment(OLD)})
+    events: list[tuple[str, str, str]] = []
+    for _ in range(3):
+        turn(kube, FakeGates(), events)
+    assert kube.rollout["status"]["phase"] == "Verifying"
+    assert kube.images == [("torghut", NEW)]
+    kube.rollout["spec"]["target"]["name"] = "torghut-b"
+    kube.rollout["metadata"]["generation"] = 2
+    kube.targets_read.clear()
+    for _ in range(3):
+        turn(kube, FakeGates(), events)
+    assert ("Normal", "SpecChanged", "spec changed: the rollout starts over with the new spec") in events
+    assert set(kube.targets_read) == {"torghut-b"}  # the old target is no longer observed
+    assert kube.images == [("torghut", NEW), ("torghut-b", NEW)]
+    assert kube.rollout["status"]["phase"] == "Verifying"
