@@ -1,4 +1,4 @@
-"""The pure half of migrate.sqlfiles: planning, checksums, the transaction-control scan, redaction."""
+"""The pure half of the SQL-file migrator (adapters.postgres.migrator): planning, checksums, the transaction-control scan, redaction."""
 
 from __future__ import annotations
 
