@@ -24,13 +24,14 @@ from torghut_localstack.torghut_db import (
     drop_database,
     make_engine,
 )
+from torghut_operator.adapters.postgres.engine import pg_engine
 from torghut_operator.adapters.postgres.expectations import (
     ALEMBIC_HEADS,
     check_alembic_heads,
     check_grants,
     run_expectations,
 )
-from torghut_operator.adapters.postgres.migrator import SqlMigrator, pg_engine
+from torghut_operator.adapters.postgres.migrator import SqlMigrator
 from torghut_operator.core.api.spec import Check, Expectations, GrantExpectation
 from torghut_operator.core.observations import ExpectationOutcome
 

@@ -14,12 +14,7 @@ from torghut_localstack.ports import free_port
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.torghut_db import create_database, drop_database
 from torghut_localstack.wait import wait_for
-from torghut_operator.adapters.postgres.migrator import (
-    LOCK_KEY,
-    SqlErrorKind,
-    SqlMigrator,
-    checksum,
-)
+from torghut_operator.adapters.postgres.migrator import LOCK_KEY, SqlErrorKind, SqlMigrator, checksum
 
 pytestmark = pytest.mark.integration
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from torghut_operator.adapters.postgres.engine import redact
 from torghut_operator.adapters.postgres.migrator import (
     LOCK_KEY,
     AppliedRecord,
@@ -14,7 +15,6 @@ from torghut_operator.adapters.postgres.migrator import (
     checksum,
     is_repeatable,
     plan_files,
-    redact,
     transaction_control,
 )
 from torghut_operator.core.api.status import AppliedFile

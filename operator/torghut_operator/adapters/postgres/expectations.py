@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
+from torghut_operator.adapters.postgres.engine import describe_db_error, pg_engine, set_local_timeouts
 from torghut_operator.adapters.postgres.gate_queries import ROLE_SQL, role_refusal
-from torghut_operator.adapters.postgres.migrator import describe_db_error, pg_engine, set_local_timeouts
 from torghut_operator.core.api.spec import Check, Expectations, GrantExpectation
 from torghut_operator.core.observations import ExpectationOutcome
 

@@ -35,8 +35,7 @@ from typing import Any, TypeVar
 import psycopg
 import sqlalchemy as sa
 
-from torghut_operator.adapters.postgres.migrator import LOCK_KEY as SQL_MIGRATOR_LOCK_KEY
-from torghut_operator.adapters.postgres.migrator import (
+from torghut_operator.adapters.postgres.engine import (
     advisory_lock,
     advisory_unlock,
     describe_db_error,
@@ -44,6 +43,7 @@ from torghut_operator.adapters.postgres.migrator import (
     redact,
     set_local_timeouts,
 )
+from torghut_operator.adapters.postgres.migrator import LOCK_KEY as SQL_MIGRATOR_LOCK_KEY
 from torghut_operator.core.errors import TemporaryError
 from torghut_operator.core.records import (
     DecisionRecord,

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from torghut_operator.adapters.postgres.migrator import describe_db_error, pg_engine, redact, set_local_timeouts
+from torghut_operator.adapters.postgres.engine import describe_db_error, pg_engine, redact, set_local_timeouts
 from torghut_operator.adapters.torghut.schema_facts import KNOWN_TABLES, missing_column, missing_table
 from torghut_operator.core.timefmt import utcnow
 from torghut_operator.evidence.facts import (
