@@ -373,3 +373,24 @@ def test_printer_columns_short_names_and_categories(
     for alias in ("tr", "trollout", "torghut", f"{KIND.lower()}.{VERSION}.{GROUP}"):
         assert name in kubectl("get", alias, "-n", namespace, "-o", "name"), alias
     assert f"{KIND.lower()}.{GROUP}/{name}" in kubectl("get", "all", "-n", namespace, "-o", "name")
+
+
+def test_the_target_workload_is_fixed_once_created_and_only_its_image_moves(kubectl: Kubectl, namespace: str) -> None:
+    """Re-pointing a rollout at another workload would leave the first one on the new image with nothing to restore
+    it: the API server refuses it; a new image (what a release changes) is accepted."""
+    sample = next(p for p in SAMPLES if in_namespace(p, namespace)[0]["kind"] == KIND)
+    document = in_namespace(sample, namespace)[0]
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(document))
+    name = document["metadata"]["name"]
+
+    def patch(target: dict[str, str]) -> str:
+        body = json.dumps({"spec": {"target": target}})
+        return kubectl("patch", f"{PLURAL}.{GROUP}/{name}", "-n", namespace, "--type=merge", "-p", body)
+
+    for change in ({"name": "torghut-other"}, {"container": "sidecar"}, {"kind": "Service"}):
+        with pytest.raises(KubectlError) as refused:
+            patch(change)
+        assert "spec.target's kind, name and container cannot change" in _flat(refused.value.detail), change
+    patch({"image": IMAGE.replace("884bec35", "00000000")})
+    stored = json.loads(kubectl("get", f"{PLURAL}.{GROUP}/{name}", "-n", namespace, "-o", "json"))
+    assert stored["spec"]["target"]["image"] == IMAGE.replace("884bec35", "00000000")
