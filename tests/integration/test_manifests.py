@@ -31,7 +31,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 DOCKERFILE = REPO / "operator" / "Dockerfile"
-DOCKERIGNORE = REPO / ".dockerignore"
 RBAC_SIZE_FILE = REPO / ".local" / "rbac-size.txt"
 
 SYSTEM_NS = "torghut-rollout-system"

@@ -14,38 +14,8 @@ import pytest
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-MANIFESTS = REPO / "manifests"
 DOCKERFILE = REPO / "operator" / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-RBAC_SIZE_FILE = REPO / ".local" / "rbac-size.txt"
-
-SYSTEM_NS = "torghut-rollout-system"
-NAME = "torghut-rollout-operator"
-IMAGE = "ghcr.io/proompteng/torghut-rollout-operator:0.1.0"
-OPERATOR_OVERLAYS = ["base", "overlays/torghut", "overlays/local"]
-KUSTOMIZATIONS = [*OPERATOR_OVERLAYS, "monitoring", "argocd"]
-CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
-
-EXPECTED_CLUSTER_RULES: set[tuple[str, str, str]] = {
-    *(("torghut.proompteng.ai", "torghutrollouts", verb) for verb in ("get", "list", "watch", "patch")),
-    *(("torghut.proompteng.ai", "torghutrollouts/status", verb) for verb in ("get", "patch")),
-    *(("", "events", verb) for verb in ("create", "patch")),
-    *(("batch", "jobs", verb) for verb in ("get", "list", "watch", "create")),
-    *(("apps", "deployments", verb) for verb in ("get", "list", "watch", "patch")),
-    *(("serving.knative.dev", "services", verb) for verb in ("get", "list", "watch", "patch")),
-    *(("apiextensions.k8s.io", "customresourcedefinitions", verb) for verb in ("list", "watch")),
-    *(("", "namespaces", verb) for verb in ("list", "watch")),
-}
-"""(apiGroup, resource, verb) the operator uses cluster-wide: Kopf's watches, finalizer and annotations, the
-reconciler's Jobs and targets, status writes, events, and the liveness probe's cluster-wide list."""
-
-EXPECTED_NAMESPACE_RULES: set[tuple[str, str, str]] = {
-    ("", "secrets", "get"),
-    ("", "configmaps", "get"),
-    ("", "configmaps", "create"),
-    ("", "configmaps", "update"),
-}
-"""What it reads (and the evidence report it writes), only in namespaces where TorghutRollouts run."""
 
 
 # --- rendering ---------------------------------------------------------------------------------------------------
