@@ -6,7 +6,6 @@ Built on the official ``kubernetes`` client (synchronous; the reconciler calls i
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from typing import Any, cast
 
 from kubernetes import client
@@ -15,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from torghut_operator.core.api.spec import GROUP, PLURAL, VERSION, Target, TargetKind
 from torghut_operator.core.errors import PermanentError, TemporaryError
 from torghut_operator.core.manifests import ACTION_ANNOTATION, MANAGED_BY, ROLLOUT_LABEL, owner_reference, report_name
+from torghut_operator.core.ownership import FIELD_MANAGER, container_apply
 
 TIMEOUT = (5.0, 20.0)
 """(connect, read) seconds for every call."""
@@ -130,36 +130,66 @@ class KubeGateway:
             raise _api_error(f"get {target.kind.value} {namespace}/{target.name}", exc) from exc
 
     def set_target_image(self, namespace: str, target: Target, image: str) -> None:
-        self._patch_container(namespace, target, "image", lambda _: image)
+        self._write_container(namespace, target, image=image)
 
     def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None:
         """Set (value) or remove (None) plain environment variables of the target container."""
+        self._write_container(namespace, target, env=env)
 
-        def merged(container: dict[str, Any]) -> list[dict[str, Any]]:
-            kept = [e for e in container.get("env") or [] if e.get("name") not in env]
-            return kept + [{"name": k, "value": v} for k, v in sorted(env.items()) if v is not None]
-
-        self._patch_container(namespace, target, "env", merged)
-
-    def _patch_container(
-        self, namespace: str, target: Target, field: str, value: Callable[[dict[str, Any]], Any]
+    def _write_container(
+        self, namespace: str, target: Target, *, image: str | None = None, env: dict[str, str | None] | None = None
     ) -> None:
-        """Replace one field of the target container with a JSON patch that applies only to the version read,
-        so a concurrent writer is never overwritten (the next turn retries)."""
+        """Write the container's image or env under the operator's field manager, only to the version read (a
+        concurrent writer is never overwritten: the next turn retries).
+
+        A Deployment gets a server-side apply (force: the operator takes these fields from whoever owned them,
+        e.g. Argo CD, which can then ignore them by manager) that re-states everything the operator already
+        owns there. A Knative Service's schema keeps ``containers`` atomic, so an apply of one field would
+        replace the whole list: it gets a JSON patch under the same field manager instead."""
+        field = "image" if image is not None else "env"
         what = f"set {field} of {target.kind.value} {namespace}/{target.name}"
         obj = self.get_target(namespace, target)
         if obj is None:
             raise TemporaryError(f"{what}: not found")
+        if target.kind is TargetKind.DEPLOYMENT:
+            try:
+                body = container_apply(obj, target.container, image=image, env=env)
+            except ValueError:
+                raise PermanentError(f"{what}: no container {target.container}") from None
+            self._apply_deployment(namespace, target.name, body, what)
+            return
         containers = obj["spec"]["template"]["spec"]["containers"]
         # Knative allows a single unnamed container; it runs as user-container.
         index = next((i for i, c in enumerate(containers) if c.get("name") in (target.container, None)), None)
         if index is None:
             raise PermanentError(f"{what}: no container {target.container}")
+        if image is not None:
+            value: Any = image
+        else:
+            changes = env or {}
+            kept = [e for e in containers[index].get("env") or [] if e.get("name") not in changes]
+            value = kept + [{"name": k, "value": v} for k, v in sorted(changes.items()) if v is not None]
         ops = [
             {"op": "test", "path": "/metadata/resourceVersion", "value": obj["metadata"]["resourceVersion"]},
-            {"op": "add", "path": f"/spec/template/spec/containers/{index}/{field}", "value": value(containers[index])},
+            {"op": "add", "path": f"/spec/template/spec/containers/{index}/{field}", "value": value},
         ]
         self._json_patch(self._target_path(namespace, target), ops, what)
+
+    def _apply_deployment(self, namespace: str, name: str, body: dict[str, Any], what: str) -> None:
+        try:
+            self._apps.patch_namespaced_deployment(
+                name,
+                namespace,
+                body,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+                _request_timeout=TIMEOUT,
+            )
+        except ApiException as exc:
+            if exc.status == 409:  # the resourceVersion precondition failed: retried next turn
+                raise TemporaryError(f"{what}: changed concurrently") from None
+            raise _api_error(what, exc) from exc
 
     @staticmethod
     def _target_path(namespace: str, target: Target) -> tuple[str, ...]:
@@ -176,12 +206,25 @@ class KubeGateway:
         try:
             if path[0] == "deployments":
                 self._apps.patch_namespaced_deployment(
-                    path[2], path[1], ops, _content_type=json_patch, _request_timeout=TIMEOUT
+                    path[2],
+                    path[1],
+                    ops,
+                    field_manager=FIELD_MANAGER,
+                    _content_type=json_patch,
+                    _request_timeout=TIMEOUT,
                 )
             else:
                 group, version, namespace, plural, name = path
                 self._custom.patch_namespaced_custom_object(
-                    group, version, namespace, plural, name, ops, _content_type=json_patch, _request_timeout=TIMEOUT
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                    ops,
+                    field_manager=FIELD_MANAGER,
+                    _content_type=json_patch,
+                    _request_timeout=TIMEOUT,
                 )
         except ApiException as exc:
             if exc.status in ignore:

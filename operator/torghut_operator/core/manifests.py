@@ -7,6 +7,7 @@ from typing import Any
 from torghut_operator.core.api.durations import parse_duration
 from torghut_operator.core.api.spec import GROUP, KIND, VERSION, TorghutRolloutSpec
 from torghut_operator.core.observations import JobState, TargetState
+from torghut_operator.core.ownership import field_owners
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "torghut-rollout-operator"}
 ROLLOUT_LABEL = f"{GROUP}/rollout"
@@ -119,6 +120,7 @@ def deployment_state(deployment: dict[str, Any] | None, container: str) -> Targe
         failed_reason=failed,
         detail=detail,
         env=_plain_env(found),
+        owners=field_owners(deployment, container),
     )
 
 
@@ -156,6 +158,7 @@ def knative_state(service: dict[str, Any] | None, container: str) -> TargetState
         failed_reason=failed,
         detail=detail,
         env=_plain_env(found),
+        owners=field_owners(service, found.get("name") or container),
     )
 
 

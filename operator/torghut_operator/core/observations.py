@@ -21,6 +21,9 @@ class TargetState:
     detail: str = ""
     env: dict[str, str] = field(default_factory=dict)
     """Plain-value environment of the target container (valueFrom entries are left out)."""
+    owners: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The field managers of ``image`` and of each ``env:<NAME>`` (``*``: of the whole containers list), as
+    ``"<manager> (<operation> <time>)"``: who to name when one of them changed under a rollout."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from torghut_operator.core.api.status import (
     Verdict,
 )
 from torghut_operator.core.observations import Observations, SqlOutcome, TargetState
+from torghut_operator.core.ownership import FIELD_MANAGER
 from torghut_operator.core.timefmt import format_time, parse_time
 from torghut_operator.core.verbs import verb_applies
 
@@ -765,7 +766,85 @@ def _run_checks(
     return False
 
 
+def _expected_env(spec: TorghutRolloutSpec, status: TorghutRolloutStatus) -> dict[str, str]:
+    """The trading env this rollout has set by now and must still see: every completed promotion step's variables
+    (a later step's value wins) and the current step's once it is applied. While the current step's patch is on
+    its way its own variables are the step's business (a failed patch is simply sent again)."""
+    promo = status.promotion
+    if spec.promotion is None or promo is None or status.phase is not Phase.PROMOTING:
+        return {}
+    env: dict[str, str] = {}
+    for step in spec.promotion.steps[: promo.step]:
+        env.update(step.env)
+    if promo.step < len(spec.promotion.steps):
+        current = spec.promotion.steps[promo.step].env
+        if promo.applied:
+            env.update(current)
+        elif promo.patched_at is not None:
+            for var in current:
+                env.pop(var, None)
+    return env
+
+
+def _who(target: TargetState, field_name: str) -> str:
+    """The managers of ``field_name`` other than the operator itself: who made the change."""
+    labels = [*target.owners.get(field_name, ()), *target.owners.get("*", ())]
+    others = [label for label in labels if not label.startswith(f"{FIELD_MANAGER} ")]
+    return ", ".join(others) if others else "an unknown writer (no other field manager recorded)"
+
+
+def _drift_text(spec: TorghutRolloutSpec, status: TorghutRolloutStatus, target: TargetState) -> str | None:
+    if not target.exists:
+        return f"{spec.target.kind.value} {spec.target.name} is gone ({target.detail or 'not found'})"
+    diffs = []
+    if target.image != spec.target.image:
+        diffs.append(f"image is {target.image} instead of {spec.target.image}, set by {_who(target, 'image')}")
+    for var, value in sorted(_expected_env(spec, status).items()):
+        now = target.env.get(var)
+        if now != value:
+            shown = "unset" if now is None else repr(now)
+            diffs.append(f"{var} is {shown} instead of {value!r}, set by {_who(target, f'env:{var}')}")
+    return "; ".join(diffs) if diffs else None
+
+
+def _drifted(
+    b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, *, stage: str, condition: str
+) -> bool:
+    """Drift is never evidence: True when the target no longer runs what this rollout set (someone else changed
+    the image or a trading variable), and nothing this turn may count. onDrift Fail rolls back; Wait takes no
+    measurement until the target is back, then starts the stage's checks over (a window that saw the drift must
+    not count either)."""
+    target = obs.target
+    if target is None:
+        return False
+    text = _drift_text(spec, b.status, target)
+    if text is None:
+        if b.status.drift is not None:
+            b.event("Normal", "DriftResolved", f"target back as this rollout set it; {stage} checks start over")
+            delay = parse_duration(spec.verify.initial_delay)
+            b.update(
+                drift=None,
+                checks=[_fresh_check(c, stage) for c in stage_checks(spec, checks, b.status)],
+                next_measurement_at=format_time(b.now + timedelta(seconds=delay)),
+                message=f"target back; {stage} checks start over",
+            )
+        return False
+    text = f"target changed under the rollout: {text}"
+    if spec.target.on_drift == "Fail":
+        b.condition(condition, False, "TargetDrifted", text)
+        _fail(b, spec, stage, "TargetDrifted", text, condition=None)
+        return True
+    if b.status.drift != text:
+        b.event("Warning", "TargetDrifted", f"{text}; waiting (onDrift Wait), no measurement meanwhile")
+    b.update(drift=text, message=f"waiting: {text}", awaiting_approval=False)
+    b.condition(condition, False, "TargetDrifted", text)
+    b.requeue(POLL_SECONDS)
+    return True
+
+
 def _verifying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: Observations, name: str) -> None:
+    if _drifted(b, spec, checks, obs, stage="verify", condition="Verified"):
+        return
     if not _run_checks(b, spec, checks, obs, stage="verify", condition="Verified"):
         return
     text = "; ".join(f"{s.name}: {s.message}" for s in b.status.checks if not s.dry_run)
@@ -785,6 +864,8 @@ def _promoting(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
     promo = b.status.promotion or PromotionStatus()
     step = spec.promotion.steps[promo.step]
     stage = f"promote:{step.name}"
+    if _drifted(b, spec, checks, obs, stage=stage, condition="Promoted"):
+        return
     if not promo.applied:
         if promo.patched_at is None and not _step_may_start(b, spec, step, promo, obs):
             return

@@ -302,13 +302,16 @@ class Reconciler:
             peers = await self._peers(namespace, spec)
         watched = (Phase.PENDING, Phase.DEPLOYING, Phase.VERIFYING, Phase.PROMOTING, Phase.ROLLING_BACK)
         if phase in watched or verb in ("retry", "abort"):
-            raw = await asyncio.to_thread(self._kube.get_target, namespace, spec.target)
-            reader = deployment_state if spec.target.kind is TargetKind.DEPLOYMENT else knative_state
-            target = reader(raw, spec.target.container)
+            target = await self._read_target(namespace, spec)
         if phase is Phase.MIGRATING and spec.migrate is not None and spec.migrate.job is not None:
             jname = job_name(name, status.spec_hash or "", status.attempt)
             job = job_state(jname, await asyncio.to_thread(self._kube.get_job, namespace, jname))
         return Observations(now=self._clock(), verb=verb, peers=peers, target=target, job=job)
+
+    async def _read_target(self, namespace: str, spec: TorghutRolloutSpec) -> TargetState:
+        raw = await asyncio.to_thread(self._kube.get_target, namespace, spec.target)
+        reader = deployment_state if spec.target.kind is TargetKind.DEPLOYMENT else knative_state
+        return reader(raw, spec.target.container)
 
     async def _peers(self, namespace: str, spec: TorghutRolloutSpec) -> tuple[Peer, ...]:
         items = await asyncio.to_thread(self._kube.list_rollouts, namespace)
@@ -358,6 +361,9 @@ class Reconciler:
             elif isinstance(action, Measure):
                 stage = stage_checks(spec, checks, status)
                 outcomes["measurements"] = await self._measure(spec, stage, status, namespace, action.checks)
+                # Read the target again after measuring: the planner judges the measurements only if the target
+                # still runs what this rollout set (drift during a measurement is never evidence).
+                outcomes["target"] = await self._read_target(namespace, spec)
         if not any(isinstance(a, OUTCOME_ACTIONS) for a in result.actions):
             return None
         return outcomes

@@ -68,6 +68,14 @@ class Target(ApiModel):
         description="Container whose image is rolled out (Knative: user-container).",
     )
     image: str = Field(min_length=1, max_length=512, description="The image to roll out, ideally by digest.")
+    on_drift: Literal["Fail", "Wait"] = Field(
+        default="Fail",
+        description=(
+            "When someone else changes the image or a trading variable this rollout set while it verifies or "
+            "promotes: Fail (roll back) or Wait (take no measurement until the target is back, then start the "
+            "stage's checks over)."
+        ),
+    )
 
     @property
     def api_version(self) -> str:
@@ -609,6 +617,8 @@ class TorghutRolloutSpec(ApiModel):
             for key, default in _HASH_NEUTRAL_SQL_DEFAULTS.items():
                 if sql.get(key) == default:
                     del sql[key]
+        if data["target"].get("onDrift") == "Fail":  # added with issue 15: at its default, the hash stays as it was
+            del data["target"]["onDrift"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -211,6 +211,10 @@ class TorghutRolloutStatus(ApiModel):
     failed_stage: str | None = None
     blocked_by: str | None = None
     awaiting_approval: bool = False
+    drift: str | None = Field(
+        default=None,
+        description="Set while the target differs from what this rollout set (spec.target.onDrift Wait): what, who.",
+    )
     migration: MigrationStatus | None = None
     checks: list[CheckStatus] = Field(default_factory=list)
     promotion: PromotionStatus | None = None
