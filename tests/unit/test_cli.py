@@ -290,6 +290,18 @@ def test_no_verb_applies_to_a_rollout_whose_spec_is_invalid() -> None:
 # --- what `status` shows ----------------------------------------------------------------------------------------
 
 
+def test_status_says_what_drifted_and_who_changed_it_while_the_rollout_waits() -> None:
+    text_drift = (
+        "target changed under the rollout: image is other:1 instead of registry/torghut:v42, set by kubectl-set"
+    )
+    obj = rollout_object({**AWAITING_CANARY, "awaitingApproval": False, "drift": text_drift})
+    text = render(cli_views.render_status(cli_views.Rollout.from_object(obj), now=NOW))
+    drift_line = next(x for x in text.splitlines() if x.startswith("Drift"))
+    assert "image is other:1 instead of registry/torghut:v42" in drift_line
+    assert "kubectl-set" in text
+    assert "(no measurement until the target is back)" in text
+
+
 def test_status_shows_phase_images_checks_measurements_steps_and_last_action() -> None:
     r = cli_views.Rollout.from_object(rollout_object(AWAITING_CANARY))
     text = render(cli_views.render_status(r, now=NOW))

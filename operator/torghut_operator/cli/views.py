@@ -254,6 +254,8 @@ def _header(r: Rollout, now: datetime, width: int, wide: bool) -> Table:
     if s.failed_stage:
         grid.add_row("Failed stage", _t(s.failed_stage, "red"))
     grid.add_row("Blocked by", _t(f"TorghutRollout {s.blocked_by}" if s.blocked_by else None))
+    if s.drift:
+        grid.add_row("Drift", _t(f"{s.drift} (no measurement until the target is back)", "bold yellow"))
     if s.awaiting_approval:
         approval = Text("yes", style="bold yellow")
         approval.append(f": kubectl torghut promote {r.name} -n {r.namespace}  (or abort)", style="")
@@ -770,7 +772,9 @@ def _state(r: Rollout) -> str:
     return "running"
 
 
-_WAITING_REASONS = frozenset({"AwaitingApproval", "MissingEvidence", "Soaking", "Blocked", "ReconcileError"})
+_WAITING_REASONS = frozenset(
+    {"AwaitingApproval", "MissingEvidence", "Soaking", "Blocked", "ReconcileError", "TargetDrifted"}
+)
 
 
 def _details(r: Rollout, now: datetime) -> list[tuple[str, str]]:
@@ -778,6 +782,8 @@ def _details(r: Rollout, now: datetime) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     if s.blocked_by:
         out.append(("Blocked by", f"TorghutRollout {s.blocked_by}"))
+    if s.drift:
+        out.append(("Drift", s.drift))
     promo = s.promotion
     if promo is not None and s.phase in (Phase.PROMOTING, Phase.PAUSED) and promo.step_name:
         step_spec = next(
