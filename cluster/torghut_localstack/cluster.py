@@ -310,8 +310,11 @@ class LocalCluster:
             self._workdir = Path(tempfile.mkdtemp(prefix="torghut-cluster-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.real_node:
-            self.node_ip = realnode.node_ip()
-            realnode.claim_host(self.node_layout)  # fails fast when another real node runs here
+            try:
+                self.node_ip = realnode.node_ip()
+                realnode.claim_host(self.node_layout)  # fails fast when another real node runs here
+            except RealNodeError as error:
+                raise ClusterError(str(error)) from error
             self._node_claimed = True
         pki = self._pki = write_pki(self.workdir / "pki", extra_ips=(self.node_ip,) if self.node_ip else ())
         issue(pki, *self._kubelet_client_pair, common_name=realnode.KUBELET_API_CLIENT)
@@ -582,7 +585,10 @@ class LocalCluster:
 
     def _start_real_node(self, pki: Pki) -> None:
         if not self._node_claimed:
-            realnode.claim_host(self.node_layout)
+            try:
+                realnode.claim_host(self.node_layout)
+            except RealNodeError as error:
+                raise ClusterError(str(error)) from error
             self._node_claimed = True
         layout, ip = self.node_layout, self.node_ip
         assert ip is not None
