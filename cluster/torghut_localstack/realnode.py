@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torghut_localstack.procs import ProcessRecord, cmdline
+from torghut_localstack.procs import ProcessRecord, cmdline, start_time
 from torghut_localstack.wait import WaitTimeout, wait_for
 
 NODE_NAME = "real-node-0"
@@ -479,49 +479,92 @@ class HostSnapshot:
 
 @dataclass(frozen=True)
 class HostClaim:
-    """The host lock's content: whose node runs here (the containerd process identifies the run)."""
+    """The host lock's content: whose node runs here, and the host as it was before.
+
+    `owners`: the process that claimed the host, then the node's containerd; the claim is alive while any of them
+    runs (`up` detaches and exits, containerd stays). The snapshot is kept here too, so a dead run's leftovers
+    can be removed even when its work dir is gone."""
 
     root: str
-    containerd: ProcessRecord | None = None
+    owners: tuple[ProcessRecord, ...]
+    snapshot: HostSnapshot
+
+    def alive(self) -> ProcessRecord | None:
+        return next((owner for owner in self.owners if owner.is_running()), None)
 
     def to_json(self) -> dict[str, Any]:
-        return {"root": self.root, "containerd": self.containerd.to_json() if self.containerd else None}
+        return {
+            "root": self.root,
+            "owners": [owner.to_json() for owner in self.owners],
+            "snapshot": self.snapshot.to_json(),
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> HostClaim:
-        record = data.get("containerd")
-        return cls(str(data["root"]), ProcessRecord.from_json(record) if record else None)
+        owners = tuple(ProcessRecord.from_json(owner) for owner in data["owners"])
+        return cls(str(data["root"]), owners, HostSnapshot.from_json(data["snapshot"]))
+
+
+def _this_process() -> ProcessRecord:
+    pid = os.getpid()
+    started = start_time(pid)
+    assert started is not None
+    return ProcessRecord("torghut-localstack", pid, cmdline(pid) or [], started)
+
+
+def _read_claim() -> HostClaim | None:
+    try:
+        return HostClaim.from_json(json.loads(HOST_LOCK.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as error:  # being written by another start right now
+        raise HostBusy(f"another real node is being started on this host ({HOST_LOCK}: {error})") from error
 
 
 def claim_host(layout: NodeLayout) -> HostSnapshot:
-    """Take the host for this node: refuse if another node's containerd runs, tear a dead one's leftovers down,
-    then snapshot the host and write the claim. Returns the snapshot (also saved in the layout)."""
-    if HOST_LOCK.exists():
-        claim = HostClaim.from_json(json.loads(HOST_LOCK.read_text()))
-        if claim.containerd is not None and claim.containerd.is_running():
-            raise HostBusy(
-                f"another real node runs on this host (containerd pid {claim.containerd.pid}, files in {claim.root}); "
-                "one runs per host: stop it first (make cluster-down), or start this cluster with real_node=False"
-            )
-        stale = NodeLayout(Path(claim.root))
-        if stale.snapshot_file.exists():
-            teardown(stale)
-        HOST_LOCK.unlink(missing_ok=True)
+    """Take the host for this node: refuse if another node's owner runs, tear a dead one's leftovers down, then
+    snapshot the host and write the claim (created exclusively: two starts cannot both win). Returns the snapshot
+    (also saved in the layout, for `teardown`)."""
     HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    HOST_LOCK.write_text(json.dumps(HostClaim(str(layout.root)).to_json()))
-    snapshot = HostSnapshot.take()
-    layout.snapshot_file.write_text(json.dumps(snapshot.to_json(), indent=2))
-    return snapshot
+    for _ in range(2):
+        try:
+            descriptor = os.open(HOST_LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            claim = _read_claim()
+            if claim is None:
+                continue
+            owner = claim.alive()
+            if owner is not None:
+                raise HostBusy(
+                    f"another real node runs on this host ({owner.name} pid {owner.pid}, files in {claim.root}); "
+                    "one runs per host: stop it first (make cluster-down), or start this cluster without its real "
+                    "node (real_node=False, --no-real-node)"
+                ) from None
+            teardown(NodeLayout(Path(claim.root)), claim.snapshot)
+            HOST_LOCK.unlink(missing_ok=True)
+            continue
+        snapshot = HostSnapshot.take()
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(json.dumps(HostClaim(str(layout.root), (_this_process(),), snapshot).to_json()))
+        layout.root.mkdir(parents=True, exist_ok=True)
+        layout.snapshot_file.write_text(json.dumps(snapshot.to_json(), indent=2))
+        return snapshot
+    raise HostBusy(f"could not claim the host for the real node: {HOST_LOCK} keeps coming back")
 
 
 def record_containerd(layout: NodeLayout, containerd: ProcessRecord) -> None:
-    """Name the running containerd in the host claim, so another start can tell it is alive."""
-    HOST_LOCK.write_text(json.dumps(HostClaim(str(layout.root), containerd).to_json()))
+    """Add the running containerd to the claim's owners: it keeps the claim alive after this process exits."""
+    claim = _read_claim()
+    if claim is None or claim.root != str(layout.root):
+        raise RealNodeError(f"{HOST_LOCK} no longer names this node ({layout.root})")
+    updated = HostClaim(claim.root, (*claim.owners, containerd), claim.snapshot)
+    partial = HOST_LOCK.with_suffix(".tmp")
+    partial.write_text(json.dumps(updated.to_json()))
+    partial.replace(HOST_LOCK)
 
 
 def _release_host(layout: NodeLayout) -> None:
-    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
         if HostClaim.from_json(json.loads(HOST_LOCK.read_text())).root == str(layout.root):
             HOST_LOCK.unlink()
             with contextlib.suppress(OSError):
@@ -693,11 +736,12 @@ def load_snapshot(layout: NodeLayout) -> HostSnapshot:
     return HostSnapshot.from_json(json.loads(layout.snapshot_file.read_text()))
 
 
-def teardown(layout: NodeLayout) -> None:
+def teardown(layout: NodeLayout, snapshot: HostSnapshot | None = None) -> None:
     """Remove everything the node left on the host, after its processes (kubelet, containerd, ...) were stopped.
+    `snapshot`: the host before the node (default: the one saved in the layout).
 
     Raises RealNodeError listing what could not be removed (after trying everything)."""
-    snapshot = load_snapshot(layout)
+    snapshot = snapshot or load_snapshot(layout)
     sockets = _shim_sockets(layout)
     # Containers, then their shims: once no process holds a pod's network namespace and its bind mount is gone,
     # the kernel deletes the pod's veth pair.
@@ -747,6 +791,7 @@ def leftovers(layout: NodeLayout, snapshot: HostSnapshot) -> list[str]:
         if _read_sysctl(name) != value
     ]
     found += [f"path {path}" for path in new_paths if path.exists() or path.is_symlink()]
-    if HOST_LOCK.exists() and HostClaim.from_json(json.loads(HOST_LOCK.read_text())).root == str(layout.root):
-        found.append(f"host claim {HOST_LOCK}")
+    with contextlib.suppress(FileNotFoundError):
+        if HostClaim.from_json(json.loads(HOST_LOCK.read_text())).root == str(layout.root):
+            found.append(f"host claim {HOST_LOCK}")
     return found

@@ -4,12 +4,14 @@ the kwok-simulated suite off the node, and the iptables parsing the teardown rel
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from torghut_localstack import realnode, workloads
+from torghut_localstack.procs import ProcessRecord
 from torghut_localstack.realnode import HostSnapshot, NodeLayout
 
 pytestmark = pytest.mark.unit
@@ -126,3 +128,35 @@ def test_a_workload_on_the_real_node_tolerates_its_taint_and_never_pulls() -> No
     assert pod["tolerations"] == [{**realnode.REAL_NODE_TAINT, "operator": "Equal"}]
     assert pod["containers"][0]["image"] == "localhost/torghut-busybox:abc"
     assert pod["containers"][0]["imagePullPolicy"] == "Never"
+
+
+@pytest.fixture
+def host_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    lock = tmp_path / "run" / "real-node.json"
+    monkeypatch.setattr(realnode, "HOST_LOCK", lock)
+    monkeypatch.setattr(HostSnapshot, "take", classmethod(lambda cls: HostSnapshot({}, [], [], [], False)))
+    return lock
+
+
+def test_a_second_node_on_the_host_is_refused_while_the_first_ones_owner_runs(host_lock: Path, tmp_path: Path) -> None:
+    realnode.claim_host(NodeLayout(tmp_path / "first"))
+
+    with pytest.raises(realnode.HostBusy, match=r"another real node runs on this host .* files in .*first"):
+        realnode.claim_host(NodeLayout(tmp_path / "second"))
+
+
+def test_a_dead_nodes_claim_is_torn_down_before_the_host_is_claimed_again(
+    host_lock: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = ProcessRecord("containerd", 999_999, ["containerd"], 1)
+    snapshot = HostSnapshot({"net.ipv4.ip_forward": "0"}, [], [], [], False)
+    host_lock.parent.mkdir(parents=True)
+    host_lock.write_text(json.dumps(realnode.HostClaim(str(tmp_path / "old"), (dead,), snapshot).to_json()))
+    torn_down: list[tuple[Path, HostSnapshot | None]] = []
+    monkeypatch.setattr(realnode, "teardown", lambda layout, snap=None: torn_down.append((layout.root, snap)))
+
+    realnode.claim_host(NodeLayout(tmp_path / "new"))
+
+    assert torn_down == [(tmp_path / "old", snapshot)]
+    claim = realnode.HostClaim.from_json(json.loads(host_lock.read_text()))
+    assert claim.root == str(tmp_path / "new")
