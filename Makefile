@@ -9,7 +9,8 @@ VENV_STAMP := .venv/.installed-$(shell sha256sum requirements.lock pyproject.tom
 help:
 	@echo "make demo          run a TorghutRollout end to end on the embedded local stack"
 	@echo "make test          lint, type-check and run every test tier (unit, integration, e2e)"
-	@echo "make cluster-up    start the local control plane (prints KUBECONFIG); cluster-down stops it"
+	@echo "make deps          install the missing Debian packages (Postgres, Prometheus, containerd, runc, CNI, image tools)"
+	@echo "make cluster-up    start the local control plane and real node (prints KUBECONFIG); cluster-down stops both"
 	@echo "make cluster-smoke check the running cluster (Deployment Available, Job Complete); cluster-status"
 	@echo "make bench         benchmark stage-advance latency and operator overhead"
 	@echo "make bench-sql     EXPLAIN and time the preset's SQL on a million executions (ROWS=10000000 for 10 M)"
