@@ -310,6 +310,12 @@ class LocalCluster:
             self._workdir = Path(tempfile.mkdtemp(prefix="torghut-cluster-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.real_node:
+            problems = realnode.preflight()
+            if problems:
+                raise ClusterError(
+                    "cannot start the real node: " + "; ".join(problems) + " (or start without it: real_node=False, "
+                    "`torghut-localstack up --no-real-node`, `demo --no-real-node`)"
+                )
             try:
                 self.node_ip = realnode.node_ip()
                 realnode.claim_host(self.node_layout)  # fails fast when another real node runs here

@@ -113,6 +113,23 @@ def node_ip() -> str:
     return chosen
 
 
+def preflight() -> list[str]:
+    """What this host lacks to run the node (empty: nothing), each with how to get it."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("the real node needs root (containerd, mounts, cgroups, iptables)")
+    tools = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "iptables", "umoci", "skopeo")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    missing += [
+        f"{CNI_BIN_DIR}/{plugin}"
+        for plugin in ("bridge", "host-local", "portmap")
+        if not (CNI_BIN_DIR / plugin).is_file()
+    ]
+    if missing:
+        problems.append(f"missing {', '.join(missing)}: run cluster/install-debian-deps.sh (make deps)")
+    return problems
+
+
 @dataclass(frozen=True)
 class NodeLayout:
     """Where the node keeps its files: everything under `root` (absolute)."""
@@ -401,14 +418,7 @@ def _our_chains(binary: str, table: str) -> list[str]:
 
 
 def _iptables_binaries() -> list[str]:
-    return [binary for binary in ("iptables", "ip6tables") if _which(binary)]
-
-
-def _which(binary: str) -> bool:
-    return any(
-        (Path(directory) / binary).is_file()
-        for directory in [*os.environ.get("PATH", "").split(":"), "/usr/sbin", "/sbin"]
-    )
+    return [binary for binary in ("iptables", "ip6tables") if shutil.which(binary)]
 
 
 def _cgroup_mounts() -> list[Path]:
