@@ -535,8 +535,8 @@ def claim_host(layout: NodeLayout) -> HostSnapshot:
     """Take the host for this node: refuse if another node's owner runs, tear a dead one's leftovers down, then
     snapshot the host and write the claim (created exclusively: two starts cannot both win). Returns the snapshot
     (also saved in the layout, for `teardown`)."""
-    HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
+        HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)  # a stale claim's teardown removes it
         try:
             descriptor = os.open(HOST_LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
