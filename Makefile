@@ -3,13 +3,14 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha256sum requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: help install binaries lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens \
+.PHONY: help install deps binaries lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens \
         cluster-up cluster-down cluster-smoke cluster-status clean
 
 help:
 	@echo "make demo          run a TorghutRollout end to end on the embedded local stack"
 	@echo "make test          lint, type-check and run every test tier (unit, integration, e2e)"
-	@echo "make cluster-up    start the local control plane (prints KUBECONFIG); cluster-down stops it"
+	@echo "make deps          install the missing Debian packages (Postgres, Prometheus, containerd, runc, CNI, image tools)"
+	@echo "make cluster-up    start the local control plane and real node (prints KUBECONFIG); cluster-down stops both"
 	@echo "make cluster-smoke check the running cluster (Deployment Available, Job Complete); cluster-status"
 	@echo "make bench         benchmark stage-advance latency and operator overhead"
 	@echo "make bench-sql     EXPLAIN and time the preset's SQL on a million executions (ROWS=10000000 for 10 M)"
@@ -25,6 +26,10 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 
 install: $(VENV_STAMP)
 
+# Debian packages (Postgres, Prometheus, containerd, runc, CNI plugins, image tools): only the missing ones.
+deps:
+	@bash cluster/install-debian-deps.sh
+
 binaries:
 	@bash cluster/build-binaries.sh
 
@@ -35,36 +40,36 @@ lint: install
 	.venv/bin/lint-imports
 
 # Every test carries a tier marker (unit, integration or e2e); an unmarked test is a collection error.
-test: lint binaries
+test: deps lint binaries
 	$(PY) -m pytest
 
 test-unit: install
 	$(PY) -m pytest -m unit
 
-test-integration: install
+test-integration: deps install
 	$(PY) -m pytest -m integration
 
-test-e2e: install binaries
+test-e2e: deps install binaries
 	$(PY) -m pytest -m e2e
 
-bench-sql: install
+bench-sql: deps install
 	$(PY) -m torghut_localstack.bench_sql $(if $(ROWS),--rows $(ROWS),) $(if $(STATE),--state $(STATE),)
 
-bench-backfill: install
+bench-backfill: deps install
 	$(PY) -m torghut_localstack.bench_backfill $(if $(ROWS),--rows $(ROWS),)
 
-bench: install binaries
+bench: deps install binaries
 	$(PY) -m torghut_localstack.bench
 
 # The README's pictures, rendered by the plugin's own views; tests/unit/test_screens.py fails when one is stale.
 screens: install
 	$(PY) -m torghut_localstack.screens docs/screens
 
-demo: install binaries
+demo: deps install binaries
 	$(PY) -m torghut_localstack.demo $(if $(CLUSTER),--cluster $(CLUSTER),)
 
 # `up` builds or verifies the binaries itself and reports how long that and the start took.
-cluster-up: install
+cluster-up: deps install
 	$(PY) -m torghut_localstack up
 
 cluster-down: install

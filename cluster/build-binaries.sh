@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane from Go modules into a cache outside the repository:
-#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok.
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok,
+#   and the real node's kubelet, kube-proxy, pod sandbox program (pause) and CoreDNS.
 # The cache folder is keyed by the pinned versions; a binary that is missing or fails its
 # version check is rebuilt, nothing else is. Prints the cache folder on the last line.
 set -euo pipefail
@@ -31,12 +32,16 @@ healthy() {
   [ -x "$bin_dir/$name" ] || return 1
   case $name in
     etcd) want=$ETCD_VERSION ;;
+    pause) want=torghut-localstack ;;
+    coredns) want=$COREDNS_VERSION ;;
     kwok) want=$KWOK_VERSION ;;
     *) want=$KUBERNETES_VERSION ;;
   esac
   local out
   case $name in
     kubectl) out=$("$bin_dir/$name" version --client 2>/dev/null) ;;
+    pause) out=$("$bin_dir/$name" -v 2>/dev/null) ;;
+    coredns) out=$("$bin_dir/$name" -version 2>/dev/null) ;;
     *) out=$("$bin_dir/$name" --version 2>/dev/null) ;;
   esac || return 1
   grep -q -- "${want#v}" <<<"$out"
@@ -67,7 +72,9 @@ total_start=$SECONDS
 cd "$here/gobuild"
 build etcd "go.etcd.io/etcd/server/v3@$ETCD_VERSION" \
   go build -trimpath -ldflags "-s -w" -o "$bin_dir/etcd" ./etcd
-for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+build pause "cluster/gobuild/pause" \
+  go build -trimpath -ldflags "-s -w" -o "$bin_dir/pause" ./pause
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   build "$cmd" "k8s.io/kubernetes@$KUBERNETES_VERSION" \
     go build -trimpath -ldflags "$ldflags" -o "$bin_dir/$cmd" "k8s.io/kubernetes/cmd/$cmd"
 done
@@ -76,5 +83,9 @@ build kwok "sigs.k8s.io/kwok@$KWOK_VERSION" \
   env GOBIN="$bin_dir" go install -trimpath \
   -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
   "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+# CoreDNS too (its go.mod has no replace directives): the real node's cluster DNS.
+build coredns "github.com/coredns/coredns@$COREDNS_VERSION" \
+  env GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" \
+  "github.com/coredns/coredns@$COREDNS_VERSION"
 echo "build-binaries: all binaries ready in $((SECONDS - total_start))s"
 echo "$bin_dir"

@@ -1,13 +1,16 @@
 """`torghut-localstack` (or `python -m torghut_localstack`): the local cluster from the shell.
 
-    up      build/verify the binaries, start the cluster detached, print KUBECONFIG
+    up      build/verify the binaries, start the cluster (control plane, kwok node, real node) detached,
+            print KUBECONFIG
     status  are the recorded components still running, is the API server ready
-    smoke   a Deployment becomes Available and a Job completes on the running cluster
-    down    stop exactly the recorded processes and remove the state
+    smoke   a Deployment becomes Available and a Job completes on the running cluster (kwok and real node)
+    down    stop exactly the recorded processes, remove what the real node left on the host, remove the state
 
 State lives in `$TORGHUT_LOCALSTACK_DIR` (default `<repo>/.local/cluster`): `state.json` with
 each component's PID, command line and start time, and `run/` (certificates, kubeconfig,
-etcd data, logs). `down` only signals a PID whose command line and start time still match.
+etcd data, logs, the real node's files). `down` only signals a PID whose command line and start time still
+match, then runs the real node's teardown (`realnode.teardown`: pods, mounts, cgroups, bridge, iptables chains,
+sysctls) from the snapshot it took of the host at `up`. `up --no-real-node` leaves the real node out.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from typing import Any
 
 from torghut_localstack.binaries import ensure_binaries
 from torghut_localstack.cluster import ClusterError, LocalCluster
+from torghut_localstack.images import busybox_image
 from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.procs import ProcessRecord, deferred_signals
+from torghut_localstack.realnode import NodeLayout, RealNodeError, teardown
 from torghut_localstack.smoke import run_smoke
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +49,8 @@ class State:
     server: str
     started_at: str
     processes: list[ProcessRecord]
+    node_root: Path | None = None
+    """The real node's files (None: started without it); `down` tears the node down from there."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +60,7 @@ class State:
             "server": self.server,
             "started_at": self.started_at,
             "processes": [record.to_json() for record in self.processes],
+            "node_root": str(self.node_root) if self.node_root else None,
         }
 
     @classmethod
@@ -63,6 +71,7 @@ class State:
             str(data["server"]),
             str(data["started_at"]),
             [ProcessRecord.from_json(item) for item in data["processes"]],
+            Path(data["node_root"]) if data.get("node_root") else None,
         )
 
 
@@ -93,12 +102,22 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _stop_recorded(state: State) -> None:
+def _stop_recorded(state: State) -> bool:
+    """Stop the recorded processes, then tear the real node down; False if the teardown left something."""
     for record in reversed(state.processes):
         if record.stop():
             _say(f"stopped {record.name} (pid {record.pid})")
         else:
             _say(f"{record.name} (pid {record.pid}) was not running (or the PID is no longer it): left alone")
+    if state.node_root is None or not NodeLayout(state.node_root).snapshot_file.exists():
+        return True
+    try:
+        teardown(NodeLayout(state.node_root))
+    except RealNodeError as error:
+        _say(str(error))
+        return False
+    _say("removed what the real node left on the host (pods, mounts, cgroups, cni0, iptables chains, sysctls)")
+    return True
 
 
 def _remove_state() -> None:
@@ -109,7 +128,7 @@ def _remove_state() -> None:
         directory.rmdir()
 
 
-def cmd_up(_args: argparse.Namespace) -> int:
+def cmd_up(args: argparse.Namespace) -> int:
     state = load_state()
     if state is not None:
         if all(record.is_running() for record in state.processes):
@@ -126,7 +145,9 @@ def cmd_up(_args: argparse.Namespace) -> int:
     build_s = time.monotonic() - started
 
     shutil.rmtree(_run_dir(), ignore_errors=True)
-    cluster = LocalCluster(bin_dir, _run_dir(), die_with_parent=False, log=lambda line: _say(f"  {line}"))
+    cluster = LocalCluster(
+        bin_dir, _run_dir(), real_node=args.real_node, die_with_parent=False, log=lambda line: _say(f"  {line}")
+    )
     _say(f"starting the control plane in {_run_dir()} ...")
     try:
         cluster.start()
@@ -145,6 +166,7 @@ def cmd_up(_args: argparse.Namespace) -> int:
             cluster.server,
             datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             cluster.detach(),
+            cluster.node_layout.root if args.real_node else None,
         )
         _state_file().write_text(json.dumps(state.to_json(), indent=2) + "\n")
     _say(f"binaries: {build_s:.1f}s; cluster start: {cluster.timings['total']:.1f}s")
@@ -157,8 +179,9 @@ def cmd_down(_args: argparse.Namespace) -> int:
     state = load_state()
     if state is None:
         _say("no cluster recorded; nothing to stop")
-    else:
-        _stop_recorded(state)
+    elif not _stop_recorded(state):
+        _say(f"state kept in {state_dir()} so that `down` can try again")
+        return 1
     _remove_state()
     return 0
 
@@ -192,7 +215,8 @@ def cmd_smoke(_args: argparse.Namespace) -> int:
         return 1
     kubectl = Kubectl(state.bin_dir / "kubectl", state.kubeconfig)
     started = time.monotonic()
-    run_smoke(kubectl, log=lambda line: _say(f"  {line}"))
+    image = busybox_image().reference if state.node_root is not None else None
+    run_smoke(kubectl, log=lambda line: _say(f"  {line}"), real_node_image=image)
     _say(f"smoke passed in {time.monotonic() - started:.1f}s")
     return 0
 
@@ -204,9 +228,17 @@ def main(argv: list[str] | None = None) -> int:
         ("up", cmd_up, "build/verify the binaries and start the cluster detached"),
         ("down", cmd_down, "stop the recorded processes and remove the state"),
         ("status", cmd_status, "show the recorded processes and API server readiness"),
-        ("smoke", cmd_smoke, "a Deployment becomes Available and a Job completes"),
+        ("smoke", cmd_smoke, "a Deployment becomes Available and a Job completes (and one on the real node)"),
     ):
-        commands.add_parser(name, help=text).set_defaults(handler=handler)
+        command = commands.add_parser(name, help=text)
+        command.set_defaults(handler=handler)
+        if name == "up":
+            command.add_argument(
+                "--no-real-node",
+                dest="real_node",
+                action="store_false",
+                help="leave out the real node (containerd, kubelet, kube-proxy, CoreDNS); kwok's node only",
+            )
     args = parser.parse_args(argv)
     try:
         result: int = args.handler(args)

@@ -1,4 +1,4 @@
-"""The control-plane binaries, built from Go modules into a cache outside the repository.
+"""The control-plane and real-node binaries, built from Go modules into a cache outside the repository.
 
 `cluster/build-binaries.sh` does the work (cheap once cached: it only checks versions) and
 prints the cache folder last. `kind` is built the same way, only when a kind cluster is asked for.
@@ -14,7 +14,18 @@ from pathlib import Path
 from torghut_localstack.procs import run_streaming
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "build-binaries.sh"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kwok",
+    "kubelet",
+    "kube-proxy",
+    "pause",
+    "coredns",
+)
 KIND_VERSION = "v0.29.0"  # its default node image is the kindest/node v1.33.1 pinned in kind-config.yaml
 
 

@@ -305,13 +305,16 @@ def _timings(console: Console, world: World, progress: Progress, finished: float
     console.print(table)
 
 
-def run(cluster: ClusterMode, *, timeout: float, console: Console, verbose: bool = False) -> int:
+def run(
+    cluster: ClusterMode, *, timeout: float, console: Console, verbose: bool = False, real_node: bool = True
+) -> int:
     demo_started = time.monotonic()
     console.rule("[bold]Torghut rollout operator demo")
     console.print(f"building the world on the [bold]{cluster}[/] cluster ...")
     world = World(
         cluster=cluster,
         operator_verbose=verbose,
+        real_node=real_node,
         log=lambda line: console.print(f"  [dim]{_escape(line)}[/]", highlight=False),
     )
     try:
@@ -380,6 +383,12 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m torghut_localstack.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cluster", choices=CLUSTER_MODES, default="local", help="local (default) or kind")
+    parser.add_argument(
+        "--no-real-node",
+        dest="real_node",
+        action="store_false",
+        help="leave the local cluster's real node out (one runs per host: e.g. inside the e2e session)",
+    )
     parser.add_argument("--operator-verbose", action="store_true", help="debug logging in the operator's log file")
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds the rollout may take once applied (default 300)"
@@ -392,7 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _interrupt)
     try:
         return run(
-            cast(ClusterMode, args.cluster), timeout=args.timeout, console=console, verbose=args.operator_verbose
+            cast(ClusterMode, args.cluster),
+            timeout=args.timeout,
+            console=console,
+            verbose=args.operator_verbose,
+            real_node=args.real_node,
         )
     except KeyboardInterrupt:
         console.print("[bold]interrupted[/]: everything the demo started was stopped")

@@ -112,8 +112,11 @@ def _leaf(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def write_pki(directory: Path) -> Pki:
-    """Generate the CA, certificates and keys into `directory` (created if missing)."""
+def write_pki(directory: Path, *, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """Generate the CA, certificates and keys into `directory` (created if missing).
+
+    `extra_ips`: more IP SANs of the API server's serving certificate (the real node's IP, where pods reach it).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(*(directory / name for name in (
         "ca.crt", "ca.key", "apiserver.crt", "apiserver.key",
@@ -129,7 +132,7 @@ def write_pki(directory: Path) -> Pki:
         .sign(ca_key, hashes.SHA256())
     )
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in SERVING_DNS_NAMES]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in SERVING_IPS]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in (*SERVING_IPS, *extra_ips)]
     serving_key, admin_key, sa_key = _key(), _key(), _key()
     serving = _leaf(ca, ca_key, _name("kube-apiserver"), serving_key, ExtendedKeyUsageOID.SERVER_AUTH, sans)
     admin = _leaf(ca, ca_key, _name(ADMIN_USER, ADMIN_GROUP), admin_key, ExtendedKeyUsageOID.CLIENT_AUTH)
@@ -145,11 +148,57 @@ def write_pki(directory: Path) -> Pki:
     return pki
 
 
+def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki.ca_key} is not an EC key")
+    return ca, key
+
+
+def issue(
+    pki: Pki,
+    cert_path: Path,
+    key_path: Path,
+    *,
+    common_name: str,
+    organization: str | None = None,
+    server: bool = False,
+    dns_names: tuple[str, ...] = (),
+    ips: tuple[str, ...] = (),
+) -> None:
+    """A leaf certificate from the run's CA: a client one (CN = user, O = group), or with `server` a serving one
+    for `dns_names` and `ips`."""
+    ca, ca_key = _load_ca(pki)
+    key = _key()
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert = _leaf(ca, ca_key, _name(common_name, organization), key, usage, sans)
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def client_kubeconfig(server: str, ca_cert: Path, cert: Path, key: Path, *, user: str) -> dict[str, Any]:
+    """A kubeconfig for one client certificate, everything embedded (the real node's kubelet, kube-proxy, ...)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority-data": _b64(ca_cert)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": _b64(cert), "client-key-data": _b64(key)}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+        "current-context": "local",
+    }
+
+
 def kubeconfig(server: str, pki: Pki, *, name: str = "torghut-local") -> dict[str, Any]:
     """A kubeconfig for the admin user with every certificate and key embedded."""
-
-    def b64(path: Path) -> str:
-        return base64.b64encode(path.read_bytes()).decode()
+    b64 = _b64
 
     return {
         "apiVersion": "v1",

@@ -12,6 +12,7 @@ from typing import Any
 
 from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.kwok import FAIL_LABEL, NEVER_READY_LABEL
+from torghut_localstack.realnode import REAL_NODE_LABEL, REAL_NODE_TAINT
 from torghut_localstack.wait import NotYet, wait_for
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
@@ -148,3 +149,26 @@ def wait_for_service_account(kubectl: Kubectl, namespace: str, *, timeout: float
         what=f"ServiceAccount default in {namespace}",
         retry_on=(KubectlError,),
     )
+
+
+def on_real_node(manifest: dict[str, Any], *, image: str | None = None) -> dict[str, Any]:
+    """`manifest` (a Deployment or Job) with its pods pinned to the real node: its label as node selector, its
+    taint tolerated, and every container's image (optionally replaced by `image`) used as imported, never pulled."""
+    pod = manifest["spec"]["template"]["spec"]
+    pod["nodeSelector"] = {REAL_NODE_LABEL: REAL_NODE_TAINT["value"]}
+    pod["tolerations"] = [{**REAL_NODE_TAINT, "operator": "Equal"}]
+    for container in pod["containers"]:
+        if image is not None:
+            container["image"] = image
+        container["imagePullPolicy"] = "Never"
+    return manifest
+
+
+def service(name: str, *, port: int, target_port: int) -> dict[str, Any]:
+    """A ClusterIP Service in front of the pods labelled `app: name`."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": target_port}]},
+    }

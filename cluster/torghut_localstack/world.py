@@ -406,6 +406,8 @@ class World:
     `target_env`: the env of Torghut's container (default `TRADING_MODE=paper`).
     `schema_state`: the Torghut database's schema, `head` (default) or `checklist` (see `torghut_db`).
     `operator_env`: extra environment for the operator process.
+    `real_node`: the local cluster starts its real node (containerd, kubelet, ...); False where one already runs on
+    this host (one per host), e.g. the demo started from inside the e2e session.
     """
 
     def __init__(
@@ -419,12 +421,14 @@ class World:
         operator_verbose: bool = False,
         operator_env: Mapping[str, str] | None = None,
         schema_state: torghut_db.SchemaState = "head",
+        real_node: bool = True,
         log: Callable[[str], None] = _ignore,
     ) -> None:
         if cluster not in CLUSTER_MODES:
             raise WorldError(f"unknown cluster {cluster!r}: use one of {', '.join(CLUSTER_MODES)}")
         self.cluster_mode: ClusterMode = cluster
         self.schema_state: torghut_db.SchemaState = schema_state
+        self.real_node = real_node
         self.namespace = namespace
         self.tick_seconds = tick_seconds
         self.target_env = dict(target_env or {"TRADING_MODE": "paper"})
@@ -549,7 +553,9 @@ class World:
 
     def _start_cluster(self, bin_dir: Path) -> None:
         if self.cluster_mode == "local":
-            cluster: LocalCluster = self._enter(LocalCluster(bin_dir, self.workdir / "cluster"))
+            cluster: LocalCluster = self._enter(
+                LocalCluster(bin_dir, self.workdir / "cluster", real_node=self.real_node)
+            )
             self._kubeconfig = cluster.kubeconfig
         else:
             self._kubeconfig = self._enter(kind_cluster(bin_dir, self.workdir, log=self._log))

@@ -111,6 +111,17 @@ class OperatorProcess:
         )
 
 
+@pytest.fixture(autouse=True)
+def _cluster_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A component of the embedded cluster (etcd ... containerd, the kubelet) that died during a test fails the
+    test with its exit and last log lines, instead of a timeout somewhere else."""
+    yield
+    if "cluster" in request.fixturenames:
+        handle: ClusterHandle = request.getfixturevalue("cluster")
+        if handle.local is not None:
+            handle.local.check_alive()
+
+
 @pytest.fixture(scope="session")
 def crd(kubectl: Kubectl) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
