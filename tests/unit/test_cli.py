@@ -1122,3 +1122,18 @@ def test_the_readme_troubleshooting_table_is_the_one_why_quotes() -> None:
     end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
     table = "\n".join(lines[start:end])
     assert table == markdown_table(), "regenerate the README's table from torghut_operator.core.troubleshooting"
+
+
+def test_status_shows_the_failed_migration_jobs_last_log_lines() -> None:
+    failed = {
+        "phase": "Failed",
+        "message": "migrate failed (MigrationFailed): migration Job release-42-m-1 failed: BackoffLimitExceeded",
+        "migration": {
+            "mode": "job",
+            "jobName": "release-42-m-1",
+            "jobLogs": "INFO  [alembic] Running upgrade 0006 -> 0007\npsycopg.errors.UndefinedTable: executions",
+        },
+    }
+    text = render(cli_views.render_status(cli_views.Rollout.from_object(rollout_object(failed)), now=NOW))
+    assert "Migration Job log (release-42-m-1, last lines)" in text
+    assert "psycopg.errors.UndefinedTable: executions" in text

@@ -85,6 +85,9 @@ class FakeKube:
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None
 
+    def job_logs(self, namespace: str, job: str) -> str:
+        return ""
+
     def create_job(self, namespace: str, manifest: dict[str, Any]) -> None:
         raise AssertionError("no migration Job in these rollouts")
 

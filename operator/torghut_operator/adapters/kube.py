@@ -18,6 +18,9 @@ from torghut_operator.core.ownership import FIELD_MANAGER, container_apply
 
 TIMEOUT = (5.0, 20.0)
 """(connect, read) seconds for every call."""
+JOB_LOG_LINES = 20
+JOB_LOG_BYTES = 4096
+"""How much of a failed migration pod's log is kept in status."""
 
 
 def as_dict(value: object) -> dict[str, Any]:
@@ -111,6 +114,33 @@ class KubeGateway:
             if exc.status == 409:  # created before a restart: the name is deterministic, so it is ours
                 return
             raise _api_error(f"create Job {namespace}/{manifest['metadata']['name']}", exc) from exc
+
+    def job_logs(self, namespace: str, job: str) -> str:
+        """The last lines of the Job's most recent failed pod (its kept pods; the newest pod if none failed)."""
+        try:
+            listed = self._core.list_namespaced_pod(
+                namespace, label_selector=f"job-name={job}", _request_timeout=TIMEOUT
+            )
+        except ApiException as exc:
+            raise _api_error(f"list pods of Job {namespace}/{job}", exc) from exc
+        pods = [as_dict(self._core.api_client.sanitize_for_serialization(p)) for p in listed.items]
+        if not pods:
+            return ""
+        failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"] or pods
+        newest = max(failed, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""))
+        pod = str(newest["metadata"]["name"])
+        try:
+            text = self._core.read_namespaced_pod_log(
+                pod,
+                namespace,
+                container="migrate",
+                tail_lines=JOB_LOG_LINES,
+                limit_bytes=JOB_LOG_BYTES,
+                _request_timeout=TIMEOUT,
+            )
+        except ApiException as exc:
+            raise _api_error(f"read the log of pod {namespace}/{pod}", exc) from exc
+        return str(text or "")
 
     # --- targets ---
 

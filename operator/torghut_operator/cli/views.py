@@ -442,6 +442,10 @@ def render_status(
     steps = _steps(r)
     if steps is not None:
         parts += [_section("Promotion steps"), steps]
+    job_logs = s.migration.job_logs if s.migration is not None else None
+    if job_logs:
+        job = s.migration.job_name if s.migration is not None else None
+        parts += [_section(f"Migration Job log ({job or 'the failed pod'}, last lines)"), Text(job_logs)]
     parts += [_section("Last action"), _last_action(s, now)]
     return Group(*parts)
 

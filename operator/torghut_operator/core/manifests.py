@@ -54,6 +54,10 @@ def migration_job(spec: TorghutRolloutSpec, *, name: str, rollout: str, uid: str
     }
     if job.service_account_name:
         pod_spec["serviceAccountName"] = job.service_account_name
+    if job.node_selector:
+        pod_spec["nodeSelector"] = dict(job.node_selector)
+    if job.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in job.tolerations]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -81,9 +85,10 @@ def job_state(name: str, job: dict[str, Any] | None) -> JobState:
             return JobState(
                 name=name,
                 exists=True,
+                succeeded=field == "succeeded",
+                failed=field == "failed",
                 reason=cond.get("reason") or type_,
                 message=cond.get("message") or "",
-                **{field: True},
             )
     return JobState(name=name, exists=True)
 

@@ -34,6 +34,8 @@ class JobState:
     failed: bool = False
     reason: str = ""
     message: str = ""
+    logs: str = ""
+    """The last lines of a failed Job's pod, secrets removed (read only once the Job failed)."""
 
 
 @dataclass(frozen=True)

@@ -436,6 +436,10 @@ def _migrating(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
             return
         if state.failed:
             text = f"migration Job {job} failed: {state.reason or 'Failed'}: {state.message}".rstrip(": ")
+            last = [line for line in state.logs.splitlines() if line.strip()]
+            if last:
+                text += f"; last log line: {last[-1].strip()[:300]} (status.migration.jobLogs has more)"
+                b.update(migration=(b.status.migration or migration).model_copy(update={"job_logs": state.logs}))
             _fail(b, spec, "migrate", "MigrationFailed", text, condition="Migrated")
             return
         if not state.succeeded:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -75,3 +76,17 @@ def to_json(value: Any) -> str:
         return str(item)
 
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=default, allow_nan=True)
+
+
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+_KEY_PASSWORD = re.compile(
+    r"(\b[a-z_]*(?:password|passwd|pwd|secret|token)\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)", re.IGNORECASE
+)
+
+
+def redact_log(text: str) -> str:
+    """A container log fit for status and events: URL passwords (``scheme://user:***@``) and ``password=...`` style
+    values removed, control characters other than newlines and tabs dropped."""
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    text = _KEY_PASSWORD.sub(r"\1***", text)
+    return "".join(ch for ch in text if ch in "\n\t" or ch.isprintable())

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -56,6 +56,7 @@ from torghut_operator.core.planner import (
 )
 from torghut_operator.core.presets import effective_checks
 from torghut_operator.core.records import RolloutRef
+from torghut_operator.core.text import redact_log
 from torghut_operator.core.timefmt import format_time, parse_time, utcnow
 from torghut_operator.core.verbs import parse_action
 from torghut_operator.evidence.facts import LANE_RUNS, REFRESH_HOURS
@@ -306,7 +307,18 @@ class Reconciler:
         if phase is Phase.MIGRATING and spec.migrate is not None and spec.migrate.job is not None:
             jname = job_name(name, status.spec_hash or "", status.attempt)
             job = job_state(jname, await asyncio.to_thread(self._kube.get_job, namespace, jname))
+            if job.failed:
+                job = replace(job, logs=await self._job_logs(namespace, jname))
         return Observations(now=self._clock(), verb=verb, peers=peers, target=target, job=job)
+
+    async def _job_logs(self, namespace: str, job: str) -> str:
+        """The failed Job's last log lines for status (kept pods; secrets removed). A log that can't be read is
+        said so: the failure itself is never held up by it."""
+        try:
+            text = await asyncio.to_thread(self._kube.job_logs, namespace, job)
+        except Exception as exc:  # noqa: BLE001 (reported in place of the log)
+            return f"(the pod's log could not be read: {describe_error(exc)})"
+        return redact_log(text).strip() or "(the pod wrote no log)"
 
     async def _read_target(self, namespace: str, spec: TorghutRolloutSpec) -> TargetState:
         raw = await asyncio.to_thread(self._kube.get_target, namespace, spec.target)

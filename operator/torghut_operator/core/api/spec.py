@@ -274,6 +274,18 @@ class Check(ApiModel):
         return ", ".join(parts)
 
 
+class Toleration(ApiModel):
+    """A pod toleration (core/v1 Toleration), e.g. to run the migration on the nodes the service runs on."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key; empty with Exists: every taint.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect; empty: all effects."
+    )
+    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
 class MigrationJob(ApiModel):
     """The application's own migration command, run as a Kubernetes Job owned by the rollout."""
 
@@ -292,6 +304,10 @@ class MigrationJob(ApiModel):
     active_deadline: Duration = Field(default="15m", description="Job activeDeadlineSeconds, as a duration.")
     service_account_name: str | None = Field(default=None, description="ServiceAccount of the Job's pod.")
     pod_labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on the Job's pod.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of the Job's pod.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Tolerations of the Job's pod."
+    )
 
 
 class ConfigMapRef(ApiModel):
@@ -617,6 +633,11 @@ class TorghutRolloutSpec(ApiModel):
             for key, default in _HASH_NEUTRAL_SQL_DEFAULTS.items():
                 if sql.get(key) == default:
                     del sql[key]
+        job = (data.get("migrate") or {}).get("job")
+        if job is not None:  # added with issue 11: empty, they leave the hash as it was
+            for key in ("nodeSelector", "tolerations"):
+                if not job.get(key):
+                    job.pop(key, None)
         if data["target"].get("onDrift") == "Fail":  # added with issue 15: at its default, the hash stays as it was
             del data["target"]["onDrift"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -146,6 +146,9 @@ class MigrationStatus(ApiModel):
     backfill: BackfillStatus | None = Field(
         default=None, description="Progress of the backfill file running now, or of the last one finished."
     )
+    job_logs: str | None = Field(
+        default=None, description="The last lines of the failed migration Job's pod (secrets removed)."
+    )
 
 
 class PromotionStatus(ApiModel):
