@@ -1,4 +1,5 @@
-"""kind-config.yaml loaded and validated by kind's own code, without a container engine.
+"""kind-config.yaml loaded and validated by kind's own code, and images loaded by kind's own `load image-archive`,
+without a container engine.
 
 kind's config loader is an internal package of its module (`sigs.k8s.io/kind/pkg/internal/apis/config/encoding`),
 which no other module may import, and its public API validates a config only on the way to a provider. So these
@@ -8,15 +9,18 @@ PATH: it answers what kind asks before provisioning (`docker -v` for provider de
 `docker ps`, the node image "present") and refuses the first provisioning step (`docker network ls`). kind loads
 the file (strict decoding: an unknown field is an error), applies its defaults, validates it, and only then
 provisions. So our file must fail at provisioning, and broken copies of it must fail with kind's config errors
-before the stub is ever asked to provision.
+before the stub is ever asked to provision. For `kind load image-archive`, the stub shows one node whose
+`docker exec` reaches a real (bare) containerd, so kind's own import lands the busybox archive in it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,21 +28,36 @@ from typing import Any
 import pytest
 import yaml
 
-from torghut_localstack import kind
+from tests.conftest import ClusterHandle
+from torghut_localstack import images, kind
 from torghut_localstack.binaries import pinned_versions
+from torghut_localstack.procs import start_process
+from torghut_localstack.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 STUB_DOCKER = """#!/bin/sh
-# A container engine that is not there: enough for kind to detect a docker provider, nothing more.
+# A container engine that is not there: enough for kind to detect a docker provider, nothing more. With
+# STUB_NODES set, those are the cluster's node containers, and `docker exec` into them reaches the containerd at
+# $STUB_CONTAINERD, so `kind load image-archive` runs its own import against a real containerd.
 echo "$*" >> "$STUB_LOG"
 case "$1" in
   -v) echo "Docker version 27.5.1, build torghut-stub"; exit 0 ;;
   info) echo '{"CgroupDriver":"systemd","CgroupVersion":"2","MemoryLimit":true,"PidsLimit":true,"CPUShares":true}'
         exit 0 ;;
-  ps) exit 0 ;;
-  inspect) exit 0 ;;
+  ps) [ -n "$STUB_NODES" ] && echo "$STUB_NODES"; exit 0 ;;
+  inspect) case "$*" in *io.x-k8s.kind.role*) echo control-plane ;; esac; exit 0 ;;
+  exec) if [ -n "$STUB_NODES" ]; then
+          shift
+          while [ "$1" = --privileged ] || [ "$1" = -i ]; do shift; done
+          shift  # the node container
+          case "$1 $2 $3" in
+            "containerd config dump") printf 'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd]\n'
+                                       printf 'snapshotter = "overlayfs"\n'; exit 0 ;;
+          esac
+          if [ "$1" = ctr ]; then shift; exec ctr --address "$STUB_CONTAINERD" "$@"; fi
+        fi ;;
 esac
 echo "torghut stub docker: no container engine here (docker $*)" >&2
 exit 1
@@ -73,16 +92,23 @@ def kind_binary(binaries: Path) -> Path:
     return binary
 
 
-@pytest.fixture
-def run_kind(tmp_path: Path, kind_binary: Path) -> Callable[[list[str]], KindRun]:
-    """Run a kind command line with the stub docker first on PATH (and no provider forced)."""
+def _stub_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """This process's environment with the stub docker first on PATH, no provider forced, its calls logged."""
     stub_dir = tmp_path / "stub-bin"
-    stub_dir.mkdir()
+    stub_dir.mkdir(exist_ok=True)
     (stub_dir / "docker").write_text(STUB_DOCKER)
     (stub_dir / "docker").chmod(0o755)
-    log = tmp_path / "docker-calls.log"
     env = {k: v for k, v in os.environ.items() if k not in ("KIND_EXPERIMENTAL_PROVIDER", "KIND_CLUSTER_NAME")}
-    env.update(PATH=f"{stub_dir}{os.pathsep}{env.get('PATH', '')}", STUB_LOG=str(log), HOME=str(tmp_path))
+    env.update(PATH=f"{stub_dir}{os.pathsep}{env.get('PATH', '')}", HOME=str(tmp_path), **extra)
+    env["STUB_LOG"] = str(tmp_path / "docker-calls.log")
+    return env
+
+
+@pytest.fixture
+def run_kind(tmp_path: Path, kind_binary: Path) -> Callable[[list[str]], KindRun]:
+    """Run a kind command line against the stub docker (no nodes)."""
+    env = _stub_environment(tmp_path)
+    log = Path(env["STUB_LOG"])
 
     def run(argv: list[str]) -> KindRun:
         log.write_text("")
@@ -176,6 +202,68 @@ def test_kind_accepts_the_load_and_delete_command_lines(
     assert 'no nodes found for cluster "torghut-absent"' in load.output, load.describe()
     assert delete.returncode == 0, delete.describe()
     assert "ps -a --filter label=io.x-k8s.kind.cluster=torghut-absent --format {{.Names}}" in delete.docker_calls
+
+
+@pytest.fixture
+def containerd(tmp_path: Path) -> Iterator[Path]:
+    """A bare containerd (no CRI, nothing on the host outside its own folder), standing in for the containerd of a
+    kind node; yields its socket. Needs root and Debian's containerd, as the real node does."""
+    short = Path(tempfile.mkdtemp(prefix="kind-ctrd-", dir="/tmp"))  # a socket path has at most 107 bytes
+    config = short / "config.toml"
+    config.write_text(
+        f'version = 2\nroot = "{short / "root"}"\nstate = "{short / "state"}"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",'
+        ' "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",'
+        ' "io.containerd.snapshotter.v1.zfs"]\n'
+        f'[grpc]\n  address = "{short / "containerd.sock"}"\n'
+        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{short / "opt"}"\n'
+    )
+    socket = short / "containerd.sock"
+    try:
+        process = start_process(
+            "containerd", ["containerd", f"--config={config}"], log_path=tmp_path / "containerd.log"
+        )
+    except FileNotFoundError as error:
+        shutil.rmtree(short)
+        raise AssertionError("containerd is not installed (cluster/install-debian-deps.sh installs it)") from error
+    try:
+        answers = ["ctr", f"--address={socket}", "version"]
+        wait_for(
+            lambda: (
+                process.running()
+                and subprocess.run(answers, capture_output=True, timeout=10, check=False).returncode == 0
+            ),
+            timeout=30,
+            what=f"containerd answering on {socket}",
+        )
+        yield socket
+    finally:
+        process.stop()
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_kind_load_image_archive_puts_the_image_where_the_kubelet_finds_it(
+    kind_binary: Path, tmp_path: Path, containerd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ClusterHandle.load_image_archive on kind runs kind's own `load image-archive`: it finds the cluster's nodes,
+    reads their containerd's snapshotter and pipes the archive into `ctr -n k8s.io images import` inside each node,
+    here a real containerd behind the stub."""
+    image = images.busybox_image()
+    name = "torghut-loaded"
+    env = _stub_environment(tmp_path, STUB_NODES=f"{name}-control-plane", STUB_CONTAINERD=str(containerd))
+    for key in ("KIND_EXPERIMENTAL_PROVIDER", "KIND_CLUSTER_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # kind runs with this process's environment, as in the e2e fixture
+    kubeconfig = tmp_path / "kubeconfig"
+    handle = ClusterHandle("kind", kubeconfig, kind_binary.parent, kind=kind.KindCluster(kind_binary, name, kubeconfig))
+
+    handle.load_image_archive(image.archive)
+
+    calls = Path(env["STUB_LOG"]).read_text()
+    assert f"ps -a --filter label=io.x-k8s.kind.cluster={name}" in calls, calls
+    assert "ctr --namespace=k8s.io images import --all-platforms --digests --snapshotter=overlayfs -" in calls, calls
+    assert image.reference in images.imported(containerd), f"{image.reference} not in the node's k8s.io images"
 
 
 LOCAL_ONLY = [
