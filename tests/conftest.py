@@ -52,7 +52,7 @@ class ClusterHandle:
     bin_dir: Path
     local: LocalCluster | None = None
     """The embedded control plane (mode local), for fault tests that restart its components."""
-    kind: kind.KindCluster | None = None
+    kind_cluster: kind.KindCluster | None = None
     """The kind cluster (mode kind), for `kind load`."""
 
     @property
@@ -68,8 +68,8 @@ class ClusterHandle:
         `kind load image-archive --name <cluster>` on kind."""
         if self.local is not None:
             self.local.import_image(archive)
-        elif self.kind is not None:
-            self.kind.load_archive(archive)
+        elif self.kind_cluster is not None:
+            self.kind_cluster.load_archive(archive)
         else:
             raise RuntimeError(
                 f"E2E_CLUSTER={self.mode}: the suite cannot load {archive.name} into a cluster it did not create; "
@@ -81,7 +81,7 @@ class ClusterHandle:
         """Where pod IPs come from on the nodes that run real containers (None: not known for `existing`)."""
         if self.local is not None:
             return ipaddress.ip_network(realnode.POD_CIDR)
-        if self.kind is not None:
+        if self.kind_cluster is not None:
             return ipaddress.ip_network(kind_pod_subnet())
         return None
 
@@ -202,7 +202,7 @@ def cluster(binaries: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def _kind_cluster(binaries: Path, workdir: Path) -> Iterator[ClusterHandle]:
     with kind.cluster(binaries, workdir, prefix="torghut-e2e") as created:
-        yield ClusterHandle("kind", created.kubeconfig, binaries, kind=created)
+        yield ClusterHandle("kind", created.kubeconfig, binaries, kind_cluster=created)
 
 
 @pytest.fixture(scope="session")

@@ -256,7 +256,9 @@ def test_kind_load_image_archive_puts_the_image_where_the_kubelet_finds_it(
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # kind runs with this process's environment, as in the e2e fixture
     kubeconfig = tmp_path / "kubeconfig"
-    handle = ClusterHandle("kind", kubeconfig, kind_binary.parent, kind=kind.KindCluster(kind_binary, name, kubeconfig))
+    handle = ClusterHandle(
+        "kind", kubeconfig, kind_binary.parent, kind_cluster=kind.KindCluster(kind_binary, name, kubeconfig)
+    )
 
     handle.load_image_archive(image.archive)
 
