@@ -7,11 +7,15 @@
 - `existing`: whatever `$KUBECONFIG` points at.
 
 A cluster that can't start makes the e2e tests ERROR with the reason; they never skip (under
-`CI`, a skipped e2e test is turned into a failure).
+`CI`, a skipped e2e test is turned into a failure). The one exception: a test marked
+`local_only(reason)` drives what only the embedded control plane has (restarting the API server,
+killing the kubelet, the node's teardown); on another cluster it is skipped as not applicable, with
+the reason shown, and never in the default local mode.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
@@ -23,16 +27,16 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
+import yaml
 
-from torghut_localstack import workloads
-from torghut_localstack.binaries import ensure_binaries, ensure_kind
+from torghut_localstack import kind, realnode, workloads
+from torghut_localstack.binaries import ensure_binaries
 from torghut_localstack.cluster import LocalCluster
 from torghut_localstack.kubectl import Kubectl
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.prometheus import PrometheusServer
 
 REPO = Path(__file__).resolve().parents[1]
-KIND_CONFIG = REPO / "kind-config.yaml"
 CLUSTER_MODES = ("local", "kind", "existing")
 TIERS = ("unit", "integration", "e2e")
 
@@ -48,6 +52,8 @@ class ClusterHandle:
     bin_dir: Path
     local: LocalCluster | None = None
     """The embedded control plane (mode local), for fault tests that restart its components."""
+    kind_cluster: kind.KindCluster | None = None
+    """The kind cluster (mode kind), for `kind load`."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -55,6 +61,34 @@ class ClusterHandle:
 
     def kubectl(self) -> Kubectl:
         return Kubectl(self.bin_dir / "kubectl", self.kubeconfig)
+
+    def load_image_archive(self, archive: Path) -> None:
+        """Make a docker archive's image available to the nodes that run real containers (the pods of
+        `workloads.on_real_node`, which never pull): `ctr images import` into the local real node's containerd,
+        `kind load image-archive --name <cluster>` on kind."""
+        if self.local is not None:
+            self.local.import_image(archive)
+        elif self.kind_cluster is not None:
+            self.kind_cluster.load_archive(archive)
+        else:
+            raise RuntimeError(
+                f"E2E_CLUSTER={self.mode}: the suite cannot load {archive.name} into a cluster it did not create; "
+                "use E2E_CLUSTER=local or kind"
+            )
+
+    @property
+    def pod_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """Where pod IPs come from on the nodes that run real containers (None: not known for `existing`)."""
+        if self.local is not None:
+            return ipaddress.ip_network(realnode.POD_CIDR)
+        if self.kind_cluster is not None:
+            return ipaddress.ip_network(kind_pod_subnet())
+        return None
+
+
+def kind_pod_subnet(config: Path = kind.KIND_CONFIG) -> str:
+    """`networking.podSubnet` of kind-config.yaml."""
+    return str(yaml.safe_load(config.read_text())["networking"]["podSubnet"])
 
 
 def _cluster_mode() -> str:
@@ -84,6 +118,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     untiered = [item.nodeid for item in items if not any(item.get_closest_marker(t) for t in TIERS)]
     if untiered:
         raise pytest.UsageError(f"tests without a tier marker ({', '.join(TIERS)}): {', '.join(untiered[:5])}")
+    _skip_local_only_on_kind(items)
     if config.option.collectonly or not any(item.get_closest_marker("e2e") for item in items):
         return
     _cluster_mode()
@@ -102,11 +137,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.stash[_binaries_key] = error
 
 
+def _not_applicable_on_kind(item: pytest.Item) -> str | None:
+    """The skip reason of a `local_only` test under E2E_CLUSTER=kind, else None (it runs)."""
+    marker = item.get_closest_marker("local_only")
+    if marker is None or _cluster_mode() != "kind":
+        return None
+    if len(marker.args) != 1 or not isinstance(marker.args[0], str):
+        raise pytest.UsageError(
+            f"{item.nodeid}: local_only takes one reason, e.g. local_only('restarts the API server')"
+        )
+    return f"not applicable on kind: {marker.args[0]}"
+
+
+def _skip_local_only_on_kind(items: list[pytest.Item]) -> None:
+    for item in items:
+        reason = _not_applicable_on_kind(item)
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    # Not applicable (a local_only test on kind) is a stated fact, not a missing tool: it stays a skip under CI.
+    if report.skipped and _not_applicable_on_kind(item) is not None:
+        return report
     if report.skipped and os.environ.get("CI") and item.get_closest_marker("e2e") and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"e2e tests must not skip in CI, but {item.nodeid} skipped: {report.longrepr}"
@@ -144,23 +201,8 @@ def cluster(binaries: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def _kind_cluster(binaries: Path, workdir: Path) -> Iterator[ClusterHandle]:
-    kind = ensure_kind(binaries)
-    name = workloads.unique_name("torghut-e2e")
-    kubeconfig = workdir / "kubeconfig"
-    create = [str(kind), "create", "cluster", "--name", name, "--config", str(KIND_CONFIG)]
-    create += ["--kubeconfig", str(kubeconfig), "--wait", "180s"]
-    try:
-        done = subprocess.run(create, capture_output=True, text=True, timeout=600, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"kind create cluster failed ({done.returncode}):\n{done.stderr.strip()}")
-        yield ClusterHandle("kind", kubeconfig, binaries)
-    finally:
-        subprocess.run(
-            [str(kind), "delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig)],
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
+    with kind.cluster(binaries, workdir, prefix="torghut-e2e") as created:
+        yield ClusterHandle("kind", created.kubeconfig, binaries, kind_cluster=created)
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,19 @@
 """The control-plane and real-node binaries, built from Go modules into a cache outside the repository.
 
 `cluster/build-binaries.sh` does the work (cheap once cached: it only checks versions) and
-prints the cache folder last. `kind` is built the same way, only when a kind cluster is asked for.
+prints the cache folder last. `kind` is built there too: the e2e suite's other cluster, and the integration test
+that loads kind-config.yaml with kind's own code.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from torghut_localstack.procs import run_streaming
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "build-binaries.sh"
+VERSIONS_FILE = BUILD_SCRIPT.parent / "versions.env"
 COMPONENTS = (
     "etcd",
     "kube-apiserver",
@@ -25,8 +25,15 @@ COMPONENTS = (
     "kube-proxy",
     "pause",
     "coredns",
+    "kind",
 )
-KIND_VERSION = "v0.29.0"  # its default node image is the kindest/node v1.33.1 pinned in kind-config.yaml
+
+
+def pinned_versions() -> dict[str, str]:
+    """The versions build-binaries.sh builds (`cluster/versions.env`, `NAME=value` lines)."""
+    lines = VERSIONS_FILE.read_text().splitlines()
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
+    return {name.strip(): value.strip() for name, value in pairs}
 
 
 def _ignore(_line: str) -> None:
@@ -44,18 +51,3 @@ def ensure_binaries(*, on_line: Callable[[str], None] = _ignore, timeout: float 
     if missing:
         raise RuntimeError(f"{BUILD_SCRIPT} did not produce {missing} in {bin_dir!s}")
     return bin_dir
-
-
-def ensure_kind(bin_dir: Path, *, on_line: Callable[[str], None] = _ignore, timeout: float = 1800.0) -> Path:
-    """`kind` at KIND_VERSION in `bin_dir`, built with `go install` if missing."""
-    kind = bin_dir / "kind"
-    if kind.is_file():
-        version = subprocess.run([str(kind), "version"], capture_output=True, text=True, timeout=30, check=False).stdout
-        if KIND_VERSION in version:
-            return kind
-    on_line(f"building kind {KIND_VERSION} ...")
-    env = {**os.environ, "GOBIN": str(bin_dir), "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
-    run_streaming(
-        ["go", "install", "-trimpath", f"sigs.k8s.io/kind@{KIND_VERSION}"], timeout=timeout, on_line=on_line, env=env
-    )
-    return kind

@@ -31,7 +31,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,8 +45,8 @@ from typing import Any, Final, Literal, TypeVar
 
 from psycopg import sql
 
-from torghut_localstack import sql_pack, torghut_db, workloads
-from torghut_localstack.binaries import ensure_binaries, ensure_kind
+from torghut_localstack import kind, sql_pack, torghut_db, workloads
+from torghut_localstack.binaries import ensure_binaries
 from torghut_localstack.cluster import LocalCluster
 from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.ports import HOST, free_port
@@ -76,7 +75,7 @@ __all__ = [
 REPO: Final = Path(__file__).resolve().parents[2]
 CRD: Final = REPO / "crds" / "torghutrollouts.yaml"
 CRD_NAME: Final = "torghutrollouts.torghut.proompteng.ai"
-KIND_CONFIG: Final = REPO / "kind-config.yaml"
+KIND_CONFIG: Final = kind.KIND_CONFIG
 
 NAMESPACE: Final = "torghut"
 TARGET: Final = "torghut"
@@ -342,46 +341,16 @@ def watch(
 # kind
 
 
-def _container_engine_problem() -> str | None:
-    """Why kind can't create a cluster here, or None when its container engine answers."""
-    provider = os.environ.get("KIND_EXPERIMENTAL_PROVIDER") or "docker"
-    binary = shutil.which(provider)
-    if binary is None:
-        return f"kind needs a container engine, but `{provider}` is not on PATH"
-    try:
-        done = subprocess.run([binary, "info"], capture_output=True, text=True, timeout=20, check=False)
-    except subprocess.TimeoutExpired:
-        return f"kind needs a container engine, but `{provider} info` did not answer within 20s"
-    if done.returncode != 0:
-        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"kind needs a running container engine, but `{provider} info` failed: {detail}"
-    return None
-
-
 @contextmanager
-def kind_cluster(bin_dir: Path, workdir: Path, *, log: Callable[[str], None] = _ignore) -> Iterator[Path]:
+def kind_cluster(bin_dir: Path, workdir: Path) -> Iterator[Path]:
     """A kind cluster from kind-config.yaml for the block; yields its kubeconfig, deletes it afterwards."""
-    problem = _container_engine_problem()
-    if problem is not None:
-        raise WorldError(f"{problem}; run without --cluster kind to use the embedded control plane")
-    kind = ensure_kind(bin_dir, on_line=log)
-    name = workloads.unique_name("torghut-demo")
-    kubeconfig = workdir / "kind-kubeconfig"
-    create = [str(kind), "create", "cluster", "--name", name, "--config", str(KIND_CONFIG)]
-    create += ["--kubeconfig", str(kubeconfig), "--wait", "180s"]
     try:
-        done = subprocess.run(create, capture_output=True, text=True, timeout=600, check=False)
-        if done.returncode != 0:
-            detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise WorldError(f"kind create cluster failed ({done.returncode}): {detail}")
-        yield kubeconfig
-    finally:
-        subprocess.run(
-            [str(kind), "delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig)],
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
+        with kind.cluster(bin_dir, workdir, prefix="torghut-demo") as created:
+            yield created.kubeconfig
+    except kind.KindError as error:
+        first, newline, rest = str(error).partition("\n")
+        hint = "; run without --cluster kind to use the embedded control plane"
+        raise WorldError(f"{first}{hint}{newline}{rest}") from error
 
 
 # --------------------------------------------------------------------------------------------------
@@ -558,7 +527,7 @@ class World:
             )
             self._kubeconfig = cluster.kubeconfig
         else:
-            self._kubeconfig = self._enter(kind_cluster(bin_dir, self.workdir, log=self._log))
+            self._kubeconfig = self._enter(kind_cluster(bin_dir, self.workdir))
         self._kubectl = Kubectl(bin_dir / "kubectl", self.kubeconfig)
 
     def _start_postgres(self) -> None:

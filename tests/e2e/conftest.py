@@ -20,6 +20,7 @@ import yaml
 
 from tests.conftest import ClusterHandle
 from torghut_localstack import torghut_db, workloads
+from torghut_localstack.cluster import LocalCluster
 from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.ports import free_port
 from torghut_localstack.postgres import PostgresServer
@@ -120,6 +121,14 @@ def _cluster_alive(request: pytest.FixtureRequest) -> Iterator[None]:
         handle: ClusterHandle = request.getfixturevalue("cluster")
         if handle.local is not None:
             handle.local.check_alive()
+
+
+@pytest.fixture
+def local_cluster(cluster: ClusterHandle) -> LocalCluster:
+    """The embedded control plane, for tests marked `local_only` (skipped as not applicable under kind)."""
+    if cluster.local is None:
+        raise RuntimeError(f"this test drives the embedded control plane, and E2E_CLUSTER={cluster.mode} has none")
+    return cluster.local
 
 
 @pytest.fixture(scope="session")

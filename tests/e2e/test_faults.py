@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import ClusterHandle
 from tests.e2e.conftest import NEW_IMAGE, OLD_IMAGE, World, rollout_manifest
 from torghut_localstack import torghut_db
+from torghut_localstack.cluster import LocalCluster
 from torghut_localstack.wait import NotYet, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -284,13 +284,14 @@ def test_kill_9_while_rolling_back_still_restores_image_and_trading_env(faults: 
     assert_ran_once(world, before, changes=4)
 
 
-def test_the_api_server_restarted_mid_verify(faults: World, cluster: ClusterHandle) -> None:
-    if cluster.local is None:
-        pytest.skip("restarting the API server needs the embedded control plane (E2E_CLUSTER=local)")
+@pytest.mark.local_only(
+    "restarts kube-apiserver, a process of the embedded control plane (kind runs it in a static pod)"
+)
+def test_the_api_server_restarted_mid_verify(faults: World, local_cluster: LocalCluster) -> None:
     world = faults
     world.apply(release(world, "apiserver", count=6))
     wait_for(measured(world, "apiserver"), timeout=120, interval=0.1, what="a measurement recorded")
-    down = cluster.local.restart_apiserver()
+    down = local_cluster.restart_apiserver()
     approve_evidence(world, "paper", "live")
     wait_for(awaiting_canary(world, "apiserver"), timeout=120, interval=0.2, what="canary awaiting approval")
     promote(world, "apiserver")
