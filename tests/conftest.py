@@ -138,15 +138,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _not_applicable_on_kind(item: pytest.Item) -> str | None:
-    """The skip reason of a `local_only` test under E2E_CLUSTER=kind, else None (it runs)."""
+    """The skip reason of a `local_only` test on a cluster the suite did not build (E2E_CLUSTER=kind or existing),
+    else None (it runs)."""
     marker = item.get_closest_marker("local_only")
-    if marker is None or _cluster_mode() != "kind":
+    mode = _cluster_mode()
+    if marker is None or mode == "local":
         return None
     if len(marker.args) != 1 or not isinstance(marker.args[0], str):
         raise pytest.UsageError(
             f"{item.nodeid}: local_only takes one reason, e.g. local_only('restarts the API server')"
         )
-    return f"not applicable on kind: {marker.args[0]}"
+    return f"not applicable on {mode}: {marker.args[0]}"
 
 
 def _skip_local_only_on_kind(items: list[pytest.Item]) -> None:
