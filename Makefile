@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha256sum requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: help install binaries lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens \
+.PHONY: help install binaries lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens argocd-cm \
         cluster-up cluster-down cluster-smoke cluster-status clean
 
 help:
@@ -55,6 +55,10 @@ bench-backfill: install
 
 bench: install binaries
 	$(PY) -m torghut_localstack.bench
+
+# manifests/argocd/argocd-cm.yaml from its Lua sources (health.lua, actions/*.lua); a unit test fails when it is stale.
+argocd-cm: install
+	$(PY) -m torghut_localstack.argocd_cm manifests/argocd
 
 # The README's pictures, rendered by the plugin's own views; tests/unit/test_screens.py fails when one is stale.
 screens: install
