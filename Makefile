@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha256sum requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: help install binaries lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens argocd-cm \
+.PHONY: help install binaries binaries-argocd lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens argocd-cm \
         cluster-up cluster-down cluster-smoke cluster-status clean
 
 help:
@@ -28,6 +28,10 @@ install: $(VENV_STAMP)
 binaries:
 	@bash cluster/build-binaries.sh
 
+# The control plane plus Argo CD and kustomize, for the GitOps e2e tests and `make demo GITOPS=1`.
+binaries-argocd:
+	@bash cluster/build-binaries.sh --with-argocd
+
 lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
@@ -35,7 +39,7 @@ lint: install
 	.venv/bin/lint-imports
 
 # Every test carries a tier marker (unit, integration or e2e); an unmarked test is a collection error.
-test: lint binaries
+test: lint binaries-argocd
 	$(PY) -m pytest
 
 test-unit: install
@@ -44,7 +48,7 @@ test-unit: install
 test-integration: install
 	$(PY) -m pytest -m integration
 
-test-e2e: install binaries
+test-e2e: install binaries-argocd
 	$(PY) -m pytest -m e2e
 
 bench-sql: install

@@ -25,7 +25,7 @@ from types import FrameType
 import pytest
 
 from torghut_localstack import workloads
-from torghut_localstack.binaries import ensure_binaries, ensure_kind
+from torghut_localstack.binaries import ensure_argocd_binaries, ensure_binaries, ensure_kind
 from torghut_localstack.cluster import LocalCluster
 from torghut_localstack.kubectl import Kubectl
 from torghut_localstack.postgres import PostgresServer
@@ -37,6 +37,7 @@ CLUSTER_MODES = ("local", "kind", "existing")
 TIERS = ("unit", "integration", "e2e")
 
 _binaries_key = pytest.StashKey["Path | BaseException"]()
+_argocd_binaries_key = pytest.StashKey["Path | BaseException"]()
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.stash[_binaries_key] = ensure_binaries(on_line=show)
     except (subprocess.SubprocessError, OSError, RuntimeError) as error:
         config.stash[_binaries_key] = error
+    if any("argocd_binaries" in getattr(item, "fixturenames", ()) for item in items):
+        try:  # Argo CD and kustomize: about 15 min cold, so also here and not in a fixture
+            config.stash[_argocd_binaries_key] = ensure_argocd_binaries(on_line=show)
+        except (subprocess.SubprocessError, OSError, RuntimeError) as error:
+            config.stash[_argocd_binaries_key] = error
 
 
 @pytest.hookimpl(wrapper=True)
@@ -121,6 +127,17 @@ def binaries(pytestconfig: pytest.Config) -> Path:
         found = ensure_binaries()
     if isinstance(found, BaseException):
         raise RuntimeError(f"the control-plane binaries could not be built: {found}") from found
+    return found
+
+
+@pytest.fixture(scope="session")
+def argocd_binaries(pytestconfig: pytest.Config) -> Path:
+    """The folder with `argocd` (every Argo CD component and the CLI) and `kustomize` (cluster/build-argocd.sh)."""
+    found = pytestconfig.stash.get(_argocd_binaries_key, None)
+    if found is None:
+        found = ensure_argocd_binaries()
+    if isinstance(found, BaseException):
+        raise RuntimeError(f"Argo CD and kustomize could not be built: {found}") from found
     return found
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 from torghut_localstack.procs import run_streaming
 
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "build-binaries.sh"
+ARGOCD_BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "build-argocd.sh"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+ARGOCD_COMPONENTS = ("argocd", "kustomize")
 KIND_VERSION = "v0.29.0"  # its default node image is the kindest/node v1.33.1 pinned in kind-config.yaml
 
 
@@ -32,6 +34,19 @@ def ensure_binaries(*, on_line: Callable[[str], None] = _ignore, timeout: float 
     missing = [name for name in COMPONENTS if not (bin_dir / name).is_file()]
     if missing:
         raise RuntimeError(f"{BUILD_SCRIPT} did not produce {missing} in {bin_dir!s}")
+    return bin_dir
+
+
+def ensure_argocd_binaries(*, on_line: Callable[[str], None] = _ignore, timeout: float = 3600.0) -> Path:
+    """Build or verify Argo CD and kustomize (cluster/build-argocd.sh); returns the folder holding them.
+
+    Cold: about 15 min on 2 cores and 2.2 GB of memory for the link; cached: a version check per binary.
+    """
+    lines = run_streaming(["bash", str(ARGOCD_BUILD_SCRIPT)], timeout=timeout, on_line=on_line)
+    bin_dir = Path(lines[-1]) if lines else Path()
+    missing = [name for name in ARGOCD_COMPONENTS if not (bin_dir / name).is_file()]
+    if missing:
+        raise RuntimeError(f"{ARGOCD_BUILD_SCRIPT} did not produce {missing} in {bin_dir!s}")
     return bin_dir
 
 
