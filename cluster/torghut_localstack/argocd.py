@@ -20,6 +20,7 @@ object, recorded by PID and stopped by PID; nothing else is touched.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -34,7 +35,6 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-import yaml
 
 from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.ports import HOST, free_port
@@ -115,6 +115,11 @@ def base_objects() -> list[dict[str, Any]]:
             },
         },
     ]
+
+
+def _established(crd: Mapping[str, Any] | None) -> bool:
+    conditions = ((crd or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
 def _git(*args: str, cwd: Path | None = None, timeout: float = 60) -> str:
@@ -254,8 +259,35 @@ class ArgoCD:
             raise ArgoCDError(f"argocd {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
         return done.stdout
 
+    def resource_tree(self, name: str) -> dict[str, Any]:
+        """The Application's resource tree from the API server, with each resource's health as Argo CD assesses it.
+
+        Argo CD 3 no longer writes resource health into the Application's `.status.resources[]` (argocd-cm
+        `controller.resource.health.persist` defaults to false): the tree, from Redis, is where it is.
+        """
+        response = self._http.get(f"http://{self.server}/api/v1/applications/{name}/resource-tree")
+        response.raise_for_status()
+        tree: dict[str, Any] = response.json()
+        return tree
+
+    def resource_health(self, app: str, kind: str, name: str) -> str | None:
+        """The health Argo CD reports for one resource of Application `app` (its resource tree), or None."""
+        for node in self.resource_tree(app).get("nodes") or []:
+            if node.get("kind") == kind and node.get("name") == name:
+                health = node.get("health") or {}
+                return str(health["status"]) if "status" in health else None
+        return None
+
     def application(self, name: str) -> dict[str, Any] | None:
-        return self.kubectl.get("applications.argoproj.io", name, namespace=NAMESPACE)
+        """The Application as the API server returns it (fast enough to poll every 0.1 s), or None."""
+        response = self._http.get(f"http://{self.server}/api/v1/applications/{name}")
+        if response.status_code == httpx.codes.NOT_FOUND:
+            return None
+        if response.status_code == httpx.codes.FORBIDDEN and "not found" in response.text:
+            return None
+        response.raise_for_status()
+        app: dict[str, Any] = response.json()
+        return app
 
     def refresh(self, name: str) -> None:
         """Ask Argo CD to compare `name` with Git now (what a webhook does after a push)."""
@@ -333,12 +365,21 @@ class ArgoCD:
         for name in ("application-crd.yaml", "appproject-crd.yaml"):
             self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds / name))
         for crd in ("applications.argoproj.io", "appprojects.argoproj.io"):
-            self.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s", timeout=70)
+            # Polled: `kubectl wait` right after the apply fails while the CRD has no conditions yet.
+            wait_for(
+                functools.partial(self._crd_established, crd),
+                timeout=60,
+                what=f"CRD {crd} Established",
+                retry_on=(KubectlError,),
+            )
         if self.kubectl.get("namespace", NAMESPACE) is None:
             self.kubectl("create", "namespace", NAMESPACE)
         for obj in base_objects():
             self._create(obj)
         self.apply_project_config()
+
+    def _crd_established(self, name: str) -> bool:
+        return _established(self.kubectl.get("crd", name))
 
     def _create(self, obj: Mapping[str, Any]) -> None:
         """`kubectl create`, tolerating an object that already exists (a second start on the same cluster)."""
@@ -460,17 +501,3 @@ class ArgoCD:
         ]  # fmt: skip
         url = f"http://{HOST}:{port}/healthz"
         self._launch("argocd-server", argv, lambda: self._healthz(url), url, self._env("argocd-server"))
-
-
-def resource_health(app: Mapping[str, Any], kind: str, name: str) -> str | None:
-    """The health Argo CD reports for one resource of an Application (`.status.resources[]`), or None."""
-    for resource in (app.get("status") or {}).get("resources") or []:
-        if resource.get("kind") == kind and resource.get("name") == name:
-            health = resource.get("health") or {}
-            return str(health["status"]) if "status" in health else None
-    return None
-
-
-def write_yaml(path: Path, *docs: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump_all([dict(doc) for doc in docs], sort_keys=False))

@@ -21,7 +21,7 @@ import yaml
 
 from tests.conftest import ClusterHandle
 from tests.e2e.conftest import World
-from torghut_localstack.argocd import NAMESPACE, ArgoCD, resource_health
+from torghut_localstack.argocd import NAMESPACE, ArgoCD
 from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.wait import NotYet, wait_for
 
@@ -118,8 +118,8 @@ class GitOps:
         return wait_for(synced, timeout=timeout, interval=0.25, what=f"Application {name} Synced")
 
     def health(self, app: str, rollout: str) -> str | None:
-        """The health Argo CD reports for the TorghutRollout `rollout` in Application `app`."""
-        return resource_health(self.app(app), ROLLOUT_KIND, rollout)
+        """The health Argo CD reports for the TorghutRollout `rollout` in Application `app` (its resource tree)."""
+        return self.argocd.resource_health(app, ROLLOUT_KIND, rollout)
 
     def wait_health(self, app: str, world: World, rollout: str, phase: str, health: str, timeout: float = 120) -> None:
         """Until the rollout is in `phase` AND Argo CD reports `health` for it."""

@@ -5,10 +5,11 @@ does. Nothing here patches a rollout's status."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
+import threading
 import time
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from tests.e2e.argocd.conftest import PLUGIN, GitOps, with_wave
 from tests.e2e.conftest import OLD_IMAGE, World, rollout_manifest, target_deployment
 from tests.e2e.test_rollout import MIGRATE_JOB, healthy_checks
 from torghut_localstack import workloads
+from torghut_localstack.kubectl import KubectlError
 from torghut_localstack.kwok import FAIL_LABEL
 from torghut_localstack.wait import NotYet, wait_for
 
@@ -27,11 +29,25 @@ INCONCLUSIVE = {"name": "no-such-series", "prometheus": {"query": "torghut_tradi
 RUNNING = {"Pending", "Migrating", "Deploying", "Verifying", "Promoting", "RollingBack"}
 
 
-def applied_at(obj: dict[str, Any], manager: str = ARGOCD_MANAGER) -> datetime:
-    """When `manager` last applied `obj` (its managedFields entry), to the second."""
-    times = [e["time"] for e in obj["metadata"].get("managedFields") or [] if e.get("manager") == manager]
-    assert times, f"{obj['kind']} {obj['metadata']['name']} was never applied by {manager}"
-    return max(datetime.fromisoformat(t.replace("Z", "+00:00")) for t in times)
+TRACKING = "argocd.argoproj.io/tracking-id"
+WAVED = [
+    ("crd", "torghutrollouts.torghut.proompteng.ai", None),
+    ("namespace", "torghut-rollout-system", None),
+    ("deployment", "torghut-rollout-operator", "torghut-rollout-system"),
+]
+
+
+def record_applied(world: World, app: str, first_seen: dict[str, float]) -> None:
+    """The time each object is first seen carrying Argo CD's tracking annotation for `app` (set by its sync)."""
+    found = [*WAVED, ("torghutrollout", "release", world.namespace)]
+    for kind, name, namespace in found:
+        if kind in first_seen:
+            continue
+        scope = ["-n", namespace] if namespace else []
+        path = "{.metadata.annotations.argocd\\.argoproj\\.io/tracking-id}"
+        with contextlib.suppress(KubectlError):
+            if world.kubectl("get", kind, name, *scope, "-o", f"jsonpath={path}").startswith(f"{app}:"):
+                first_seen[kind] = time.monotonic()
 
 
 def add_target(world: World, name: str) -> None:
@@ -52,6 +68,15 @@ def test_an_application_syncs_the_crd_then_the_operator_then_a_rollout_and_follo
     app = workloads.unique_name("waves")
     path = gitops.write_app(app, rollout, with_operator=True)
     gitops.push(f"{app}: the operator and release")
+    first_seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.05):
+            record_applied(world, app, first_seen)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     started = time.monotonic()
     gitops.create_application(app, path, world.namespace)
 
@@ -69,6 +94,8 @@ def test_an_application_syncs_the_crd_then_the_operator_then_a_rollout_and_follo
 
     wait_for(done, timeout=180, interval=0.2, what="release Succeeded and Healthy in Argo CD")
     healthy_after = time.monotonic() - started
+    stop.set()
+    watcher.join(5)
     synced = gitops.wait_synced(app)
     print(f"\ngitops: Application created -> release Healthy in {healthy_after:.1f}s; timeline {timeline}")
 
@@ -77,13 +104,15 @@ def test_an_application_syncs_the_crd_then_the_operator_then_a_rollout_and_follo
     assert all(health != "Healthy" for phase, health in timeline if phase != "Succeeded"), timeline
     assert world.deployment_image() == rollout["spec"]["target"]["image"]
 
-    # By sync waves: the CRD (-1), then the operator's Deployment (1), then the rollout (2), each applied by Argo CD
-    # at least one wave delay (2 s) after the one before.
-    crd = world.kubectl.get("crd", "torghutrollouts.torghut.proompteng.ai")
-    deployment = world.kubectl.get("deployment", "torghut-rollout-operator", namespace="torghut-rollout-system")
-    assert crd is not None
-    assert deployment is not None
-    assert applied_at(crd) < applied_at(deployment) < applied_at(world.rollout("release"))
+    # By sync waves: the Namespace and CRD (-1), then the operator's Deployment (1), then the rollout (2), each
+    # applied by Argo CD after the wave before was healthy and a 2 s wave delay. (Argo CD's tracking annotation shows
+    # when it applied an object; the CRD does not keep it, so the Namespace of the same wave stands for it.)
+    print(f"gitops: tracking annotation first seen {first_seen}")
+    crd, deployment, applied = (first_seen[kind] for kind in ("namespace", "deployment", "torghutrollout"))
+    print(
+        f"gitops: synced by wave: Deployment +{deployment - crd:.1f}s after the Namespace, rollout +{applied - deployment:.1f}s"
+    )
+    assert crd < deployment < applied
     results = synced["status"]["operationState"]["syncResult"]["resources"]
     kinds = {r["kind"] for r in results if r.get("status") == "Synced"}
     assert {"CustomResourceDefinition", "Namespace", "ClusterRole", "Deployment", "TorghutRollout"} <= kinds
