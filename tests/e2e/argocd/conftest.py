@@ -140,10 +140,10 @@ class GitOps:
         """`argocd app actions list`: action name -> disabled, as argocd-server reports them."""
         out = self.argocd.cli(
             "app", "actions", "list", app, "--kind", ROLLOUT_KIND, "--resource-name", rollout,
-            "--namespace", namespace, "-o", "yaml",
+            "--namespace", namespace, "-o", "json",
         )  # fmt: skip
         listed = yaml.safe_load(out) or []
-        return {str(entry["action"]): bool(entry.get("disabled", False)) for entry in listed}
+        return {str(entry["Action"]): bool(entry.get("Disabled", False)) for entry in listed}
 
     def run_action(self, app: str, namespace: str, rollout: str, verb: str) -> None:
         """`argocd app actions run`, through argocd-server."""
