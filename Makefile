@@ -68,8 +68,9 @@ argocd-cm: install
 screens: install
 	$(PY) -m torghut_localstack.screens docs/screens
 
-demo: install binaries
-	$(PY) -m torghut_localstack.demo $(if $(CLUSTER),--cluster $(CLUSTER),)
+# GITOPS=1: the rollout goes through a real Argo CD (built on first use, about 15 min cold) syncing from a local Git.
+demo: install binaries $(if $(GITOPS),binaries-argocd,)
+	$(PY) -m torghut_localstack.demo $(if $(CLUSTER),--cluster $(CLUSTER),) $(if $(GITOPS),--gitops,)
 
 # `up` builds or verifies the binaries itself and reports how long that and the start took.
 cluster-up: install

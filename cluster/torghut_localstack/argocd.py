@@ -117,6 +117,27 @@ def base_objects() -> list[dict[str, Any]]:
     ]
 
 
+def application_manifest(name: str, repo_url: str, path: str, namespace: str) -> dict[str, Any]:
+    """An Application as the README recommends for TorghutRollouts: automated sync with self-heal, server-side
+    apply and server-side diff (without it a TorghutRollout applied server-side stays OutOfSync forever). No
+    resources finalizer: deleting the Application leaves the objects."""
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Application",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "annotations": {"argocd.argoproj.io/compare-options": "ServerSideDiff=true"},
+        },
+        "spec": {
+            "project": "default",
+            "source": {"repoURL": repo_url, "targetRevision": "main", "path": path},
+            "destination": {"server": "https://kubernetes.default.svc", "namespace": namespace},
+            "syncPolicy": {"automated": {"prune": True, "selfHeal": True}, "syncOptions": ["ServerSideApply=true"]},
+        },
+    }
+
+
 def _established(crd: Mapping[str, Any] | None) -> bool:
     conditions = ((crd or {}).get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)

@@ -21,7 +21,7 @@ import yaml
 
 from tests.conftest import ClusterHandle
 from tests.e2e.conftest import World
-from torghut_localstack.argocd import NAMESPACE, ArgoCD
+from torghut_localstack.argocd import NAMESPACE, ArgoCD, application_manifest
 from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.wait import NotYet, wait_for
 
@@ -73,27 +73,9 @@ class GitOps:
         return self.argocd.repo.push(self.stage, message)
 
     def create_application(self, name: str, path: str, namespace: str) -> None:
-        """An Application as the README recommends for TorghutRollouts: automated sync with self-heal, server-side
-        apply and server-side diff. No resources finalizer: deleting it leaves the objects (the namespace fixture
-        deletes them)."""
-        app = {
-            "apiVersion": "argoproj.io/v1alpha1",
-            "kind": "Application",
-            "metadata": {
-                "name": name,
-                "namespace": NAMESPACE,
-                "annotations": {"argocd.argoproj.io/compare-options": "ServerSideDiff=true"},
-            },
-            "spec": {
-                "project": "default",
-                "source": {"repoURL": self.argocd.repo.url, "targetRevision": "main", "path": path},
-                "destination": {"server": "https://kubernetes.default.svc", "namespace": namespace},
-                "syncPolicy": {
-                    "automated": {"prune": True, "selfHeal": True},
-                    "syncOptions": ["ServerSideApply=true"],
-                },
-            },
-        }
+        """An Application as the README recommends (automated, self-heal, ServerSideApply, ServerSideDiff); deleting
+        it leaves the objects (the namespace fixture deletes them)."""
+        app = application_manifest(name, self.argocd.repo.url, path, namespace)
         self.kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(app))
         self.applications.append(name)
 
