@@ -267,6 +267,19 @@ class ArgoCD:
             raise ArgoCDError("the git server starts with start()")
         return self.git
 
+    def peak_rss_mib(self) -> dict[str, float]:
+        """Each running process's peak resident memory so far (VmHWM), in MiB."""
+        peaks: dict[str, float] = {}
+        for process in self.processes:
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks[process.name] = int(line.split()[1]) / 1024
+        return peaks
+
     def records(self) -> list[ProcessRecord]:
         return [ProcessRecord.of(process) for process in self.processes]
 

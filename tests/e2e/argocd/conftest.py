@@ -42,6 +42,8 @@ def argocd(
         argo.timings["start (wall)"] = time.monotonic() - started
         print(f"\nargocd: started in {argo.timings['start (wall)']:.1f}s: {argo.timings}")
         yield argo
+        peaks = ", ".join(f"{name} {mib:.0f}" for name, mib in argo.peak_rss_mib().items())
+        print(f"\nargocd: peak RSS (MiB) over the session: {peaks}")
 
 
 @dataclass
@@ -98,6 +100,17 @@ class GitOps:
             raise NotYet(f"sync={sync} operation={operation} conditions={conditions}")
 
         return wait_for(synced, timeout=timeout, interval=0.25, what=f"Application {name} Synced")
+
+    def wait_app_health(self, name: str, expected: str, timeout: float = 30) -> None:
+        """The Application's own health (the worst of its resources'), which Argo CD writes a moment after the tree."""
+
+        def reached() -> bool:
+            health = (self.app(name).get("status") or {}).get("health") or {}
+            if health.get("status") == expected:
+                return True
+            raise NotYet(f"Application health {health}")
+
+        wait_for(reached, timeout=timeout, interval=0.25, what=f"Application {name} {expected}")
 
     def health(self, app: str, rollout: str) -> str | None:
         """The health Argo CD reports for the TorghutRollout `rollout` in Application `app` (its resource tree)."""

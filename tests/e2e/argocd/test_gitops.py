@@ -119,7 +119,7 @@ def test_an_application_syncs_the_crd_then_the_operator_then_a_rollout_and_follo
     # Server-side diff: the rollout is Synced although the operator writes its status and Argo CD applies it
     # server-side (the client-side diff reports it OutOfSync forever).
     assert synced["status"]["sync"]["status"] == "Synced"
-    assert synced["status"]["health"]["status"] == "Healthy"
+    gitops.wait_app_health(app, "Healthy")
 
 
 def test_failed_and_rolled_back_rollouts_are_degraded(world: World, gitops: GitOps) -> None:
@@ -140,7 +140,7 @@ def test_failed_and_rolled_back_rollouts_are_degraded(world: World, gitops: GitO
     gitops.wait_health(app, world, "broken-migration", "Failed", "Degraded")
     gitops.wait_health(app, world, "null-rate", "RolledBack", "Degraded")
     print(f"\ngitops: Application created -> Synced in {synced_after:.1f}s")
-    assert gitops.app(app)["status"]["health"]["status"] == "Degraded"
+    gitops.wait_app_health(app, "Degraded")
     assert world.deployment_image() == world.deployment_image("torghut-b") == OLD_IMAGE
 
     # A push reaches the cluster in seconds when the push is followed by a refresh (what a webhook does).
