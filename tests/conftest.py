@@ -77,7 +77,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection, so only selected tests count
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Build or verify the binaries before any test runs when an e2e test is selected.
+    """Build or verify the binaries before any test runs when an e2e test is selected (and Argo CD when a
+    selected test uses `argocd_binaries`).
 
     Done here, not in a fixture, so a cold build (minutes) doesn't eat a test's timeout. A
     failure is kept and raised by the `binaries` fixture, so every e2e test errors with it.
@@ -85,9 +86,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     untiered = [item.nodeid for item in items if not any(item.get_closest_marker(t) for t in TIERS)]
     if untiered:
         raise pytest.UsageError(f"tests without a tier marker ({', '.join(TIERS)}): {', '.join(untiered[:5])}")
-    if config.option.collectonly or not any(item.get_closest_marker("e2e") for item in items):
+    if config.option.collectonly:
         return
-    _cluster_mode()
+    need_cluster = any(item.get_closest_marker("e2e") for item in items)
+    need_argocd = any("argocd_binaries" in getattr(item, "fixturenames", ()) for item in items)
+    if not need_cluster and not need_argocd:
+        return
     capture = config.pluginmanager.getplugin("capturemanager")
 
     def show(line: str) -> None:
@@ -97,11 +101,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             sys.stdout.write(f"{line}\n")
             sys.stdout.flush()
 
-    try:
-        config.stash[_binaries_key] = ensure_binaries(on_line=show)
-    except (subprocess.SubprocessError, OSError, RuntimeError) as error:
-        config.stash[_binaries_key] = error
-    if any("argocd_binaries" in getattr(item, "fixturenames", ()) for item in items):
+    if need_cluster:
+        _cluster_mode()
+        try:
+            config.stash[_binaries_key] = ensure_binaries(on_line=show)
+        except (subprocess.SubprocessError, OSError, RuntimeError) as error:
+            config.stash[_binaries_key] = error
+    if need_argocd:
         try:  # Argo CD and kustomize: about 15 min cold, so also here and not in a fixture
             config.stash[_argocd_binaries_key] = ensure_argocd_binaries(on_line=show)
         except (subprocess.SubprocessError, OSError, RuntimeError) as error:
