@@ -68,7 +68,7 @@ argocd-cm: install
 screens: install
 	$(PY) -m torghut_localstack.screens docs/screens
 
-# GITOPS=1: the rollout goes through a real Argo CD (built on first use, about 15 min cold) syncing from a local Git.
+# GITOPS=1: the rollout goes through a real Argo CD (built on first use, about 10 min cold) syncing from a local Git.
 demo: install binaries $(if $(GITOPS),binaries-argocd,)
 	$(PY) -m torghut_localstack.demo $(if $(CLUSTER),--cluster $(CLUSTER),) $(if $(GITOPS),--gitops,)
 

@@ -4,7 +4,7 @@
 # The cache folder is keyed by the pinned versions; a binary that is missing or fails its
 # version check is rebuilt, nothing else is. Prints the cache folder on the last line.
 #
-# --with-argocd: also Argo CD and kustomize (cluster/build-argocd.sh, their own cache folder; about 15 min cold),
+# --with-argocd: also Argo CD and kustomize (cluster/build-argocd.sh, their own cache folder; about 10 min cold),
 # which the GitOps e2e tests and `make demo GITOPS=1` need.
 set -euo pipefail
 

@@ -108,7 +108,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         except (subprocess.SubprocessError, OSError, RuntimeError) as error:
             config.stash[_binaries_key] = error
     if need_argocd:
-        try:  # Argo CD and kustomize: about 15 min cold, so also here and not in a fixture
+        try:  # Argo CD and kustomize: about 10 min cold, so also here and not in a fixture
             config.stash[_argocd_binaries_key] = ensure_argocd_binaries(on_line=show)
         except (subprocess.SubprocessError, OSError, RuntimeError) as error:
             config.stash[_argocd_binaries_key] = error

@@ -40,7 +40,7 @@ def ensure_binaries(*, on_line: Callable[[str], None] = _ignore, timeout: float 
 def ensure_argocd_binaries(*, on_line: Callable[[str], None] = _ignore, timeout: float = 3600.0) -> Path:
     """Build or verify Argo CD and kustomize (cluster/build-argocd.sh); returns the folder holding them.
 
-    Cold: about 15 min on 2 cores and 2.2 GB of memory for the link; cached: a version check per binary.
+    Cold: about 10 min on 2 cores and 2.0 GB of memory for the link; cached: a version check per binary.
     """
     lines = run_streaming(["bash", str(ARGOCD_BUILD_SCRIPT)], timeout=timeout, on_line=on_line)
     bin_dir = Path(lines[-1]) if lines else Path()
