@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha256sum requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: help install deps binaries lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens \
+.PHONY: help install deps binaries binaries-argocd lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens argocd-cm \
         cluster-up cluster-down cluster-smoke cluster-status clean
 
 help:
@@ -33,6 +33,10 @@ deps:
 binaries:
 	@bash cluster/build-binaries.sh
 
+# The control plane plus Argo CD and kustomize, for the GitOps e2e tests and `make demo GITOPS=1`.
+binaries-argocd:
+	@bash cluster/build-binaries.sh --with-argocd
+
 lint: install
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
@@ -40,7 +44,7 @@ lint: install
 	.venv/bin/lint-imports
 
 # Every test carries a tier marker (unit, integration or e2e); an unmarked test is a collection error.
-test: deps lint binaries
+test: deps lint binaries-argocd
 	$(PY) -m pytest
 
 test-unit: install
@@ -49,7 +53,7 @@ test-unit: install
 test-integration: deps install
 	$(PY) -m pytest -m integration
 
-test-e2e: deps install binaries
+test-e2e: deps install binaries-argocd
 	$(PY) -m pytest -m e2e
 
 bench-sql: deps install
@@ -61,12 +65,17 @@ bench-backfill: deps install
 bench: deps install binaries
 	$(PY) -m torghut_localstack.bench
 
+# manifests/argocd/argocd-cm.yaml from its Lua sources (health.lua, actions/*.lua); a unit test fails when it is stale.
+argocd-cm: install
+	$(PY) -m torghut_localstack.argocd_cm manifests/argocd
+
 # The README's pictures, rendered by the plugin's own views; tests/unit/test_screens.py fails when one is stale.
 screens: install
 	$(PY) -m torghut_localstack.screens docs/screens
 
-demo: deps install binaries
-	$(PY) -m torghut_localstack.demo $(if $(CLUSTER),--cluster $(CLUSTER),)
+# GITOPS=1: the rollout goes through a real Argo CD (built on first use, about 10 min cold) syncing from a local Git.
+demo: deps install binaries $(if $(GITOPS),binaries-argocd,)
+	$(PY) -m torghut_localstack.demo $(if $(CLUSTER),--cluster $(CLUSTER),) $(if $(GITOPS),--gitops,)
 
 # `up` builds or verifies the binaries itself and reports how long that and the start took.
 cluster-up: deps install

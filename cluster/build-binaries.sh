@@ -5,7 +5,18 @@
 #   and kind (the e2e suite's other cluster, and the test that loads kind-config.yaml with kind's own code).
 # The cache folder is keyed by the pinned versions; a binary that is missing or fails its
 # version check is rebuilt, nothing else is. Prints the cache folder on the last line.
+#
+# --with-argocd: also Argo CD and kustomize (cluster/build-argocd.sh, their own cache folder; about 10 min cold),
+# which the GitOps e2e tests and `make demo GITOPS=1` need.
 set -euo pipefail
+
+with_argocd=0
+for arg in "$@"; do
+  case $arg in
+    --with-argocd) with_argocd=1 ;;
+    *) echo "build-binaries: unknown argument $arg (use --with-argocd)" >&2; exit 2 ;;
+  esac
+done
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
@@ -92,5 +103,9 @@ build coredns "github.com/coredns/coredns@$COREDNS_VERSION" \
 # kind: its own module, no replace directives; about 10 s and 10 MB.
 build kind "sigs.k8s.io/kind@$KIND_VERSION" \
   env GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kind@$KIND_VERSION"
+if [ "$with_argocd" = 1 ]; then
+  # Its folder is printed on its last line; ours must stay the last line of this script.
+  bash "$here/build-argocd.sh" | sed '$d'
+fi
 echo "build-binaries: all binaries ready in $((SECONDS - total_start))s"
 echo "$bin_dir"

@@ -2,7 +2,8 @@
 # Installs the Debian packages the local stack needs, and only those that are missing:
 #   Postgres and Prometheus (the world the operator reads), containerd, runc, the CNI plugins,
 #   iptables and conntrack (the real node and kube-proxy), busybox-static (the test image's
-#   root filesystem), mmdebstrap, umoci and skopeo (images built without Docker).
+#   root filesystem), mmdebstrap, umoci and skopeo (images built without Docker), redis-server and git
+#   (Argo CD's Redis, its repo server's git and the `git daemon` of the GitOps tests).
 # Used by .ci/run, `make demo`, `make test` and `make cluster-up`. Nothing it installs may run as a
 # system service: the stack starts its own processes, so any service a package starts is stopped
 # and disabled. Without root it uses sudo, or names the missing packages and exits 1.
@@ -12,10 +13,11 @@ packages=(
   postgresql-15 prometheus
   containerd runc containernetworking-plugins iptables conntrack
   busybox-static mmdebstrap umoci skopeo
+  redis-server git
   python3 python3-venv make curl
 )
 # Debian services these packages would start; the stack runs its own instances instead.
-services=(postgresql prometheus containerd)
+services=(postgresql prometheus containerd redis-server)
 
 installed() {
   [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from torghut_localstack import kind, realnode, workloads
-from torghut_localstack.binaries import ensure_binaries
+from torghut_localstack.binaries import ensure_argocd_binaries, ensure_binaries
 from torghut_localstack.cluster import LocalCluster
 from torghut_localstack.kubectl import Kubectl
 from torghut_localstack.postgres import PostgresServer
@@ -41,6 +41,7 @@ CLUSTER_MODES = ("local", "kind", "existing")
 TIERS = ("unit", "integration", "e2e")
 
 _binaries_key = pytest.StashKey["Path | BaseException"]()
+_argocd_binaries_key = pytest.StashKey["Path | BaseException"]()
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection, so only selected tests count
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Build or verify the binaries before any test runs when an e2e test is selected.
+    """Build or verify the binaries before any test runs when an e2e test is selected (and Argo CD when a
+    selected test uses `argocd_binaries`).
 
     Done here, not in a fixture, so a cold build (minutes) doesn't eat a test's timeout. A
     failure is kept and raised by the `binaries` fixture, so every e2e test errors with it.
@@ -119,9 +121,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if untiered:
         raise pytest.UsageError(f"tests without a tier marker ({', '.join(TIERS)}): {', '.join(untiered[:5])}")
     _skip_local_only_on_kind(items)
-    if config.option.collectonly or not any(item.get_closest_marker("e2e") for item in items):
+    if config.option.collectonly:
         return
-    _cluster_mode()
+    need_cluster = any(item.get_closest_marker("e2e") for item in items)
+    need_argocd = any("argocd_binaries" in getattr(item, "fixturenames", ()) for item in items)
+    if not need_cluster and not need_argocd:
+        return
     capture = config.pluginmanager.getplugin("capturemanager")
 
     def show(line: str) -> None:
@@ -131,10 +136,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             sys.stdout.write(f"{line}\n")
             sys.stdout.flush()
 
-    try:
-        config.stash[_binaries_key] = ensure_binaries(on_line=show)
-    except (subprocess.SubprocessError, OSError, RuntimeError) as error:
-        config.stash[_binaries_key] = error
+    if need_cluster:
+        _cluster_mode()
+        try:
+            config.stash[_binaries_key] = ensure_binaries(on_line=show)
+        except (subprocess.SubprocessError, OSError, RuntimeError) as error:
+            config.stash[_binaries_key] = error
+    if need_argocd:
+        try:  # Argo CD and kustomize: about 10 min cold, so also here and not in a fixture
+            config.stash[_argocd_binaries_key] = ensure_argocd_binaries(on_line=show)
+        except (subprocess.SubprocessError, OSError, RuntimeError) as error:
+            config.stash[_argocd_binaries_key] = error
 
 
 def _not_applicable_on_kind(item: pytest.Item) -> str | None:
@@ -180,6 +192,17 @@ def binaries(pytestconfig: pytest.Config) -> Path:
         found = ensure_binaries()
     if isinstance(found, BaseException):
         raise RuntimeError(f"the control-plane binaries could not be built: {found}") from found
+    return found
+
+
+@pytest.fixture(scope="session")
+def argocd_binaries(pytestconfig: pytest.Config) -> Path:
+    """The folder with `argocd` (every Argo CD component and the CLI) and `kustomize` (cluster/build-argocd.sh)."""
+    found = pytestconfig.stash.get(_argocd_binaries_key, None)
+    if found is None:
+        found = ensure_argocd_binaries()
+    if isinstance(found, BaseException):
+        raise RuntimeError(f"Argo CD and kustomize could not be built: {found}") from found
     return found
 
 

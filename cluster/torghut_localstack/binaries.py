@@ -34,6 +34,8 @@ def pinned_versions() -> dict[str, str]:
     lines = VERSIONS_FILE.read_text().splitlines()
     pairs = (line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
     return {name.strip(): value.strip() for name, value in pairs}
+ARGOCD_BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "build-argocd.sh"
+ARGOCD_COMPONENTS = ("argocd", "kustomize")
 
 
 def _ignore(_line: str) -> None:
@@ -51,3 +53,17 @@ def ensure_binaries(*, on_line: Callable[[str], None] = _ignore, timeout: float 
     if missing:
         raise RuntimeError(f"{BUILD_SCRIPT} did not produce {missing} in {bin_dir!s}")
     return bin_dir
+
+
+def ensure_argocd_binaries(*, on_line: Callable[[str], None] = _ignore, timeout: float = 3600.0) -> Path:
+    """Build or verify Argo CD and kustomize (cluster/build-argocd.sh); returns the folder holding them.
+
+    Cold: about 10 min on 2 cores and 2.0 GB of memory for the link; cached: a version check per binary.
+    """
+    lines = run_streaming(["bash", str(ARGOCD_BUILD_SCRIPT)], timeout=timeout, on_line=on_line)
+    bin_dir = Path(lines[-1]) if lines else Path()
+    missing = [name for name in ARGOCD_COMPONENTS if not (bin_dir / name).is_file()]
+    if missing:
+        raise RuntimeError(f"{ARGOCD_BUILD_SCRIPT} did not produce {missing} in {bin_dir!s}")
+    return bin_dir
+

@@ -1,6 +1,6 @@
 """`make demo`: one Torghut release carried end to end by the operator, on this machine.
 
-    python -m torghut_localstack.demo [--cluster local|kind]
+    python -m torghut_localstack.demo [--cluster local|kind] [--gitops]
 
 Builds the world of `torghut_localstack.world` (control plane or kind, Postgres with a Torghut database at its
 newest schema, where `torghut_app` holds nothing on the research tables of migration 0026 and old fills have
@@ -13,6 +13,10 @@ TorghutRollout that does what a Torghut release needs:
 * verify: the `torghut-completion` preset (route provenance and backfill, grants, research writes, signal
   throughput, fallback ratio, the service's endpoints and build), three measurements two seconds apart;
 * promote: step `paper` turns trading on, blocked unless an approved `research_promotions` row exists.
+
+`--gitops` (`make demo GITOPS=1`): the rollout is not applied with kubectl but pushed to a Git repository that a
+real Argo CD (v3.2.11, `torghut_localstack.argocd`) syncs with the project's health check and actions registered;
+the run ends with Argo CD's view of the rollout too.
 
 Progress is printed from a watch on the rollout; the run ends with the evidence report (the ConfigMap
 `torghut-evidence-<name>`) and the timings. Exit status: 0 Succeeded, 1 the rollout did not succeed,
@@ -38,6 +42,8 @@ from rich.table import Table
 from sqlalchemy import text
 
 from torghut_localstack import sql_pack, torghut_db
+from torghut_localstack.argocd import ArgoCD, ArgoCDError, application_manifest
+from torghut_localstack.binaries import ensure_argocd_binaries
 from torghut_localstack.cluster import ClusterError
 from torghut_localstack.kubectl import KubectlError
 from torghut_localstack.postgres import PostgresError
@@ -75,9 +81,11 @@ WORLD_ERRORS: Final = (
     PrometheusError,
     KubectlError,
     WaitTimeout,
+    ArgoCDError,
     subprocess.SubprocessError,
     OSError,
 )
+APPLICATION: Final = "torghut"
 
 PHASE_STYLES: Final = {
     "Succeeded": "bold green",
@@ -306,7 +314,13 @@ def _timings(console: Console, world: World, progress: Progress, finished: float
 
 
 def run(
-    cluster: ClusterMode, *, timeout: float, console: Console, verbose: bool = False, real_node: bool = True
+    cluster: ClusterMode,
+    *,
+    timeout: float,
+    console: Console,
+    verbose: bool = False,
+    real_node: bool = True,
+    gitops: bool = False,
 ) -> int:
     demo_started = time.monotonic()
     console.rule("[bold]Torghut rollout operator demo")
@@ -326,7 +340,7 @@ def run(
         return EXIT_NO_WORLD
     ok = False
     try:
-        ok = _release(world, timeout=timeout, console=console, demo_started=demo_started)
+        ok = _release(world, timeout=timeout, console=console, demo_started=demo_started, gitops=gitops)
     except (*WORLD_ERRORS, ApiException) as error:
         console.print(f"[bold red]demo: {_escape(_first_line(error))}[/]", highlight=False)
     finally:
@@ -336,24 +350,83 @@ def run(
     return EXIT_SUCCEEDED if ok else EXIT_NOT_SUCCEEDED
 
 
-def _release(world: World, *, timeout: float, console: Console, demo_started: float) -> bool:
-    """Apply the rollout, follow it, print the report and timings; True on Succeeded."""
+class _GitOps:
+    """`--gitops`: Argo CD on the world's cluster, the rollout pushed to its Git repository, one Application."""
+
+    def __init__(self, world: World, console: Console) -> None:
+        self.world = world
+        self.console = console
+        self.argocd: ArgoCD | None = None
+
+    def start(self) -> None:
+        log = self.console.print
+        bin_dir = ensure_argocd_binaries(on_line=lambda line: log(f"  [dim]{_escape(line)}[/]", highlight=False))
+        argocd = ArgoCD(self.world.kubectl, bin_dir, self.world.workdir / "argocd", log=lambda m: log(f"  [dim]{m}[/]"))
+        self.argocd = argocd.start()
+        log(f"Argo CD v3.2.11 up in {argocd.timings['total']:.1f}s (API server {argocd.server}, Git {argocd.repo.url})")
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        assert self.argocd is not None
+        folder = self.world.workdir / "gitops" / "torghut"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "rollout.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+        revision = self.argocd.repo.push(folder.parent, f"release {ROLLOUT}")
+        app = application_manifest(APPLICATION, self.argocd.repo.url, "torghut", self.world.namespace)
+        self.world.kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(app))
+        self.console.print(
+            f"pushed {revision[:8]} to {self.argocd.repo.url}; Application argocd/{APPLICATION} syncs it"
+        )
+
+    def show(self) -> None:
+        if self.argocd is None:
+            return
+        app = self.argocd.application(APPLICATION) or {}
+        status = app.get("status") or {}
+        health = self.argocd.resource_health(APPLICATION, KIND, ROLLOUT)
+        self.console.print(
+            f"Argo CD: Application {APPLICATION} {(status.get('sync') or {}).get('status')}, "
+            f"{(status.get('health') or {}).get('status')}; TorghutRollout {ROLLOUT} health {health}"
+        )
+        actions = self.argocd.cli(
+            "app", "actions", "list", APPLICATION, "--kind", KIND, "--resource-name", ROLLOUT,
+            "--namespace", self.world.namespace,
+        )  # fmt: skip
+        self.console.print(actions.rstrip(), highlight=False, markup=False)
+
+    def stop(self) -> None:
+        if self.argocd is not None:
+            self.argocd.stop()
+            self.argocd = None
+
+
+def _release(world: World, *, timeout: float, console: Console, demo_started: float, gitops: bool = False) -> bool:
+    """Apply the rollout (or push it for Argo CD), follow it, print the report and timings; True on Succeeded."""
     console.print(_escape(database_before(world), 1000), highlight=False)
     manifest = rollout_manifest(world)
     console.rule(f"applying TorghutRollout {world.namespace}/{ROLLOUT}")
     console.print(yaml.safe_dump(manifest, sort_keys=False).rstrip(), highlight=False, markup=False)
     console.rule("progress")
     api = kube_client(world.kubeconfig)
+    argo = _GitOps(world, console) if gitops else None
     try:
+        if argo is not None:
+            argo.start()
         progress = Progress(console)
-        world.kubectl.apply(manifest)
+        if argo is not None:
+            argo.apply(manifest)
+        else:
+            world.kubectl.apply(manifest)
         final = follow(world, api, progress, ROLLOUT, timeout=timeout)
         finished = progress.elapsed()
         status = final.get("status") or {}
         phase = str(status.get("phase") or "Pending")
         report, source = evidence_report(world, api, final)
+        if argo is not None:
+            argo.show()
     finally:
         api.close()
+        if argo is not None:
+            argo.stop()
     console.rule(f"evidence report ({source})")
     console.out(report, highlight=False)
     _timings(console, world, progress, finished, time.monotonic() - demo_started)
@@ -393,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds the rollout may take once applied (default 300)"
     )
+    parser.add_argument(
+        "--gitops", action="store_true", help="deliver the rollout through a real Argo CD syncing from a local Git"
+    )
     args = parser.parse_args(argv)
     console = Console(soft_wrap=True)
     # Ctrl-C, `timeout`, a closed terminal or a cancelled CI job: each stops the world in order (SIGINT too,
@@ -406,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             console=console,
             verbose=args.operator_verbose,
             real_node=args.real_node,
+            gitops=args.gitops,
         )
     except KeyboardInterrupt:
         console.print("[bold]interrupted[/]: everything the demo started was stopped")

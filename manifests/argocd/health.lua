@@ -1,6 +1,8 @@
 -- Argo CD health check for torghut.proompteng.ai/TorghutRollout.
 -- argocd-cm.yaml embeds this file verbatim as resource.customizations.health.torghut.proompteng.ai_TorghutRollout;
--- tests/unit/test_argocd_health.py runs it in a real Lua interpreter and checks the two copies match.
+-- tests/unit/test_argocd_health.py runs it in Lua 5.1 with only the libraries Argo CD's runtime opens (base, table,
+-- package; `os` only through require("os"), with time and date): no `string`, `math` or string methods. Build
+-- text with `..` and `tostring`.
 --
 --   status.observedGeneration < metadata.generation                 -> Progressing (the operator has not seen the change)
 --   Succeeded                                                       -> Healthy
@@ -42,7 +44,7 @@ local phase = status.phase
 local generation = obj.metadata.generation
 if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
   hs.status = "Progressing"
-  hs.message = string.format("Waiting for the operator to observe generation %d (status is %s)", generation, phase)
+  hs.message = "Waiting for the operator to observe generation " .. tostring(generation) .. " (status is " .. tostring(phase) .. ")"
   return hs
 end
 

@@ -1,33 +1,36 @@
-"""The Argo CD health check of TorghutRollout, run in a real Lua interpreter the way Argo CD runs it.
+"""The Argo CD health check of TorghutRollout, run with exactly the Lua libraries Argo CD's runtime opens.
 
-Argo CD evaluates `resource.customizations.health.<group>_<kind>` with gopher-lua (Lua 5.1): the live object is
-the global `obj`, and the script returns a table with `status` and `message`. Here the same script runs under
-Lua 5.1 and Lua 5.4 (lupa) against TorghutRollouts in every phase, and the copy in argocd-cm.yaml must be
-byte-identical to health.lua.
+Argo CD evaluates `resource.customizations.health.<group>_<kind>` in gopher-lua (Lua 5.1) with only the base,
+table and package libraries (tests/argocd_lua.py): the live object is the global `obj`, every number a float, and
+the script returns a table with `status` and `message`. A script that calls `string.format` passes in a full Lua
+and fails in Argo CD (health Unknown, every sync a ComparisonError): the first release of health.lua did, and
+`test_the_string_format_version_fails_in_argo_cds_runtime` keeps that copy to prove this runtime catches it.
+The copy in argocd-cm.yaml must be byte-identical to health.lua, and argocd-cm.yaml as rendered from the sources.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from lupa import lua51, lua54
+from lupa import lua51
 
+from tests.argocd_lua import ARGOCD_DIR, LuaError, run, to_lua
+from torghut_localstack import argocd_cm
 from torghut_operator.core.api.status import Phase
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-ARGOCD = REPO / "manifests" / "argocd"
-HEALTH_LUA = ARGOCD / "health.lua"
-ARGOCD_CM = ARGOCD / "argocd-cm.yaml"
+HEALTH_LUA = ARGOCD_DIR / "health.lua"
+ARGOCD_CM = ARGOCD_DIR / "argocd-cm.yaml"
+OLD_HEALTH_LUA = Path(__file__).parent / "data" / "health-with-string-format.lua"
 CRD = REPO / "crds" / "torghutrollouts.yaml"
 SAMPLE = REPO / "manifests" / "samples" / "deployment-job-migration.yaml"
-CM_KEY = "resource.customizations.health.torghut.proompteng.ai_TorghutRollout"
+CM_KEY = argocd_cm.HEALTH_KEY
 ARGO_HEALTH = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 
 EXPECTED: dict[str, str] = {
@@ -45,36 +48,11 @@ EXPECTED: dict[str, str] = {
 }
 """What Argo CD shows for each phase of a current (observedGeneration == generation) status."""
 
-RUNTIMES: dict[str, Callable[[], Any]] = {"lua5.1": lua51.LuaRuntime, "lua5.4": lua54.LuaRuntime}
 
-
-def to_lua(lua: Any, value: object, *, numbers_as_float: bool) -> object:
-    """A Python value as Lua values: dicts and lists become tables (lists 1-based), recursively.
-
-    Argo CD decodes the object from JSON, so every number reaches gopher-lua as a float64; `numbers_as_float`
-    reproduces that on Lua 5.4, where integers and floats differ.
-    """
-    if isinstance(value, dict):
-        return lua.table_from(
-            {
-                key: to_lua(lua, item, numbers_as_float=numbers_as_float)
-                for key, item in value.items()
-                if item is not None
-            }
-        )
-    if isinstance(value, list):
-        return lua.table_from([to_lua(lua, item, numbers_as_float=numbers_as_float) for item in value])
-    if numbers_as_float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def assess(obj: dict[str, Any], runtime: str = "lua5.1", *, numbers_as_float: bool = True) -> dict[str, str]:
-    """Run health.lua on `obj`; the table it returns, as a dict."""
-    lua = RUNTIMES[runtime]()
-    lua.globals().obj = to_lua(lua, obj, numbers_as_float=numbers_as_float)
-    result = lua.execute(HEALTH_LUA.read_text())
-    assert result is not None, "health.lua returned nothing"
+def assess(obj: dict[str, Any], script: Path = HEALTH_LUA) -> dict[str, str]:
+    """Run the health script on `obj` in Argo CD's runtime; the table it returns, as a dict."""
+    result = run(script.read_text(), obj)
+    assert isinstance(result, dict), f"health.lua returned {result!r}"
     health = {str(key): str(value) for key, value in result.items()}
     assert set(health) == {"status", "message"}, f"Argo CD reads status and message, got {sorted(health)}"
     assert health["status"] in ARGO_HEALTH
@@ -97,21 +75,16 @@ def test_every_phase_of_the_crd_has_an_argo_cd_health() -> None:
     assert {phase.value for phase in Phase} == set(EXPECTED)
 
 
-@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 @pytest.mark.parametrize(("phase", "health"), sorted(EXPECTED.items()))
-def test_phase_maps_to_argo_cd_health_with_the_status_message(phase: str, health: str, runtime: str) -> None:
+def test_phase_maps_to_argo_cd_health_with_the_status_message(phase: str, health: str) -> None:
     message = f"{phase}: signal-throughput 3/10 measurements Successful (value 42 >= min 1)"
-    result = assess(rollout(phase, message=message), runtime)
+    result = assess(rollout(phase, message=message))
     assert result == {"status": health, "message": message}
 
 
-@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
-@pytest.mark.parametrize("numbers_as_float", [True, False], ids=["json-floats", "integers"])
-def test_a_status_older_than_the_spec_is_progressing_whatever_its_phase(runtime: str, numbers_as_float: bool) -> None:
+def test_a_status_older_than_the_spec_is_progressing_whatever_its_phase() -> None:
     for phase in ("Succeeded", "Failed", "Paused"):
-        result = assess(
-            rollout(phase, generation=5, observed=4, message="done"), runtime, numbers_as_float=numbers_as_float
-        )
+        result = assess(rollout(phase, generation=5, observed=4, message="done"))
         assert result == {
             "status": "Progressing",
             "message": f"Waiting for the operator to observe generation 5 (status is {phase})",
@@ -124,13 +97,12 @@ def test_a_status_without_observed_generation_is_not_trusted() -> None:
     assert "generation 4" in result["message"]
 
 
-@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
-def test_a_new_rollout_without_status_is_progressing(runtime: str) -> None:
-    assert assess(rollout(None), runtime) == {
+def test_a_new_rollout_without_status_is_progressing() -> None:
+    assert assess(rollout(None)) == {
         "status": "Progressing",
         "message": "Waiting for the operator to pick up the rollout",
     }
-    assert assess(rollout(""), runtime)["status"] == "Progressing"
+    assert assess(rollout(""))["status"] == "Progressing"
 
 
 @pytest.mark.parametrize("phase", ["Verifying", "Promoting"])
@@ -180,8 +152,40 @@ def test_argocd_cm_embeds_health_lua_byte_for_byte() -> None:
         "namespace": "argocd",
         "labels": {"app.kubernetes.io/name": "argocd-cm", "app.kubernetes.io/part-of": "argocd"},
     }
-    assert list(configmap["data"]) == [CM_KEY]
+    assert list(configmap["data"]) == [CM_KEY, argocd_cm.ACTIONS_KEY]
     embedded = configmap["data"][CM_KEY].encode()
-    assert embedded == HEALTH_LUA.read_bytes(), (
-        "argocd-cm.yaml differs from health.lua; regenerate it with the command in argocd-cm.yaml's header"
-    )
+    assert embedded == HEALTH_LUA.read_bytes(), "argocd-cm.yaml differs from health.lua; run `make argocd-cm`"
+
+
+def test_argocd_cm_is_rendered_from_the_lua_sources() -> None:
+    assert ARGOCD_CM.read_text() == argocd_cm.render(ARGOCD_DIR), "argocd-cm.yaml is stale; run `make argocd-cm`"
+
+
+def test_the_string_format_version_fails_in_argo_cds_runtime() -> None:
+    """The defect a real Argo CD found: a full Lua runs the old script, Argo CD's runtime cannot."""
+    obj = rollout("Succeeded", generation=5, observed=4, message="done")
+    full = lua51.LuaRuntime()
+    full.globals().obj = to_lua(full, obj)
+    assert full.execute(OLD_HEALTH_LUA.read_text())["status"] == "Progressing"
+    with pytest.raises(LuaError, match="attempt to index global 'string' \\(a nil value\\)"):
+        assess(obj, OLD_HEALTH_LUA)
+    assert assess(obj)["status"] == "Progressing"
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ['string.format("%d", 1)', '("x"):upper()', "math.floor(1.5)", "os.time()", 'io.write("x")', "debug.traceback()"],
+)
+def test_argo_cds_runtime_has_no_string_math_os_io_or_debug(expression: str) -> None:
+    with pytest.raises(LuaError):
+        run(f"return {expression}")
+
+
+def test_argo_cds_runtime_has_base_table_and_the_safe_os_through_require() -> None:
+    script = """
+    local os = require("os")
+    local t = { "b", "a" }
+    table.sort(t)
+    return table.concat(t, ",") .. " " .. tostring(1.0) .. " " .. type(os.time()) .. " " .. tostring(os.exit)
+    """
+    assert run(script) == "a,b 1 number nil"
