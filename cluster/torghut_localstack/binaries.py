@@ -34,6 +34,8 @@ def pinned_versions() -> dict[str, str]:
     lines = VERSIONS_FILE.read_text().splitlines()
     pairs = (line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
     return {name.strip(): value.strip() for name, value in pairs}
+
+
 ARGOCD_BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "build-argocd.sh"
 ARGOCD_COMPONENTS = ("argocd", "kustomize")
 
@@ -66,4 +68,3 @@ def ensure_argocd_binaries(*, on_line: Callable[[str], None] = _ignore, timeout:
     if missing:
         raise RuntimeError(f"{ARGOCD_BUILD_SCRIPT} did not produce {missing} in {bin_dir!s}")
     return bin_dir
-
