@@ -42,9 +42,7 @@ def upgrade() -> None:
     op.create_table(
         "executions",
         sa.Column("id", postgresql.UUID(), server_default=sa.text("gen_random_uuid()"), primary_key=True),
-        sa.Column(
-            "trade_decision_id", postgresql.UUID(), sa.ForeignKey("trade_decisions.id", ondelete="SET NULL")
-        ),
+        sa.Column("trade_decision_id", postgresql.UUID(), sa.ForeignKey("trade_decisions.id", ondelete="SET NULL")),
         sa.Column("alpaca_account_label", sa.String(64), nullable=False, server_default=sa.text("'paper'")),
         sa.Column("alpaca_order_id", sa.String(128), nullable=False),
         sa.Column("client_order_id", sa.String(128)),

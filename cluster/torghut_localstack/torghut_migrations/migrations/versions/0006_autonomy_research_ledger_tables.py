@@ -4,20 +4,22 @@ research_stress_metrics, research_promotions. String business keys, no foreign k
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
 
-def _id() -> sa.Column[str]:
+def _id() -> sa.Column[Any]:
     return sa.Column("id", postgresql.UUID(), server_default=sa.text("gen_random_uuid()"), primary_key=True)
 
 
-def _now(name: str) -> sa.Column[object]:
+def _now(name: str) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()"))
 
 
-def _count(name: str) -> sa.Column[int]:
+def _count(name: str) -> sa.Column[Any]:
     return sa.Column(name, sa.BigInteger(), nullable=False, server_default=sa.text("0"))
 
 

@@ -8,6 +8,8 @@ its grant on every research_* table when it runs after.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
@@ -18,11 +20,11 @@ branch_labels = None
 depends_on = None
 
 
-def _id() -> sa.Column[str]:
+def _id() -> sa.Column[Any]:
     return sa.Column("id", postgresql.UUID(), server_default=sa.text("gen_random_uuid()"), primary_key=True)
 
 
-def _now(name: str) -> sa.Column[object]:
+def _now(name: str) -> sa.Column[Any]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()"))
 
 

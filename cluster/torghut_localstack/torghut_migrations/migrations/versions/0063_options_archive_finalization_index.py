@@ -18,9 +18,7 @@ def upgrade() -> None:
         sa.Column("underlying", sa.String(32), primary_key=True),
         sa.Column("finalized_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
     )
-    op.create_index(
-        "ix_options_archive_finalizations_finalized_at", "options_archive_finalizations", ["finalized_at"]
-    )
+    op.create_index("ix_options_archive_finalizations_finalized_at", "options_archive_finalizations", ["finalized_at"])
 
 
 def downgrade() -> None:

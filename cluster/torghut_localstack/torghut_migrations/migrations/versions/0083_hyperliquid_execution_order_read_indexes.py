@@ -23,7 +23,9 @@ def upgrade() -> None:
         sa.Column("raw_order", postgresql.JSONB()),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
     )
-    op.create_index("ix_hyperliquid_execution_orders_account_symbol", "hyperliquid_execution_orders", ["account", "symbol"])
+    op.create_index(
+        "ix_hyperliquid_execution_orders_account_symbol", "hyperliquid_execution_orders", ["account", "symbol"]
+    )
     op.create_index("ix_hyperliquid_execution_orders_order_id", "hyperliquid_execution_orders", ["order_id"])
 
 
