@@ -137,9 +137,7 @@ def test_the_chain_gives_the_local_stacks_schema_for_every_table_the_operator_re
             chain.dispose()
 
 
-def test_the_route_grant_revision_backfills_rows_by_the_services_own_rules(
-    fresh_db: str
-) -> None:
+def test_the_route_grant_revision_backfills_rows_by_the_services_own_rules(fresh_db: str) -> None:
     """Rows written before 0007 (NULL adapters, markers only in raw_order) get what the service would have written."""
     done = alembic(fresh_db, "upgrade", "0006_autonomy_research_ledger_tables")
     assert done.returncode == 0, done.stderr
