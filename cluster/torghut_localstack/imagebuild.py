@@ -619,7 +619,7 @@ def _copy_into(root: Path, source: Path, image_path: str) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def _inputs_key(recipe: ImageRecipe, runtime_key: str, builder_key: str) -> str:
+def _inputs_key(recipe: ImageRecipe, runtime_key: str, builder_key: str, packages: Mapping[str, str]) -> str:
     sources = [REPO_ROOT / rel for rel in recipe.sources]
     files = [REPO_ROOT / rel for rel, _ in recipe.files]
     return _digest_of(
@@ -627,6 +627,7 @@ def _inputs_key(recipe: ImageRecipe, runtime_key: str, builder_key: str) -> str:
         recipe,
         runtime_key,
         builder_key,
+        dict(packages),
         (REPO_ROOT / recipe.lock).read_text(),
         _tree_digest(sources, REPO_ROOT),
         _tree_digest(files, REPO_ROOT),
@@ -650,17 +651,6 @@ def build_image(
     started = time.monotonic()
     root = cache_root()
     with _cache_lock(root):
-        runtime_hooks, builder_hooks = (_USER_HOOK,), ()
-        runtime_key = _debian_key(RUNTIME_PACKAGES, runtime_hooks)
-        builder_key = _debian_key(BUILDER_PACKAGES, builder_hooks)
-        key = _inputs_key(recipe, runtime_key, builder_key)
-        tag = tag or f"{_project_version()}-{key[:12]}"
-        final = root / recipe.name / key
-        record = final / "image.json"
-        if record.is_file() and not (force or refresh_base):
-            data = json.loads(record.read_text())
-            if data.get("tag") == tag:
-                return _built(recipe, data, final, cache_hit=True, seconds=time.monotonic() - started)
         timings: dict[str, float] = {}
 
         def timed(step: str, since: float) -> None:
@@ -668,26 +658,25 @@ def build_image(
             log(f"{recipe.name}: {step} {timings[step]:.1f}s")
 
         t = time.monotonic()
-        trees: dict[str, Path] = {}
-        errors: list[BaseException] = []
-
-        def tree(name: str, packages: Sequence[str], hooks: Sequence[str]) -> None:
-            try:
-                trees[name] = _debian_tree(packages, hooks, refresh=refresh_base, log=log)
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
-                errors.append(exc)
-
-        threads = [
-            threading.Thread(target=tree, args=("runtime", RUNTIME_PACKAGES, runtime_hooks)),
-            threading.Thread(target=tree, args=("builder", BUILDER_PACKAGES, builder_hooks)),
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise errors[0]
+        runtime_hooks: tuple[str, ...] = (_USER_HOOK,)
+        runtime_key = _debian_key(RUNTIME_PACKAGES, runtime_hooks)
+        builder_key = _debian_key(BUILDER_PACKAGES, ())
+        trees = _debian_trees(
+            {"runtime": (RUNTIME_PACKAGES, runtime_hooks), "builder": (BUILDER_PACKAGES, ())},
+            refresh=refresh_base,
+            log=log,
+        )
         timed("debian trees", t)
+        # The trees' package lists are inputs too: a refreshed tree with newer Debian packages is a new image.
+        packages = {name: (tree.parent / "packages.txt").read_text() for name, tree in trees.items()}
+        key = _inputs_key(recipe, runtime_key, builder_key, packages)
+        tag = tag or f"{_project_version()}-{key[:12]}"
+        final = root / recipe.name / key
+        record = final / "image.json"
+        if record.is_file() and not (force or refresh_base):
+            data = json.loads(record.read_text())
+            if data.get("tag") == tag:
+                return _built(recipe, data, final, cache_hit=True, seconds=time.monotonic() - started)
 
         t = time.monotonic()
         base_layer = _base_layer(trees["runtime"], runtime_key, refresh=refresh_base)
@@ -723,6 +712,8 @@ def build_image(
                 recipe.name, tag, key, digest, config_digest, layers, final, seconds=time.monotonic() - started
             )
             (scratch / "image.json").write_text(json.dumps(image.to_json() | {"timings": timings}, indent=2) + "\n")
+        _prune(root / recipe.name, keep=2, protect={key})
+        _prune(root / "project-wheels", keep=4, protect={key})
         return BuiltImage(
             recipe.name,
             tag,
@@ -734,6 +725,43 @@ def build_image(
             seconds=time.monotonic() - started,
             timings=timings,
         )
+
+
+def _debian_trees(
+    wanted: Mapping[str, tuple[Sequence[str], Sequence[str]]], *, refresh: bool, log: Callable[[str], None]
+) -> dict[str, Path]:
+    """The named Debian trees (packages, customize hooks), the missing ones built side by side."""
+    trees: dict[str, Path] = {}
+    errors: list[BaseException] = []
+
+    def build(name: str, packages: Sequence[str], hooks: Sequence[str]) -> None:
+        try:
+            trees[name] = _debian_tree(packages, hooks, refresh=refresh, log=log)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build, args=(name, *spec)) for name, spec in wanted.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    _prune(cache_root() / "debian", keep=4, protect={tree.parent.name for tree in trees.values()})
+    return trees
+
+
+def _prune(parent: Path, *, keep: int, protect: set[str]) -> None:
+    """Remove all but the ``keep`` newest entries of ``parent`` (and never those in ``protect``): a key that changed
+    leaves its old build behind, hundreds of MB each."""
+    entries = sorted(
+        (p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for stale in entries[keep:]:
+        if stale.name not in protect:
+            _remove_tree(stale)
 
 
 def _built(recipe: ImageRecipe, data: Mapping[str, Any], final: Path, *, cache_hit: bool, seconds: float) -> BuiltImage:
