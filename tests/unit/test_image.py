@@ -95,6 +95,11 @@ def test_the_runtime_lock_pins_exactly_what_the_development_lock_pins() -> None:
     runtime, development = pins(REPO / "requirements.runtime.lock"), pins(REPO / "requirements.lock")
     assert runtime
     assert {name: version for name, version in runtime.items() if development.get(name) != version} == {}
+    # the simulator's image: the runtime lock plus the Alembic chain's packages, at the development lock's versions
+    simulator = pins(REPO / "requirements.sim.lock")
+    assert {name: version for name, version in simulator.items() if development.get(name) != version} == {}
+    assert {name: version for name, version in runtime.items() if simulator.get(name) != version} == {}
+    assert set(simulator) - set(runtime) == {"alembic", "mako", "markupsafe"}
 
 
 def test_dockerignore_lets_in_exactly_what_the_build_copies() -> None:
