@@ -1114,7 +1114,8 @@ def _kube_client(kubeconfig: str | None) -> Any:
 
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):  # a pod: its ServiceAccount
         configuration = k8s_client.Configuration()
-        k8s_config.load_incluster_config(client_configuration=configuration)
+        load_incluster: Any = k8s_config.load_incluster_config
+        load_incluster(client_configuration=configuration)
         return k8s_client.ApiClient(configuration)
     loader: Any = k8s_config.new_client_from_config
     return loader(config_file=kubeconfig)
