@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha256sum requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: help install deps binaries binaries-argocd lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens argocd-cm \
+.PHONY: help install deps binaries binaries-argocd image lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens argocd-cm \
         cluster-up cluster-down cluster-smoke cluster-status clean
 
 help:
@@ -15,6 +15,7 @@ help:
 	@echo "make bench         benchmark stage-advance latency and operator overhead"
 	@echo "make bench-sql     EXPLAIN and time the preset's SQL on a million executions (ROWS=10000000 for 10 M)"
 	@echo "make bench-backfill the route backfill by batch vs one UPDATE, under a trading-shaped writer (ROWS=...)"
+	@echo "make image         build the operator and torghut-sim images without Docker (IMAGES=operator, FORCE=1)"
 	@echo "make screens       redraw the README's pictures (docs/screens/*.svg) from the plugin's own views"
 
 $(VENV_STAMP): requirements.lock pyproject.toml
@@ -36,6 +37,11 @@ binaries:
 # The control plane plus Argo CD and kustomize, for the GitOps e2e tests and `make demo GITOPS=1`.
 binaries-argocd:
 	@bash cluster/build-binaries.sh --with-argocd
+
+# The operator's and the simulator's images from Debian trees, without Docker (README "Images without Docker");
+# cached by their inputs, so a second run is instant. Needs root and mmdebstrap, umoci, skopeo, runc (Debian).
+image: deps install
+	$(PY) -m torghut_localstack.imagebuild $(IMAGES) $(if $(FORCE),--force,) $(if $(REFRESH_BASE),--refresh-base,)
 
 lint: install
 	.venv/bin/ruff check .

@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -1108,8 +1109,14 @@ def _apply_config(sim: TorghutSimulator, payload: Mapping[str, Any]) -> None:
 
 
 def _kube_client(kubeconfig: str | None) -> Any:
+    from kubernetes import client as k8s_client  # noqa: PLC0415 - heavy, only a follower needs it
     from kubernetes import config as k8s_config  # noqa: PLC0415 - heavy, only a follower needs it
 
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):  # a pod: its ServiceAccount
+        configuration = k8s_client.Configuration()
+        load_incluster: Any = k8s_config.load_incluster_config
+        load_incluster(client_configuration=configuration)
+        return k8s_client.ApiClient(configuration)
     loader: Any = k8s_config.new_client_from_config
     return loader(config_file=kubeconfig)
 
@@ -1152,7 +1159,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torghut_localstack.simulator", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8181, help="port to bind; 0 picks a free one (default 8181)")
-    p.add_argument("--dsn", default=None, help="Postgres URL of the Torghut database (optional)")
+    p.add_argument(
+        "--dsn",
+        default=os.environ.get("DB_DSN") or None,
+        help="Postgres URL of the Torghut database (optional; default $DB_DSN, as the service reads it)",
+    )
     p.add_argument("--scenario", choices=SCENARIOS, default="healthy")
     p.add_argument("--tick-seconds", type=float, default=1.0, help="trading loop period (default 1)")
     p.add_argument("--image", default=DEFAULT_IMAGE, help="image reported as the build unless following")

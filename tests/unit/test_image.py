@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from torghut_localstack import imagebuild
+
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,15 +48,23 @@ def test_the_crd_directory_still_applies_with_kubectl_apply_f() -> None:
     assert applied_by_f == ["torghutrollouts.yaml"]
 
 
-def test_dockerfile_pins_a_python_base_at_an_exact_patch_release() -> None:
+def test_dockerfile_builds_on_debians_own_python_as_the_dockerless_build_does() -> None:
+    """Same suite, same Debian packages per stage, same Python version as ``torghut_localstack.imagebuild``."""
     instructions = dockerfile_instructions()
     args = dict(arg.split("=", 1) for instruction, arg in instructions if instruction == "ARG" and "=" in arg)
+    assert args["PYTHON_VERSION"] == imagebuild.PYTHON_VERSION
     froms = [args for instruction, args in instructions if instruction == "FROM"]
-    assert len(froms) >= 2, "multi-stage: build tools stay out of the runtime image"
+    assert len(froms) == 2, "multi-stage: build tools stay out of the runtime image"
     for source in froms:
-        image = source.split()[0]
-        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
-        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", image), image
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], source.split()[0])
+        assert re.fullmatch(rf"debian:{imagebuild.SUITE}(-\d{{8}})?-slim(@sha256:[0-9a-f]{{64}})?", image), image
+    installs = [
+        re.search(r"apt-get install -y --no-install-recommends ([a-z0-9. -]+?) &&", run)
+        for instruction, run in instructions
+        if instruction == "RUN" and "apt-get install" in run
+    ]
+    packages = [tuple(match.group(1).split()) if match else () for match in installs]
+    assert packages == [imagebuild.BUILDER_PACKAGES, imagebuild.RUNTIME_PACKAGES]
 
 
 def test_dockerfile_installs_the_lock_file_then_the_package_without_resolving() -> None:
@@ -85,6 +95,11 @@ def test_the_runtime_lock_pins_exactly_what_the_development_lock_pins() -> None:
     runtime, development = pins(REPO / "requirements.runtime.lock"), pins(REPO / "requirements.lock")
     assert runtime
     assert {name: version for name, version in runtime.items() if development.get(name) != version} == {}
+    # the simulator's image: the runtime lock plus the Alembic chain's packages, at the development lock's versions
+    simulator = pins(REPO / "requirements.sim.lock")
+    assert {name: version for name, version in simulator.items() if development.get(name) != version} == {}
+    assert {name: version for name, version in runtime.items() if simulator.get(name) != version} == {}
+    assert set(simulator) - set(runtime) == {"alembic", "mako", "markupsafe"}
 
 
 def test_dockerignore_lets_in_exactly_what_the_build_copies() -> None:
