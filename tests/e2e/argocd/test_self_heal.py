@@ -91,6 +91,11 @@ def test_self_heal_reverts_nothing_through_a_release_a_promotion_and_a_rollback(
     gitops.wait_synced(app)
     done = world.wait_phase(f"{target}-release", "Succeeded", timeout=180)
     assert done["status"]["promotion"]["completed"] == ["canary"]
+    # The migration ran as the rollout's own Job (no PreSync hook in the app), before the image changed.
+    job = world.kubectl.get("job", done["status"]["migration"]["jobName"], namespace=world.namespace)
+    assert job is not None
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"]["conditions"])
+    assert not any("argocd.argoproj.io/hook" in (d.get("metadata", {}).get("annotations") or {}) for d in [job])
     status = _settled(gitops, app)
     generation, image, env = _container(world, target)
     assert (image, env.get("TRADING_CAPITAL_FRACTION")) == (NEW_IMAGE, "0.10")
