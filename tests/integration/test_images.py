@@ -208,7 +208,6 @@ def test_a_second_build_with_the_same_inputs_is_a_cache_hit(operator_image: Buil
     again = build_image(OPERATOR)
     assert again.cache_hit
     assert (again.digest, again.key, again.ref) == (operator_image.digest, operator_image.key, operator_image.ref)
-    assert again.seconds < 30
 
 
 @pytest.mark.timeout(BUILD_TIMEOUT)

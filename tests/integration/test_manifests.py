@@ -58,8 +58,11 @@ EXPECTED_NAMESPACE_RULES: set[tuple[str, str, str]] = {
     ("", "configmaps", "get"),
     ("", "configmaps", "create"),
     ("", "configmaps", "update"),
+    ("", "pods", "list"),
+    ("", "pods/log", "get"),
 }
-"""What it reads (and the evidence report it writes), only in namespaces where TorghutRollouts run."""
+"""What it reads (and the evidence report it writes), only in namespaces where TorghutRollouts run; pods and their
+logs for the last lines of a failed migration Job's pod."""
 
 
 # --- rendering ---------------------------------------------------------------------------------------------------
