@@ -256,8 +256,10 @@ def test_a_rollout_on_real_containers_survives_its_operator_killed_mid_verify(
     kubectl.apply(simulator_deployment(built.simulator, namespace), namespace=namespace)
     workloads.wait_for_rollout(kubectl, "torghut", namespace=namespace, timeout=120)
     _timed("simulator Deployment Available", start)
-    sim_pods = kubectl.json("get", "pods", "-n", namespace, "-l", "app=torghut")["items"]
-    prom.set_targets(namespace, [f"{p['status']['podIP']}:{SIM_PORT}" for p in sim_pods])
+    # Prometheus (a host process) scrapes the Service's ClusterIP: kube-proxy's rules cover the host's own
+    # traffic too, and the address stays when the rollout replaces the pod.
+    cluster_ip = kubectl.json("get", "service", "torghut", "-n", namespace)["spec"]["clusterIP"]
+    prom.set_targets(namespace, [f"{cluster_ip}:{SIM_PORT}"])
     prom.wait_for_targets(namespace, timeout=60)
 
     # The operator in the cluster, from its image, under its ServiceAccount.
@@ -347,7 +349,12 @@ def test_a_rollout_on_real_containers_survives_its_operator_killed_mid_verify(
     _timed("operator Ready again after kill -9", killed)
 
     try:
-        wait_for(lambda: phase() in ("Succeeded", "Failed"), timeout=240, interval=0.5, what="the rollout finished")
+        wait_for(
+            lambda: phase() in ("Succeeded", "Failed", "RolledBack", "Aborted"),
+            timeout=240,
+            interval=0.5,
+            what="the rollout finished",
+        )
     except TimeoutError as exc:
         raise AssertionError(f"{exc}\n{kubectl.get('torghutrollout', 'real', namespace=namespace)}\n{logs()}") from exc
     final = kubectl.get("torghutrollout", "real", namespace=namespace)
