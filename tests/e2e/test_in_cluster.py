@@ -132,6 +132,14 @@ def overlay(directory: Path, image: str, namespace: str) -> Path:
     return directory
 
 
+@pytest.fixture
+def installed_operator(kubectl: Kubectl) -> Iterator[None]:
+    """After the test, the operator Deployment goes back to manifests/overlays/local's zero replicas, so the host
+    operator of the rest of the session stays the only one."""
+    yield
+    kubectl("scale", "deployment/torghut-rollout-operator", "-n", OPERATOR_NAMESPACE, "--replicas=0")
+
+
 def simulator_deployment(image: str, namespace: str) -> dict[str, Any]:
     deployment = workloads.deployment("torghut", image=image)
     pod = deployment["spec"]["template"]["spec"]
@@ -234,6 +242,7 @@ def test_a_rollout_on_real_containers_survives_its_operator_killed_mid_verify(
     kubectl: Kubectl,
     namespace: str,
     tmp_path: Path,
+    installed_operator: None,
 ) -> None:
     node_ip = local.node_ip
     assert node_ip is not None
