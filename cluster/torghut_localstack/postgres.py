@@ -16,6 +16,7 @@ import pwd
 import signal
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -52,8 +53,14 @@ class PostgresServer(LocalServer):
         password: str | None = None,
         start_timeout: float = 60.0,
         die_with_parent: bool = True,
+        extra_listen: Sequence[str] = (),
+        client_networks: Sequence[str] = (),
     ) -> None:
+        """`extra_listen`: addresses to listen on besides 127.0.0.1 (e.g. the real node's IP, for pods);
+        `client_networks`: CIDRs allowed to connect there, with a password (scram-sha-256)."""
         super().__init__()
+        self.extra_listen = tuple(extra_listen)
+        self.client_networks = tuple(client_networks)
         self.bin_dir = bin_dir
         self.superuser = superuser
         self.password = password
@@ -117,7 +124,7 @@ class PostgresServer(LocalServer):
         argv = [
             str(self.bin_dir / "postgres"),
             "-D", str(data_dir),
-            "-c", f"listen_addresses={self.host}",
+            "-c", f"listen_addresses={','.join((self.host, *self.extra_listen))}",
             "-c", f"port={self.port}",
             "-c", f"unix_socket_directories={workdir}",
             "-c", "fsync=off",
@@ -180,3 +187,6 @@ class PostgresServer(LocalServer):
             )
         except subprocess.CalledProcessError as error:
             raise PostgresError(f"initdb failed ({error.returncode}):\n{error.stdout}\n{error.stderr}") from error
+        if self.client_networks:
+            with (data_dir / "pg_hba.conf").open("a") as hba:
+                hba.writelines(f"host all all {network} scram-sha-256\n" for network in self.client_networks)

@@ -65,8 +65,11 @@ class PrometheusServer(LocalServer):
         rule_files: Sequence[Path] = (),
         start_timeout: float = 60.0,
         die_with_parent: bool = True,
+        host: str = HOST,
     ) -> None:
+        """`host`: the address to listen on (the real node's IP for pods to reach it; 127.0.0.1 by default)."""
         super().__init__()
+        self.host = host
         self.binary = binary
         self.scrape_interval = scrape_interval
         self.rule_files = list(rule_files)
@@ -76,7 +79,7 @@ class PrometheusServer(LocalServer):
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -166,7 +169,7 @@ class PrometheusServer(LocalServer):
             shutil.which(self.binary) or self.binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address={HOST}:{self.port}",
+            f"--web.listen-address={self.host}:{self.port}",
             "--web.enable-lifecycle",
             "--log.level=warn",
         ]
