@@ -189,6 +189,7 @@ def full_status() -> TorghutRolloutStatus:
         failed_stage="verify",
         blocked_by="torghut-other-release",
         awaiting_approval=True,
+        drift="target changed under the rollout: image is other:1 instead of registry/torghut:v42, set by kubectl-set",
         migration=MigrationStatus(
             mode="sql",
             job_name="torghut-release-migrate-1",
@@ -196,6 +197,7 @@ def full_status() -> TorghutRolloutStatus:
             message="applied 1 file",
             completed_at=at,
             caught_up_at=at,
+            job_logs="ERROR: relation executions does not exist",
             backfill=BackfillStatus(
                 file="0003_backfill_routes.sql",
                 table="public.executions",

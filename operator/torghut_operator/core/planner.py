@@ -798,8 +798,8 @@ def _who(target: TargetState, field_name: str) -> str:
 
 
 def _drift_text(spec: TorghutRolloutSpec, status: TorghutRolloutStatus, target: TargetState) -> str | None:
-    if not target.exists:
-        return f"{spec.target.kind.value} {spec.target.name} is gone ({target.detail or 'not found'})"
+    if not target.exists:  # a target that is gone is not drift: the stage's own checks and restore handle it
+        return None
     diffs = []
     if target.image != spec.target.image:
         diffs.append(f"image is {target.image} instead of {spec.target.image}, set by {_who(target, 'image')}")
