@@ -42,6 +42,7 @@ def run(
         clusterwide=not namespace,
         namespaces=namespace or (),
         liveness_endpoint=liveness,
+        memo=kopf.Memo(namespace_patterns=tuple(namespace or ())),  # the liveness probe checks only these
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from torghut_operator.app.health import WatchFreshness
+from torghut_operator.app.health import Listed, WatchFreshness, served_versions
 
 pytestmark = pytest.mark.unit
 
@@ -41,3 +41,21 @@ def test_an_object_the_watch_never_announced_counts_and_deleted_ones_are_forgott
     fresh.saw("gone", "5")
     fresh.forget("gone")
     assert fresh.compare({}) == []
+
+
+def test_with_namespace_patterns_only_rollouts_this_watch_serves_count() -> None:
+    listed = [
+        Listed("mine", "e2e-a", "1"),
+        Listed("other-operators", "incluster-b", "2"),  # never delivered here: it must not fail the liveness
+        Listed("being-deleted", "e2e-gone", "3"),  # Kopf stopped serving the terminating namespace
+        Listed("unknown-namespace", "e2e-new", "4"),  # not listed yet: not served yet
+    ]
+    namespaces = {"e2e-a": False, "incluster-b": False, "e2e-gone": True}
+    assert served_versions(listed, ["e2e-*"], namespaces) == {"mine": "1"}
+    assert served_versions(listed, ["e2e-*, !e2e-a"], namespaces) == {}
+    assert served_versions(listed, [], None) == {
+        "mine": "1",
+        "other-operators": "2",
+        "being-deleted": "3",
+        "unknown-namespace": "4",
+    }

@@ -46,7 +46,7 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
     config.apply(settings)
     # Every turn runs its blocking calls in threads; the default pool (cores + 4) would make rollouts queue.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=config.worker_threads))
-    memo.runtime = build_runtime(config)
+    memo.runtime = build_runtime(config, tuple(getattr(memo, "namespace_patterns", ())))
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)

@@ -4,13 +4,48 @@ Kopf's watch streams have been seen to go silent after API-server trouble while 
 probe lists the rollouts and compares each resourceVersion with the last one the watch delivered; a difference
 that persists past a grace period means the watch is stale, and the liveness endpoint fails so the kubelet
 restarts the operator.
+
+With ``--namespace`` patterns the operator serves only some namespaces, and Kopf stops serving a namespace once it
+is terminating: a rollout there (another operator's, or one whose namespace is being deleted) never reaches this
+watch, so it is left out of the comparison (`served_versions`), or it would fail the liveness endpoint for good.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from kopf._cogs.structs.references import NamespaceName, match_namespace  # Kopf's own: agrees with what it serves
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A rollout as listed: where it lives and its current resourceVersion."""
+
+    uid: str
+    namespace: str
+    resource_version: str
+
+
+def served_versions(
+    listed: Iterable[Listed], patterns: Iterable[str], terminating: Mapping[str, bool] | None
+) -> dict[str, str]:
+    """The versions of the rollouts this operator's watch delivers: all of them cluster-wide (no `patterns`), else
+    those in a namespace matching a pattern that is not terminating (`terminating`: every namespace, True for the
+    terminating ones; a namespace it does not know is not served)."""
+    globs = list(patterns)
+    if not globs:
+        return {item.uid: item.resource_version for item in listed}
+    states = terminating or {}
+    return {
+        item.uid: item.resource_version
+        for item in listed
+        if item.namespace in states
+        and not states[item.namespace]
+        and any(match_namespace(NamespaceName(item.namespace), glob) for glob in globs)
+    }
 
 
 class WatchFreshness:

@@ -68,3 +68,6 @@ class OperatorConfig:
         settings.networking.connect_timeout = 10
         settings.posting.level = logging.WARNING  # events are posted explicitly, not from log lines
         settings.execution.max_workers = 20
+        # A deleted rollout keeps its finalizer until its timers have stopped; a timer inside a blocking call
+        # (a route query on a worker thread) does not stop at once, and Kopf would look again only after 60 s.
+        settings.background.cancellation_polling = 1.0
