@@ -405,8 +405,8 @@ def run(sequential: int, parallel: int, console: Console) -> int:
     started = time.monotonic()
     console.print(f"[bold]Torghut rollout operator benchmark[/] ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})")
     with World(tick_seconds=1.0, log=lambda line: console.print(f"  [dim]{line}[/]", highlight=False)) as world:
-        hwm_start = world.operator.peak_rss_kib()
-        cpu_start = world.operator.cpu_seconds()
+        hwm_start = world.operator_process.peak_rss_kib()
+        cpu_start = world.operator_process.cpu_seconds()
         recorder = start_recording(world)
         cluster = Cluster(world)
         try:
@@ -423,8 +423,8 @@ def run(sequential: int, parallel: int, console: Console) -> int:
                 applied = cluster.create_rollout(world, ns)
                 wait_all_terminal(recorder, [ns], SEQUENTIAL_TIMEOUT)
                 sequential_figures.append(analyse(recorder, ns, applied))
-            hwm_before = world.operator.peak_rss_kib()
-            cpu_before = world.operator.cpu_seconds()
+            hwm_before = world.operator_process.peak_rss_kib()
+            cpu_before = world.operator_process.cpu_seconds()
 
             t0 = time.monotonic()
             cluster.create_targets(world, par_ns, recorder)
@@ -435,9 +435,9 @@ def run(sequential: int, parallel: int, console: Console) -> int:
             wait_all_terminal(recorder, par_ns, PARALLEL_TIMEOUT)
             parallel_figures = [analyse(recorder, ns, applied_at[ns]) for ns in par_ns]
             makespan = max(first_apply + f.wall for f in parallel_figures) - first_apply
-            hwm = world.operator.peak_rss_kib()
-            rss = world.operator.rss_kib()
-            cpu_after = world.operator.cpu_seconds()
+            hwm = world.operator_process.peak_rss_kib()
+            rss = world.operator_process.rss_kib()
+            cpu_after = world.operator_process.cpu_seconds()
         finally:
             recorder.stopping.set()
             cluster.close()

@@ -113,6 +113,8 @@ class LocalCluster:
         self.images: dict[str, images.Image] = {}
         """The images imported into the real node, by short name (`pause`, `busybox`)."""
         self._node_claimed = False
+        self._imported: list[Path] = []
+        self._tags: dict[str, str] = {}
         self._pki: Pki | None = None
         self.component_timeout = component_timeout
         self.die_with_parent = die_with_parent
@@ -168,10 +170,22 @@ class LocalCluster:
         return records
 
     def import_image(self, archive: Path) -> str:
-        """Import a docker archive into the real node's containerd (pods then use imagePullPolicy Never)."""
+        """Import a docker archive into the real node's containerd (pods then use imagePullPolicy Never). The
+        node remembers it: a restarted node (`start_node`) imports it again, so its pods start again."""
         if not self.node_processes:
             raise ClusterError("this cluster has no real node to import images into")
-        return images.import_archive(self.node_layout.containerd_socket, archive)
+        out = images.import_archive(self.node_layout.containerd_socket, archive)
+        if archive not in self._imported:
+            self._imported.append(archive)
+        return out
+
+    def tag_image(self, source: str, tag: str) -> None:
+        """Give an image of the real node's containerd another name (`ctr images tag --force`), e.g. the node's
+        own pause image as `registry.k8s.io/pause:3.9`; kept across a node restart like `import_image`."""
+        if not self.node_processes:
+            raise ClusterError("this cluster has no real node to tag images in")
+        images.tag(self.node_layout.containerd_socket, source, tag)
+        self._tags[tag] = source
 
     def check_alive(self) -> None:
         """Raise ComponentDied naming every component that exited, with its last log lines."""
@@ -629,6 +643,10 @@ class LocalCluster:
         def import_images() -> None:
             for image in self.images.values():
                 images.import_archive(layout.containerd_socket, image.archive)
+            for archive in self._imported:  # what earlier users of this node imported and tagged
+                images.import_archive(layout.containerd_socket, archive)
+            for tag, source in self._tags.items():
+                images.tag(layout.containerd_socket, source, tag)
 
         self._step("node images imported", import_images)
 

@@ -4,7 +4,8 @@
 
 Builds the world of `torghut_localstack.world` (control plane or kind, Postgres with a Torghut database at its
 newest schema, where `torghut_app` holds nothing on the research tables of migration 0026 and old fills have
-'unknown' adapters, Prometheus, the Torghut simulator, the operator as a process), then applies one
+'unknown' adapters, Prometheus, the Torghut simulator, the operator in the cluster from its image on the real
+node, with the target's pods there too; a host process under `--no-real-node`), then applies one
 TorghutRollout that does what a Torghut release needs:
 
 * migrate: the route/grant SQL pack (`manifests/torghut`), applied by the operator, then proven in Postgres
@@ -54,7 +55,6 @@ from torghut_localstack.world import (
     APP_SECRET_NAME,
     CLUSTER_MODES,
     CONTAINER,
-    NEW_IMAGE,
     TARGET,
     ClusterMode,
     World,
@@ -105,7 +105,7 @@ def rollout_manifest(world: World, name: str = ROLLOUT) -> dict[str, Any]:
         "kind": KIND,
         "metadata": {"name": name, "namespace": world.namespace},
         "spec": {
-            "target": {"kind": "Deployment", "name": TARGET, "container": CONTAINER, "image": NEW_IMAGE},
+            "target": {"kind": "Deployment", "name": TARGET, "container": CONTAINER, "image": world.new_image},
             "database": {"secretRef": {"name": APP_SECRET_NAME, "key": APP_SECRET_KEY}, "statementTimeout": "10s"},
             "prometheus": {"url": world.prometheus.url},
             "serviceUrl": world.simulator.url,
@@ -329,6 +329,7 @@ def run(
         cluster=cluster,
         operator_verbose=verbose,
         real_node=real_node,
+        operator_in_cluster=real_node or cluster == "kind",
         log=lambda line: console.print(f"  [dim]{_escape(line)}[/]", highlight=False),
     )
     try:

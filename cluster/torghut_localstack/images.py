@@ -149,6 +149,23 @@ def import_archive(address: Path, archive: Path, *, timeout: float = _TOOL_TIMEO
     return _run([CTR, f"--address={address}", "-n", K8S_NAMESPACE, "images", "import", str(archive)], timeout=timeout)
 
 
+def tag(address: Path, source: str, target: str, *, timeout: float = _TOOL_TIMEOUT_S) -> None:
+    """Name an image of the containerd at `address` (namespace k8s.io) `target` too (replacing that name)."""
+    _run(
+        [CTR, f"--address={address}", "-n", K8S_NAMESPACE, "images", "tag", "--force", source, target], timeout=timeout
+    )
+
+
+def digest_of(address: Path, reference: str) -> str:
+    """The digest (`sha256:...`) of image `reference` in the containerd at `address` (namespace k8s.io)."""
+    out = _run([CTR, f"--address={address}", "-n", K8S_NAMESPACE, "images", "ls", f"name=={reference}"])
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] == reference:
+            return fields[2]
+    raise ImageError(f"{reference} is not in the containerd at {address}:\n{out}")
+
+
 def imported(address: Path) -> list[str]:
     """References of the images in the node's containerd."""
     out = _run([CTR, f"--address={address}", "-n", K8S_NAMESPACE, "images", "list", "--quiet"])

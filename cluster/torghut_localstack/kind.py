@@ -94,6 +94,24 @@ class KindCluster:
         """Load a docker archive (e.g. `images.busybox_image().archive`) into every node."""
         run(load_archive_command(self.kind, self.name, archive), timeout=_LOAD_TIMEOUT_S)
 
+    def host_network(self) -> tuple[str, str]:
+        """(gateway, subnet) of the container engine's `kind` network: pods reach this host at the gateway, and
+        their traffic to it comes from the nodes' addresses in the subnet (kindnet masquerades it)."""
+        provider = os.environ.get("KIND_EXPERIMENTAL_PROVIDER") or "docker"
+        template = "{{range .IPAM.Config}}{{.Gateway}} {{.Subnet}}\n{{end}}"
+        out = run([provider, "network", "inspect", "kind", "--format", template], timeout=30)
+        for line in out.splitlines():
+            gateway, _, subnet = line.strip().partition(" ")
+            if gateway and ":" not in gateway:  # the IPv4 pair
+                return gateway, subnet
+        raise KindError(f"the `kind` network has no IPv4 gateway: {out.strip()!r}")
+
+    def kill_container(self, node: str, container_id: str) -> None:
+        """SIGKILL a container's init process on a node (as a node failure would), through the node's crictl."""
+        provider = os.environ.get("KIND_EXPERIMENTAL_PROVIDER") or "docker"
+        script = f"kill -9 $(crictl inspect --output go-template --template '{{{{.info.pid}}}}' {container_id})"
+        run([provider, "exec", node, "sh", "-c", script], timeout=30)
+
 
 @contextmanager
 def cluster(bin_dir: Path, workdir: Path, *, prefix: str, config: Path = KIND_CONFIG) -> Iterator[KindCluster]:

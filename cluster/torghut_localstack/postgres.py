@@ -55,9 +55,12 @@ class PostgresServer(LocalServer):
         die_with_parent: bool = True,
         extra_listen: Sequence[str] = (),
         client_networks: Sequence[str] = (),
+        host: str = HOST,
     ) -> None:
-        """`extra_listen`: addresses to listen on besides 127.0.0.1 (e.g. the real node's IP, for pods);
-        `client_networks`: CIDRs allowed to connect there, with a password (scram-sha-256)."""
+        """`extra_listen`: addresses to listen on besides `host` (e.g. the real node's IP, for pods);
+        `client_networks`: CIDRs allowed to connect there, with a password (scram-sha-256); `host`: the address
+        :meth:`dsn` names (127.0.0.1 unless pods must reach the same DSNs: then an address of this host they
+        reach, with `client_networks` covering both it and them)."""
         super().__init__()
         self.extra_listen = tuple(extra_listen)
         self.client_networks = tuple(client_networks)
@@ -66,7 +69,7 @@ class PostgresServer(LocalServer):
         self.password = password
         self.start_timeout = start_timeout
         self.die_with_parent = die_with_parent
-        self.host = HOST
+        self.host = host
         self.port = 0
         self._os_user = "postgres" if os.geteuid() == 0 else None
 

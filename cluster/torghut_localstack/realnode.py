@@ -286,7 +286,14 @@ def kubelet_config(
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False,
+        # The e2e tier reads the operator's whole log (no secret may appear in it): no rotation within a run.
+        "containerLogMaxSize": "500Mi",
         "maxPods": 110,
+        # The e2e tier kills the operator's container (SIGKILL, as a node failure would) a dozen times a run; the
+        # default crash-loop backoff (10 s doubling to 5 min) would turn each later restart into minutes of waiting.
+        # Alpha in 1.33 (KEP-4603): restarts back off at most 1 s here.
+        "featureGates": {"KubeletCrashLoopBackOffMax": True},
+        "crashLoopBackOff": {"maxContainerRestartPeriod": "1s"},
     }
 
 

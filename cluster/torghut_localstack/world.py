@@ -18,7 +18,11 @@
    (key `uri`: the app DSN), the Deployment `torghut` (container `torghut`, `OLD_IMAGE`, env
    `TRADING_MODE=paper`) and the route/grant SQL pack ConfigMap;
 5. the Torghut simulator, writing as `torghut_app` and following the Deployment, scraped by Prometheus;
-6. the operator as a process (`python -m torghut_operator run --liveness ...`), as it runs in a cluster.
+6. the operator: with `operator_in_cluster` (the demo), in the cluster from its image on the real node
+   (`incluster.ClusterOperator`: the image built without Docker or found in the cache, imported, installed by
+   `kubectl apply -k` of an overlay on manifests/overlays/local), with Postgres, Prometheus and the simulator
+   listening on the address pods reach this host at and the target's pods on the real node; otherwise (`make
+   bench`, which reads its CPU and memory from /proc) as a host process (`python -m torghut_operator run`).
 
 `stop()` (or leaving the `with` block, Ctrl-C included) stops everything in reverse order; every child
 process also gets a kernel signal should this process die, so nothing is left behind.
@@ -26,6 +30,7 @@ process also gets a kernel signal should this process die, so nothing is left be
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -43,9 +48,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
 
+import yaml
 from psycopg import sql
 
-from torghut_localstack import kind, sql_pack, torghut_db, workloads
+from torghut_localstack import imagebuild, images, incluster, kind, realnode, sql_pack, torghut_db, workloads
 from torghut_localstack.binaries import ensure_binaries
 from torghut_localstack.cluster import LocalCluster
 from torghut_localstack.kubectl import Kubectl, KubectlError
@@ -78,6 +84,8 @@ CRD_NAME: Final = "torghutrollouts.torghut.proompteng.ai"
 KIND_CONFIG: Final = kind.KIND_CONFIG
 
 NAMESPACE: Final = "torghut"
+OPERATOR_NAMESPACE: Final = "torghut-rollout-system"
+OPERATOR_DEPLOYMENT: Final = "torghut-rollout-operator"
 TARGET: Final = "torghut"
 CONTAINER: Final = "torghut"
 DATABASE: Final = "torghut"
@@ -342,11 +350,11 @@ def watch(
 
 
 @contextmanager
-def kind_cluster(bin_dir: Path, workdir: Path) -> Iterator[Path]:
-    """A kind cluster from kind-config.yaml for the block; yields its kubeconfig, deletes it afterwards."""
+def kind_cluster(bin_dir: Path, workdir: Path) -> Iterator[kind.KindCluster]:
+    """A kind cluster from kind-config.yaml for the block, deleted afterwards."""
     try:
         with kind.cluster(bin_dir, workdir, prefix="torghut-demo") as created:
-            yield created.kubeconfig
+            yield created
     except kind.KindError as error:
         first, newline, rest = str(error).partition("\n")
         hint = "; run without --cluster kind to use the embedded control plane"
@@ -377,6 +385,8 @@ class World:
     `operator_env`: extra environment for the operator process.
     `real_node`: the local cluster starts its real node (containerd, kubelet, ...); False where one already runs on
     this host (one per host), e.g. the demo started from inside the e2e session.
+    `operator_in_cluster`: the operator runs in the cluster from its image, the target's pods on the real node
+    (needs the real node, or kind); otherwise the operator is a host process and the target's pods kwok's.
     """
 
     def __init__(
@@ -391,10 +401,16 @@ class World:
         operator_env: Mapping[str, str] | None = None,
         schema_state: torghut_db.SchemaState = "head",
         real_node: bool = True,
+        operator_in_cluster: bool = False,
         log: Callable[[str], None] = _ignore,
     ) -> None:
         if cluster not in CLUSTER_MODES:
             raise WorldError(f"unknown cluster {cluster!r}: use one of {', '.join(CLUSTER_MODES)}")
+        if operator_in_cluster and cluster == "local" and not real_node:
+            raise WorldError("the operator can run in the cluster only on a real node: drop --no-real-node")
+        self.operator_in_cluster = operator_in_cluster
+        self.new_image: str = NEW_IMAGE
+        """The image a rollout deploys (on the real node: the node's pause image, pinned by its own digest)."""
         self.cluster_mode: ClusterMode = cluster
         self.schema_state: torghut_db.SchemaState = schema_state
         self.real_node = real_node
@@ -413,8 +429,13 @@ class World:
         self._postgres: PostgresServer | None = None
         self._prometheus: PrometheusServer | None = None
         self._simulator: TorghutSimulator | None = None
-        self._operator: OperatorProcess | None = None
+        self._operator: OperatorProcess | incluster.ClusterOperator | None = None
         self._database: Database | None = None
+        self._local: LocalCluster | None = None
+        self._kind: kind.KindCluster | None = None
+        self._host = HOST
+        """Where Postgres, Prometheus and the simulator listen: 127.0.0.1, or where pods reach this host."""
+        self._host_clients: list[str] = []
 
     # -- accessors (valid after start) -------------------------------------------------------
     @property
@@ -449,8 +470,18 @@ class World:
         return _started(self._simulator)
 
     @property
-    def operator(self) -> OperatorProcess:
-        return _started(self._operator)
+    def operator(self) -> OperatorProcess | incluster.ClusterOperator:
+        if self._operator is None:
+            raise WorldError("the world is not started")
+        return self._operator
+
+    @property
+    def operator_process(self) -> OperatorProcess:
+        """The operator as a host process (`operator_in_cluster` off): its PID, CPU time and memory."""
+        operator = self.operator
+        if not isinstance(operator, OperatorProcess):
+            raise WorldError("the operator runs in the cluster, not as a process of this host")
+        return operator
 
     @property
     def database(self) -> Database:
@@ -525,13 +556,29 @@ class World:
             cluster: LocalCluster = self._enter(
                 LocalCluster(bin_dir, self.workdir / "cluster", real_node=self.real_node)
             )
+            self._local = cluster
             self._kubeconfig = cluster.kubeconfig
+            if self.operator_in_cluster:
+                assert cluster.node_ip is not None
+                self._host, self._host_clients = cluster.node_ip, [f"{cluster.node_ip}/32", realnode.POD_CIDR]
         else:
-            self._kubeconfig = self._enter(kind_cluster(bin_dir, self.workdir))
+            created: kind.KindCluster = self._enter(kind_cluster(bin_dir, self.workdir))
+            self._kind = created
+            self._kubeconfig = created.kubeconfig
+            if self.operator_in_cluster:
+                gateway, subnet = created.host_network()
+                pods = str(yaml.safe_load(KIND_CONFIG.read_text())["networking"]["podSubnet"])
+                self._host, self._host_clients = gateway, [f"{gateway}/32", subnet, pods]
         self._kubectl = Kubectl(bin_dir / "kubectl", self.kubeconfig)
 
     def _start_postgres(self) -> None:
-        postgres: PostgresServer = self._enter(PostgresServer())
+        if self.operator_in_cluster:  # the operator's pod connects: password auth, the superuser's too
+            server = PostgresServer(
+                host=self._host, password=secrets.token_urlsafe(18), client_networks=self._host_clients
+            )
+        else:
+            server = PostgresServer()
+        postgres: PostgresServer = self._enter(server)
         self._postgres = postgres
         postgres.create_database(DATABASE)
         engine = torghut_db.make_engine(postgres.dsn(DATABASE))
@@ -571,7 +618,7 @@ class World:
         )
 
     def _start_prometheus(self) -> None:
-        self._prometheus = self._enter(PrometheusServer())
+        self._prometheus = self._enter(PrometheusServer(host=self._host))
 
     def _install(self) -> None:
         kubectl = self.kubectl
@@ -584,7 +631,19 @@ class World:
             what=f"CRD {CRD_NAME} Established",
             retry_on=(KubectlError,),
         )
+        if self._local is not None and self.operator_in_cluster:
+            self._tag_target_images(self._local)
         self.add_target(self.namespace)
+
+    def _tag_target_images(self, local: LocalCluster) -> None:
+        """The target's images on the real node, which never pulls: the node's own pause image under the old tag,
+        and under the new one pinned by its own digest (as a Torghut release is pinned)."""
+        pause = local.images["pause"].reference
+        local.tag_image(pause, OLD_IMAGE)
+        local.tag_image(pause, workloads.PAUSE_IMAGE)
+        digest = images.digest_of(local.node_layout.containerd_socket, workloads.PAUSE_IMAGE)
+        local.tag_image(pause, f"{workloads.PAUSE_IMAGE.rpartition(':')[0]}@{digest}")
+        self.new_image = f"{workloads.PAUSE_IMAGE}@{digest}"
 
     def add_target(
         self, namespace: str, *, env: Mapping[str, str] | None = None, sql_pack_configmap: bool = True
@@ -593,7 +652,10 @@ class World:
         kubectl = self.kubectl
         kubectl.apply(workloads.namespace(namespace))
         workloads.wait_for_service_account(kubectl, namespace, timeout=60)
-        docs = [app_secret(self.database.app_dsn), target_deployment(env=env or self.target_env)]
+        target = target_deployment(env=env or self.target_env)
+        if self.operator_in_cluster:
+            target["spec"]["template"]["spec"].update(json.loads(json.dumps(incluster.REAL_NODE_POD)))
+        docs = [app_secret(self.database.app_dsn), target]
         if sql_pack_configmap:
             docs.append(sql_pack.configmap_manifest())
         kubectl.apply(*docs, namespace=namespace)
@@ -612,6 +674,7 @@ class World:
         self._stack.callback(logger.removeHandler, handler)
         self._stack.callback(handler.close)
         simulator = TorghutSimulator(
+            host=self._host,
             dsn=self.database.app_dsn,
             image=OLD_IMAGE,
             expected_heads=torghut_db.heads_of(self.schema_state),
@@ -620,16 +683,56 @@ class World:
             tick_seconds=self.tick_seconds,
         )
         self._simulator = self._enter(simulator)
-        self.prometheus.set_targets(self.namespace, [f"{HOST}:{simulator.port}"])
+        self.prometheus.set_targets(self.namespace, [f"{self._host}:{simulator.port}"])
         self.prometheus.wait_for_targets(self.namespace, timeout=60)
 
     def _start_operator(self) -> None:
+        if self.operator_in_cluster:
+            self._start_operator_in_cluster()
+            return
         operator = OperatorProcess(
             self.kubeconfig, self.workdir / "operator", verbose=self.operator_verbose, env=self.operator_env
         )
         assert self._stack is not None
         self._stack.callback(operator.stop)
         self._operator = operator.start()
+
+    def _start_operator_in_cluster(self) -> None:
+        built = imagebuild.build_image(imagebuild.OPERATOR, log=self._log)
+        if self._local is not None:
+            self._local.import_image(built.docker_archive)
+            kill: incluster.KillContainer | None = incluster.kill_on_host(self._local.node_layout.containerd_socket)
+        else:
+            assert self._kind is not None
+            self._kind.load_archive(built.docker_archive)
+            kill = self._kind.kill_container
+        args = ["--log-format=full", *(["--verbose"] if self.operator_verbose else [])]
+        overlay = incluster.overlay(
+            self.workdir / "operator" / "overlay",
+            built.ref,
+            args=args,
+            env=self.operator_env,
+            pin_to_real_node=self._local is not None,
+        )
+        operator = incluster.ClusterOperator(
+            self.kubectl,
+            namespace=OPERATOR_NAMESPACE,
+            deployment=OPERATOR_DEPLOYMENT,
+            overlay_dir=overlay,
+            log_dir=self.workdir / "operator",
+            kill_container=kill,
+        )
+        assert self._stack is not None
+        self._stack.callback(operator.save_logs)
+        try:
+            self._operator = operator.install()
+            pod = operator.pod()
+        except incluster.ClusterOperatorError as error:
+            raise WorldError(str(error)) from error
+        self._log(
+            f"operator pod {OPERATOR_NAMESPACE}/{pod['metadata']['name']} Ready on node {pod['spec']['nodeName']} "
+            f"(image {built.ref}, ServiceAccount {pod['spec']['serviceAccountName']})"
+        )
 
 
 def _started(value: _T | None) -> _T:

@@ -59,7 +59,14 @@ def test_kind_s_node_takes_the_pods_made_for_the_real_node() -> None:
     assert node["role"] == "control-plane"  # one node: kind lifts the control-plane taint, every pod runs here
     assert pod["nodeSelector"].items() <= node["labels"].items()
     assert node["labels"] == {realnode.REAL_NODE_LABEL: "real"}
-    assert "kubeadmConfigPatches" not in config, "no taint or kubelet change beyond the label"
+    # no taint; the one kubelet change is the crash-loop backoff cap the local real node has too
+    (patch,) = config["kubeadmConfigPatches"]
+    assert yaml.safe_load(patch) == {
+        "kind": "KubeletConfiguration",
+        "crashLoopBackOff": {"maxContainerRestartPeriod": "1s"},
+    }
+    assert config["featureGates"] == {"KubeletCrashLoopBackOffMax": True}
+    assert "taints" not in node
 
 
 def test_the_pod_subnet_is_stated_and_apart_from_the_local_real_node_s() -> None:

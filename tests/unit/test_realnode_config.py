@@ -72,6 +72,9 @@ def test_the_kubelet_authenticates_and_authorizes_by_webhook_and_is_tainted() ->
     assert config["clusterDNS"] == [realnode.CLUSTER_DNS_IP]
     assert config["registerWithTaints"] == [realnode.REAL_NODE_TAINT]
     assert config["containerRuntimeEndpoint"] == f"unix://{LAYOUT.containerd_socket}"
+    # a container the e2e tier kills comes back within a second, however often it was killed before
+    assert config["featureGates"] == {"KubeletCrashLoopBackOffMax": True}
+    assert config["crashLoopBackOff"] == {"maxContainerRestartPeriod": "1s"}
     assert all(Path(p).is_absolute() for p in _paths(config))
 
 
