@@ -29,7 +29,7 @@ from types import FrameType
 import pytest
 import yaml
 
-from torghut_localstack import kind, realnode, workloads
+from torghut_localstack import imagebuild, kind, realnode, workloads
 from torghut_localstack.binaries import ensure_argocd_binaries, ensure_binaries
 from torghut_localstack.cluster import LocalCluster
 from torghut_localstack.kubectl import Kubectl
@@ -76,6 +76,35 @@ class ClusterHandle:
                 f"E2E_CLUSTER={self.mode}: the suite cannot load {archive.name} into a cluster it did not create; "
                 "use E2E_CLUSTER=local or kind"
             )
+
+    @property
+    def host_address(self) -> str:
+        """An address of this host that pods reach and host processes can listen on: the real node's IP on the
+        local stack, the `kind` network's gateway on kind (E2E_HOST_ADDRESS for an existing cluster)."""
+        if self.local is not None:
+            if self.local.node_ip is None:
+                raise RuntimeError("the local stack has no real node, so no pod reaches this host")
+            return self.local.node_ip
+        if self.kind_cluster is not None:
+            return self.kind_cluster.host_network()[0]
+        found = os.environ.get("E2E_HOST_ADDRESS")
+        if not found:
+            raise RuntimeError(
+                "E2E_CLUSTER=existing: set E2E_HOST_ADDRESS to an address of this host the cluster's pods reach "
+                "(the in-cluster operator connects to the tests' Postgres, Prometheus and simulator there)"
+            )
+        return found
+
+    @property
+    def host_clients(self) -> list[str]:
+        """CIDRs that connections to :attr:`host_address` come from: this host itself and the pods (on kind,
+        masqueraded to the nodes' addresses)."""
+        own = [f"{self.host_address}/32"]
+        if self.local is not None:
+            return [*own, realnode.POD_CIDR]
+        if self.kind_cluster is not None:
+            return [*own, self.kind_cluster.host_network()[1], kind_pod_subnet()]
+        return [*own, *filter(None, os.environ.get("E2E_HOST_CLIENTS", "").split(","))]
 
     @property
     def pod_network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
@@ -142,6 +171,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.stash[_binaries_key] = ensure_binaries(on_line=show)
         except (subprocess.SubprocessError, OSError, RuntimeError) as error:
             config.stash[_binaries_key] = error
+    if any("operator" in getattr(item, "fixturenames", ()) for item in items):
+        try:  # the e2e tier's operator image: minutes cold, so also here (the fixture then finds it cached)
+            built = imagebuild.build_image(imagebuild.OPERATOR, log=show)
+            show(f"operator image {built.ref}")
+        except (subprocess.SubprocessError, OSError, RuntimeError) as error:
+            show(f"the operator image could not be built here ({error}); the `operator` fixture will say why")
     if need_argocd:
         try:  # Argo CD and kustomize: about 10 min cold, so also here and not in a fixture
             config.stash[_argocd_binaries_key] = ensure_argocd_binaries(on_line=show)

@@ -1,15 +1,18 @@
-"""e2e harness: the CRD installed, the operator running as a process, and per test a Torghut world (a database
-with Torghut's schema, a simulator serving its HTTP and metrics, Prometheus scraping it, a target Deployment and
-the DSN Secret), all real."""
+"""e2e harness: the CRD installed, the operator running in the cluster from its image (on the real node, under
+its ServiceAccount, installed by `kubectl apply -k` of an overlay on manifests/base), and per test a Torghut world
+(a database with Torghut's schema, a simulator serving its HTTP and metrics, Prometheus scraping it, a target
+Deployment whose pods run on the real node, and the DSN Secret), all real.
+
+Postgres, Prometheus and the simulator are host processes listening on the address pods reach this host at (the
+real node's IP; the `kind` network's gateway on kind), so the in-cluster operator reaches them as it would reach
+the real service's."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import urllib.request
+import math
+import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +22,9 @@ import pytest
 import yaml
 
 from tests.conftest import ClusterHandle
-from torghut_localstack import torghut_db, workloads
+from torghut_localstack import imagebuild, incluster, torghut_db, workloads
 from torghut_localstack.cluster import LocalCluster
 from torghut_localstack.kubectl import Kubectl, KubectlError
-from torghut_localstack.ports import free_port
 from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.prometheus import PrometheusServer
 from torghut_localstack.simulator import FollowTarget, TorghutSimulator
@@ -34,82 +36,22 @@ CRD = REPO / "crds" / "torghutrollouts.yaml"
 # Real, small images, so the same tests run on kind where containers really start.
 OLD_IMAGE = workloads.PAUSE_IMAGE_PREVIOUS
 NEW_IMAGE = workloads.PAUSE_IMAGE
+RELEASE_IMAGE = "registry.k8s.io/pause:3.8"
+"""A third image for tests that need two releases after the first."""
 APP_PASSWORD = "app-secret-pw"
 SERVICE_ACCOUNT = "torghut-rollout-operator"
 OPERATOR_NAMESPACE = "torghut-rollout-system"
-
-
-class OperatorProcess:
-    """The operator as a separate process, as it runs in a cluster; restartable and killable. It runs with the
-    identity of the ServiceAccount from manifests/, so a permission missing from the RBAC fails a test."""
-
-    def __init__(self, cluster: ClusterHandle, log_dir: Path, kubeconfig: Path) -> None:
-        self._env = {
-            **cluster.env,
-            "KUBECONFIG": str(kubeconfig),
-            "TORGHUT_OPERATOR_METRICS_PORT": "0",
-            "TORGHUT_OPERATOR_ROUTE_INTERVAL": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
-        self._log_dir = log_dir
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._starts = 0
-        self.liveness_port = 0
-        self.metrics_port = 0
-
-    @property
-    def log_path(self) -> Path:
-        return self._log_dir / f"operator-{self._starts}.log"
-
-    def start(self) -> None:
-        self._starts += 1
-        self.liveness_port = free_port()
-        self.metrics_port = free_port()
-        env = {**self._env, "TORGHUT_OPERATOR_METRICS_PORT": str(self.metrics_port)}
-        cmd = [sys.executable, "-m", "torghut_operator", "run"]
-        cmd += ["--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz", "--verbose"]
-        cmd += ["--namespace", "e2e-*"]  # the tests' namespaces; others (e.g. admission tests) stay untouched
-        with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._healthy, timeout=60, interval=0.25, what=f"operator liveness on :{self.liveness_port}")
-
-    def _healthy(self) -> bool:
-        assert self._proc is not None
-        if self._proc.poll() is not None:
-            raise RuntimeError(f"operator exited {self._proc.returncode}:\n{self.tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to clean up, as when a node dies."""
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def scrape(self) -> str:
-        """The operator's /metrics text."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
-
-    def tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def logs(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace") for p in sorted(self._log_dir.glob("operator-*.log")) if p.exists()
-        )
+E2E_OPERATOR_NAMESPACE = "torghut-rollout-e2e"
+"""The e2e tier's operator: manifests/base under this namespace and a `-e2e` name suffix, so the tests that
+install manifests/overlays/local themselves (test_install, test_in_cluster, Argo CD's) never touch it."""
+E2E_SUFFIX = "-e2e"
+E2E_OPERATOR = SERVICE_ACCOUNT + E2E_SUFFIX
+SUPERUSER_PASSWORD = "e2e-superuser-pw"
+REAL_NODE_POD = incluster.REAL_NODE_POD
+"""Pod placement on the real node (the local stack's; kind's node carries the label), for migration Jobs."""
+InClusterOperator = incluster.ClusterOperator
+container_pid = incluster.containerd_pid
+pod_ready = incluster.pod_ready
 
 
 @pytest.fixture(autouse=True)
@@ -153,45 +95,108 @@ def _explains(kubectl: Kubectl, field: str) -> bool:
         return False
 
 
+def grant_rollout_namespace(
+    kubectl: Kubectl,
+    namespace: str,
+    *,
+    operator_namespace: str = OPERATOR_NAMESPACE,
+    service_account: str = SERVICE_ACCOUNT,
+) -> None:
+    """The Role a real install binds in each namespace where rollouts run (manifests/base/rollout-namespace),
+    bound to the ServiceAccount of the operator that drives them there."""
+    rendered = list(yaml.safe_load_all(kubectl("kustomize", str(REPO / "manifests" / "base" / "rollout-namespace"))))
+    for doc in rendered:
+        doc["metadata"]["name"] = service_account  # the Role and its binding, named after their operator
+        if doc["kind"] == "RoleBinding":
+            doc["roleRef"]["name"] = service_account
+            doc["subjects"] = [{"kind": "ServiceAccount", "name": service_account, "namespace": operator_namespace}]
+    kubectl.apply(*rendered, namespace=namespace)
+
+
 @pytest.fixture(scope="session")
-def operator_kubeconfig(
-    cluster: ClusterHandle, kubectl: Kubectl, crd: None, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A kubeconfig for the operator's ServiceAccount, installed from manifests/overlays/local (the same base
-    and RBAC a real install uses)."""
-    kubectl.apply(workloads.namespace("torghut"))  # the overlay's rollout namespace
-    kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests" / "overlays" / "local"))
-    token = kubectl("create", "token", SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=24h").strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    cluster_entry = admin["clusters"][0]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster_entry],
-        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": cluster_entry["name"], "user": SERVICE_ACCOUNT}}],
-        "current-context": "operator",
+def host_address(cluster: ClusterHandle) -> str:
+    """Where pods reach this host: Postgres, Prometheus, the simulator and the tests' own servers listen here."""
+    return cluster.host_address
+
+
+@pytest.fixture(scope="session")
+def postgres(cluster: ClusterHandle) -> Iterator[PostgresServer]:
+    """The session's PostgreSQL 15, on the address pods reach (password auth for the superuser too, since the
+    operator's pods connect with the DSNs the tests hand it)."""
+    with PostgresServer(
+        host=cluster.host_address, password=SUPERUSER_PASSWORD, client_networks=cluster.host_clients
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster: ClusterHandle) -> Iterator[PrometheusServer]:
+    """The session's Prometheus (scraping every 1 s), on the address pods reach."""
+    with PrometheusServer(host=cluster.host_address) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def node_images(cluster: ClusterHandle) -> None:
+    """The images the tests' pods name (the target's pause images, busybox for migration Jobs) in the
+    real node's containerd, as tags of the images the node was started with: nothing is ever pulled. (kind's node
+    has pause 3.10 and pulls the rest.)"""
+    local = cluster.local
+    if local is None:
+        return
+    wanted = {
+        local.images["pause"].reference: [OLD_IMAGE, NEW_IMAGE, RELEASE_IMAGE],
+        local.images["busybox"].reference: [f"docker.io/library/{workloads.BUSYBOX_IMAGE}"],
     }
-    path = tmp_path_factory.mktemp("operator-identity") / "kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
-    return path
+    for source, tags in wanted.items():
+        for tag in tags:
+            local.tag_image(source, tag)
 
 
-def grant_rollout_namespace(kubectl: Kubectl, namespace: str) -> None:
-    """The Role a real install binds in each namespace where rollouts run (manifests/base/rollout-namespace)."""
-    rendered = kubectl("kustomize", str(REPO / "manifests" / "base" / "rollout-namespace"))
-    kubectl("apply", "-n", namespace, "-f", "-", stdin=rendered)
+@pytest.fixture(scope="session")
+def operator_image(cluster: ClusterHandle) -> str:
+    """The operator's image, built without Docker (or found in the build cache) and loaded into the cluster."""
+    built = imagebuild.build_image(imagebuild.OPERATOR)
+    cluster.load_image_archive(built.docker_archive)
+    return built.ref
 
 
 @pytest.fixture(scope="session")
 def operator(
-    cluster: ClusterHandle, crd: None, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), operator_kubeconfig)
-    proc.start()
-    yield proc
-    proc.stop()
+    cluster: ClusterHandle,
+    kubectl: Kubectl,
+    crd: None,
+    operator_image: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[InClusterOperator]:
+    """The operator in the cluster for the whole session: manifests/base under its own namespace and a `-e2e` name
+    suffix (tests that install manifests/overlays/local themselves never touch it), watching `e2e-*`."""
+    work = tmp_path_factory.mktemp("operator")
+    overlay = incluster.overlay(
+        work / "overlay",
+        operator_image,
+        base=REPO / "manifests" / "base",
+        namespace=E2E_OPERATOR_NAMESPACE,
+        name_suffix=E2E_SUFFIX,
+        args=["--verbose", "--namespace=e2e-*"],
+        env={"TORGHUT_OPERATOR_ROUTE_INTERVAL": "2"},
+        pin_to_real_node=cluster.local is not None,
+    )
+    kill: incluster.KillContainer | None = None
+    if cluster.local is not None:
+        kill = incluster.kill_on_host(cluster.local.node_layout.containerd_socket)
+    elif cluster.kind_cluster is not None:
+        kill = cluster.kind_cluster.kill_container
+    running = InClusterOperator(
+        kubectl,
+        namespace=E2E_OPERATOR_NAMESPACE,
+        deployment=E2E_OPERATOR,
+        overlay_dir=overlay,
+        log_dir=work / "logs",
+        kill_container=kill,
+    ).install()
+    yield running
+    running.stop()
 
 
 @dataclass
@@ -203,7 +208,7 @@ class World:
     kubectl: Kubectl
     postgres: PostgresServer
     prometheus: PrometheusServer
-    operator: OperatorProcess
+    operator: InClusterOperator
     database: str
     dsn: str
     simulator: TorghutSimulator
@@ -251,9 +256,12 @@ class World:
 
 
 def target_deployment(image: str = OLD_IMAGE, *, name: str = "torghut") -> dict[str, Any]:
+    """The rollout's target: a Deployment whose pod runs on the real node (the pause image, old or new tag)."""
     deployment = workloads.deployment(name, image=image)
-    deployment["spec"]["template"]["spec"]["containers"][0]["name"] = "torghut"
-    deployment["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "TRADING_MODE", "value": "paper"}]
+    pod = deployment["spec"]["template"]["spec"]
+    pod["containers"][0]["name"] = "torghut"
+    pod["containers"][0]["env"] = [{"name": "TRADING_MODE", "value": "paper"}]
+    pod.update(json.loads(json.dumps(REAL_NODE_POD)))
     return deployment
 
 
@@ -287,10 +295,19 @@ def world(
     kubectl: Kubectl,
     postgres: PostgresServer,
     prometheus: PrometheusServer,
-    operator: OperatorProcess,
+    operator: InClusterOperator,
     cluster: ClusterHandle,
+    node_images: None,
 ) -> Iterator[World]:
-    grant_rollout_namespace(kubectl, namespace)
+    started = time.monotonic()
+    marks: list[tuple[str, float]] = []
+
+    def mark(what: str) -> None:
+        marks.append((what, round(time.monotonic() - started, 1)))
+
+    operator.start()  # Ready (a test before may have stopped the real node it runs on, and started it again)
+    mark("operator ready")
+    grant_rollout_namespace(kubectl, namespace, operator_namespace=E2E_OPERATOR_NAMESPACE, service_account=E2E_OPERATOR)
     database = namespace.replace("-", "_")[:60]
     postgres.create_database(database)
     engine = torghut_db.make_engine(postgres.dsn(database))
@@ -314,8 +331,11 @@ def world(
         target_deployment(),
         namespace=namespace,
     )
+    mark("database and objects")
     workloads.wait_for_rollout(kubectl, "torghut", namespace=namespace)
+    mark("target available")
     simulator = TorghutSimulator(
+        host=cluster.host_address,
         dsn=postgres.dsn(database),
         image=OLD_IMAGE,
         follow=FollowTarget.parse(f"{namespace}/torghut/torghut"),
@@ -323,15 +343,21 @@ def world(
         tick_seconds=0.5,
         expected_heads=torghut_db.heads_of(schema_state),
     ).start()
-    prometheus.set_targets(namespace, [f"127.0.0.1:{simulator.port}"])
+    prometheus.set_targets(namespace, [urllib.parse.urlsplit(simulator.url).netloc])
     prometheus.wait_for_targets(namespace, timeout=30)
+    mark("simulator scraped")
+    if marks[-1][1] > 20:
+        print(f"\nworld setup was slow: {marks}")
+    if operator.unexpected_restarts:
+        print(f"\nthe operator restarted on its own so far: {operator.unexpected_restarts}")
     world = World(namespace, kubectl, postgres, prometheus, operator, database, app_dsn, simulator, schema_state)
     try:
         yield world
     finally:
         simulator.stop()
         prometheus.remove_targets(namespace)
-        assert APP_PASSWORD not in operator.logs(), "the DSN password leaked into the operator log"
+        since = math.ceil(time.monotonic() - started) + 5  # this test's part of the running container's log
+        assert APP_PASSWORD not in operator.logs(since_seconds=since), "the DSN password leaked into the operator log"
 
 
 def as_yaml(doc: dict[str, Any]) -> str:

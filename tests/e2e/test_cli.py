@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ClusterHandle
-from tests.e2e.conftest import OperatorProcess
+from tests.e2e.conftest import InClusterOperator
 from torghut_localstack.kubectl import Kubectl
 from torghut_localstack.wait import wait_for
 from torghut_operator.core.api.spec import TorghutRolloutSpec
@@ -407,7 +407,7 @@ def test_status_watch_follows_the_rollout_and_exits_with_its_outcome(plugin: Plu
         assert "Traceback" not in err
 
 
-def test_verbs_wait_for_the_operator_and_print_its_result(plugin: Plugin, operator: OperatorProcess) -> None:
+def test_verbs_wait_for_the_operator_and_print_its_result(plugin: Plugin, operator: InClusterOperator) -> None:
     """The operator applies each verb; the plugin waits (a WATCH) for status.lastAction and prints its result."""
     plugin.create("release-42")  # its target does not exist: the operator keeps it Pending
     ns = plugin.namespace

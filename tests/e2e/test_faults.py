@@ -197,8 +197,8 @@ def awaiting_canary(world: World, name: str) -> Callable[[], bool]:
 
 
 def restoring_mid(world: World, name: str) -> Callable[[], bool]:
-    """The old image is back on the target. Fake pods turn ready at once, so the rollout may already have
-    reached RolledBack by the time a poll sees it; the second kill then lands after the end, which is
+    """The old image is back on the target. The pause pods turn ready within a second or two, so the rollout may
+    already have reached RolledBack by the time a poll sees it; the second kill then lands after the end, which is
     harmless, and the final assertions still say whether the restore ran exactly once."""
 
     def check() -> bool:
@@ -373,17 +373,17 @@ class _ErrorAnswers(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def lying_prometheus() -> Iterator[str]:
+def lying_prometheus(host_address: str) -> Iterator[str]:
     _ErrorAnswers.answers = [
         {"status": "error", "errorType": "execution", "error": "query timed out", "data": {"resultType": "vector"}},
         {"status": "success", "data": {"resultType": "string", "result": [0, "1"]}},
         {"status": "success", "warnings": ["partial response"], "data": {"resultType": "scalar", "result": [0, "1"]}},
     ]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ErrorAnswers)
+    server = ThreadingHTTPServer((host_address, 0), _ErrorAnswers)  # where the operator's pod reaches it
     server.calls = 0  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"http://{host_address}:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
 

@@ -18,11 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import ClusterHandle
-from tests.e2e.conftest import APP_PASSWORD, OPERATOR_NAMESPACE, REPO, grant_rollout_namespace
-from torghut_localstack import imagebuild, images, torghut_db, workloads
+from tests.e2e.conftest import (
+    APP_PASSWORD,
+    OPERATOR_NAMESPACE,
+    REPO,
+    container_pid,
+    grant_rollout_namespace,
+    pod_ready,
+)
+from torghut_localstack import imagebuild, incluster, torghut_db, workloads
 from torghut_localstack.cluster import LocalCluster
 from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.postgres import PostgresServer
@@ -75,13 +81,7 @@ def built(local: LocalCluster) -> Images:
     local.import_image(simulator.docker_archive)
     _timed("image import (operator + simulator)", start)
     following = f"{simulator.ref}-next"
-    socket = local.node_layout.containerd_socket
-    subprocess.run(
-        [images.CTR, f"--address={socket}", "-n", "k8s.io", "images", "tag", "--force", simulator.ref, following],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    local.tag_image(simulator.ref, following)
     return Images(operator.ref, simulator.ref, following)
 
 
@@ -102,34 +102,7 @@ def prom(local: LocalCluster) -> Iterator[PrometheusServer]:
 def overlay(directory: Path, image: str, namespace: str) -> Path:
     """A kustomization on manifests/overlays/local: the built image, one replica pinned to the real node, used as
     imported, watching only `namespace`."""
-    name, _, tag = image.rpartition(":")
-    base = os.path.relpath(REPO / "manifests" / "overlays" / "local", directory)
-    patch = [
-        {"op": "replace", "path": "/spec/replicas", "value": 1},
-        {"op": "add", "path": "/spec/template/spec/nodeSelector", "value": NODE_SELECTOR},
-        {"op": "add", "path": "/spec/template/spec/tolerations", "value": TOLERATIONS},
-        {"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "Never"},
-        {
-            "op": "replace",
-            "path": "/spec/template/spec/containers/0/args",
-            "value": ["--log-format=json", "--verbose", f"--namespace={namespace}"],
-        },
-    ]
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [base],
-        "images": [{"name": "ghcr.io/proompteng/torghut-rollout-operator", "newName": name, "newTag": tag}],
-        "patches": [
-            {
-                "target": {"group": "apps", "kind": "Deployment", "name": "torghut-rollout-operator"},
-                "patch": yaml.safe_dump(patch),
-            }
-        ],
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
-    return directory
+    return incluster.overlay(directory, image, args=["--log-format=json", "--verbose", f"--namespace={namespace}"])
 
 
 @pytest.fixture
@@ -201,22 +174,6 @@ def prepare_database(pg: PostgresServer, database: str) -> str:
     return local_dsn
 
 
-def container_pid(local: LocalCluster, container_id: str) -> int:
-    """The host PID of a container's init process, from the node's containerd."""
-    out = subprocess.run(
-        [images.CTR, f"--address={local.node_layout.containerd_socket}", "-n", "k8s.io", "tasks", "ls"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout
-    for line in out.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0] == container_id:
-            return int(fields[1])
-    raise AssertionError(f"container {container_id} not among containerd's tasks:\n{out}")
-
-
 def operator_pod(kubectl: Kubectl) -> dict[str, Any]:
     pods = kubectl.json("get", "pods", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/component=operator")["items"]
     running = [p for p in pods if p.get("metadata", {}).get("deletionTimestamp") is None]
@@ -224,14 +181,9 @@ def operator_pod(kubectl: Kubectl) -> dict[str, Any]:
     return dict(running[0])
 
 
-def ready(pod: dict[str, Any]) -> bool:
-    conditions = pod.get("status", {}).get("conditions", [])
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
 def ready_operator(kubectl: Kubectl) -> dict[str, Any] | None:
     pod = operator_pod(kubectl)
-    return pod if ready(pod) else None
+    return pod if pod_ready(pod) else None
 
 
 def test_a_rollout_on_real_containers_survives_its_operator_killed_mid_verify(
@@ -346,11 +298,11 @@ def test_a_rollout_on_real_containers_survives_its_operator_killed_mid_verify(
 
     # kill -9 of the operator's container, found through the node's containerd.
     container_id = first["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
-    pid = container_pid(local, container_id)
+    pid = container_pid(local.node_layout.containerd_socket, container_id)
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     wait_for(
-        lambda: (p := operator_pod(kubectl))["status"]["containerStatuses"][0]["restartCount"] >= 1 and ready(p),
+        lambda: (p := operator_pod(kubectl))["status"]["containerStatuses"][0]["restartCount"] >= 1 and pod_ready(p),
         timeout=180,
         interval=0.5,
         what="the operator restarted by the kubelet and Ready",

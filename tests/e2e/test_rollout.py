@@ -9,14 +9,18 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from tests.e2e.conftest import NEW_IMAGE, OLD_IMAGE, World, rollout_manifest
+from tests.e2e.conftest import NEW_IMAGE, OLD_IMAGE, REAL_NODE_POD, World, rollout_manifest
 from torghut_localstack import torghut_db, workloads
-from torghut_localstack.kwok import FAIL_LABEL
 from torghut_localstack.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
-MIGRATE_JOB = {"image": workloads.BUSYBOX_IMAGE, "command": ["sh", "-c", "echo migrated"], "backoffLimit": 0}
+MIGRATE_JOB = {
+    "image": workloads.BUSYBOX_IMAGE,
+    "command": ["sh", "-c", "echo migrated"],
+    "backoffLimit": 0,
+    **REAL_NODE_POD,  # a real container runs the command
+}
 
 
 def healthy_checks(world: World) -> list[dict[str, Any]]:
@@ -91,7 +95,7 @@ def test_happy_path_migrates_deploys_verifies_and_reports_ready(world: World) ->
 
 
 def test_failed_migration_job_fails_the_rollout_and_leaves_the_target_untouched(world: World) -> None:
-    job = {**MIGRATE_JOB, "command": ["sh", "-c", "exit 1"], "podLabels": {FAIL_LABEL: "true"}}
+    job = {**MIGRATE_JOB, "command": ["sh", "-c", "exit 1"]}
     world.apply(
         rollout_manifest("broken-migration", world, migrate={"job": job}, verify={"checks": healthy_checks(world)})
     )

@@ -1,6 +1,8 @@
 """GitOps e2e harness: a real Argo CD (v3.2.11, built from Go modules) on the session's cluster, syncing from a
 `git daemon` on loopback, with the project's argocd-cm.yaml (health check and resource actions) applied the way the
-README says; the operator still runs as a host process under its ServiceAccount (kwok pods run nothing).
+README says. The rollouts are driven by the e2e tier's operator, in the cluster from its image (namespace
+torghut-rollout-e2e); an Application that syncs manifests/overlays/local installs a second copy, scaled to 0, in
+torghut-rollout-system, which never runs.
 
 The Git repository holds the project's `crds/` and `manifests/` (copied as they are) and one directory per
 Application under `apps/`; every push sends the whole tree, so Applications of earlier tests keep their paths.
@@ -21,6 +23,7 @@ import yaml
 
 from tests.conftest import ClusterHandle
 from tests.e2e.conftest import World
+from torghut_localstack import workloads
 from torghut_localstack.argocd import NAMESPACE, ArgoCD, application_manifest
 from torghut_localstack.kubectl import Kubectl, KubectlError
 from torghut_localstack.wait import NotYet, wait_for
@@ -159,6 +162,9 @@ def gitops_stage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def gitops(argocd: ArgoCD, kubectl: Kubectl, gitops_stage: Path) -> Iterator[GitOps]:
     """The test's Applications are deleted afterwards (their objects stay for the namespace fixture to delete)."""
+    # manifests/overlays/local, which an Application may sync, binds the operator's Role in namespace `torghut`
+    # (its rollout namespace): the namespace exists, as it would in a cluster where Torghut runs.
+    kubectl.apply(workloads.namespace("torghut"))
     ops = GitOps(argocd, kubectl, gitops_stage)
     yield ops
     for name in ops.applications:

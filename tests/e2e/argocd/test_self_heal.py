@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.e2e.argocd.conftest import GitOps, with_wave
-from tests.e2e.conftest import NEW_IMAGE, OLD_IMAGE, World, rollout_manifest, target_deployment
+from tests.e2e.conftest import NEW_IMAGE, OLD_IMAGE, RELEASE_IMAGE, World, rollout_manifest, target_deployment
 from tests.e2e.test_rollout import MIGRATE_JOB
 from torghut_localstack.argocd import application_manifest
 from torghut_localstack.wait import NotYet, wait_for
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 OPERATOR = "torghut-rollout-operator"
 PASSING = {"name": "db-up", "postgres": {"query": "SELECT 1 AS value"}, "min": 1}
 FAILING = {"name": "db-down", "postgres": {"query": "SELECT 0 AS value"}, "min": 1}
-RELEASE_2 = "registry.local/torghut:release-2"
+RELEASE_2 = RELEASE_IMAGE  # a third image the real node has (a tag of its pause image), so release 2 really starts
 
 
 def _git_deployment(name: str) -> dict[str, Any]:
