@@ -27,7 +27,6 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-import yaml
 
 from torghut_localstack import imagebuild, kind, realnode, workloads
 from torghut_localstack.binaries import ensure_argocd_binaries, ensure_binaries
@@ -86,7 +85,7 @@ class ClusterHandle:
                 raise RuntimeError("the local stack has no real node, so no pod reaches this host")
             return self.local.node_ip
         if self.kind_cluster is not None:
-            return self.kind_cluster.host_network()[0]
+            return self.kind_cluster.host_network[0]
         found = os.environ.get("E2E_HOST_ADDRESS")
         if not found:
             raise RuntimeError(
@@ -103,7 +102,7 @@ class ClusterHandle:
         if self.local is not None:
             return [*own, realnode.POD_CIDR]
         if self.kind_cluster is not None:
-            return [*own, self.kind_cluster.host_network()[1], kind_pod_subnet()]
+            return [*own, self.kind_cluster.host_network[1], kind.pod_subnet()]
         return [*own, *filter(None, os.environ.get("E2E_HOST_CLIENTS", "").split(","))]
 
     @property
@@ -118,7 +117,7 @@ class ClusterHandle:
 
 def kind_pod_subnet(config: Path = kind.KIND_CONFIG) -> str:
     """`networking.podSubnet` of kind-config.yaml."""
-    return str(yaml.safe_load(config.read_text())["networking"]["podSubnet"])
+    return kind.pod_subnet(config)
 
 
 def _cluster_mode() -> str:

@@ -11,6 +11,7 @@ the local real node.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import yaml
+
 from torghut_localstack import workloads
 
 KIND_CONFIG: Final = Path(__file__).resolve().parents[2] / "kind-config.yaml"
@@ -28,6 +31,17 @@ CREATE_WAIT: Final = "180s"
 _CREATE_TIMEOUT_S: Final = 600.0
 _DELETE_TIMEOUT_S: Final = 300.0
 _LOAD_TIMEOUT_S: Final = 300.0
+
+
+def provider(environ: Mapping[str, str] | None = None) -> str:
+    """The container engine kind drives: `docker`, or `KIND_EXPERIMENTAL_PROVIDER` (e.g. `podman`)."""
+    env = os.environ if environ is None else environ
+    return env.get("KIND_EXPERIMENTAL_PROVIDER") or "docker"
+
+
+def pod_subnet(config: Path = KIND_CONFIG) -> str:
+    """`networking.podSubnet` of kind-config.yaml: where kind's pod IPs come from."""
+    return str(yaml.safe_load(config.read_text())["networking"]["podSubnet"])
 
 
 class KindError(RuntimeError):
@@ -56,17 +70,17 @@ def load_archive_command(kind: Path, name: str, archive: Path) -> list[str]:
 def engine_problem(environ: Mapping[str, str] | None = None) -> str | None:
     """Why kind can't create a cluster here (no container engine, or one that does not answer), else None."""
     env = os.environ if environ is None else environ
-    provider = env.get("KIND_EXPERIMENTAL_PROVIDER") or "docker"
-    binary = shutil.which(provider, path=env.get("PATH"))
+    engine = provider(env)
+    binary = shutil.which(engine, path=env.get("PATH"))
     if binary is None:
-        return f"kind needs a container engine, but `{provider}` is not on PATH"
+        return f"kind needs a container engine, but `{engine}` is not on PATH"
     try:
         done = subprocess.run([binary, "info"], capture_output=True, text=True, timeout=20, check=False)
     except subprocess.TimeoutExpired:
-        return f"kind needs a container engine, but `{provider} info` did not answer within 20s"
+        return f"kind needs a container engine, but `{engine} info` did not answer within 20s"
     if done.returncode != 0:
         detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"kind needs a running container engine, but `{provider} info` failed: {detail}"
+        return f"kind needs a running container engine, but `{engine} info` failed: {detail}"
     return None
 
 
@@ -94,12 +108,12 @@ class KindCluster:
         """Load a docker archive (e.g. `images.busybox_image().archive`) into every node."""
         run(load_archive_command(self.kind, self.name, archive), timeout=_LOAD_TIMEOUT_S)
 
+    @functools.cached_property
     def host_network(self) -> tuple[str, str]:
         """(gateway, subnet) of the container engine's `kind` network: pods reach this host at the gateway, and
-        their traffic to it comes from the nodes' addresses in the subnet (kindnet masquerades it)."""
-        provider = os.environ.get("KIND_EXPERIMENTAL_PROVIDER") or "docker"
+        their traffic to it comes from the nodes' addresses in the subnet (kindnet masquerades it). Read once."""
         template = "{{range .IPAM.Config}}{{.Gateway}} {{.Subnet}}\n{{end}}"
-        out = run([provider, "network", "inspect", "kind", "--format", template], timeout=30)
+        out = run([provider(), "network", "inspect", "kind", "--format", template], timeout=30)
         for line in out.splitlines():
             gateway, _, subnet = line.strip().partition(" ")
             if gateway and ":" not in gateway:  # the IPv4 pair
@@ -108,9 +122,8 @@ class KindCluster:
 
     def kill_container(self, node: str, container_id: str) -> None:
         """SIGKILL a container's init process on a node (as a node failure would), through the node's crictl."""
-        provider = os.environ.get("KIND_EXPERIMENTAL_PROVIDER") or "docker"
         script = f"kill -9 $(crictl inspect --output go-template --template '{{{{.info.pid}}}}' {container_id})"
-        run([provider, "exec", node, "sh", "-c", script], timeout=30)
+        run([provider(), "exec", node, "sh", "-c", script], timeout=30)
 
 
 @contextmanager

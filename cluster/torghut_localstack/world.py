@@ -48,7 +48,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, TypeVar
 
-import yaml
 from psycopg import sql
 
 from torghut_localstack import imagebuild, images, incluster, kind, realnode, sql_pack, torghut_db, workloads
@@ -566,9 +565,8 @@ class World:
             self._kind = created
             self._kubeconfig = created.kubeconfig
             if self.operator_in_cluster:
-                gateway, subnet = created.host_network()
-                pods = str(yaml.safe_load(KIND_CONFIG.read_text())["networking"]["podSubnet"])
-                self._host, self._host_clients = gateway, [f"{gateway}/32", subnet, pods]
+                gateway, subnet = created.host_network
+                self._host, self._host_clients = gateway, [f"{gateway}/32", subnet, kind.pod_subnet()]
         self._kubectl = Kubectl(bin_dir / "kubectl", self.kubeconfig)
 
     def _start_postgres(self) -> None:
