@@ -129,6 +129,41 @@ def test_an_apply_to_a_version_that_changed_since_it_was_read_is_refused(
     assert container["image"] == f"{OLD_IMAGE}-x"
 
 
+class _RacedGateway(KubeGateway):
+    """Someone else writes the Deployment between the gateway's read and its write, ``races`` times."""
+
+    def __init__(self, api: Any, kubectl: Kubectl, races: int) -> None:
+        super().__init__(api)
+        self.kubectl, self.races, self.reads = kubectl, races, 0
+
+    def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
+        obj = super().get_target(namespace, target)
+        self.reads += 1
+        if self.reads <= self.races:
+            self.kubectl("annotate", "--overwrite", "deployment/torghut", f"race={self.reads}", "-n", namespace)
+        return obj
+
+
+def test_a_write_raced_by_another_writer_reads_again_and_keeps_their_change(
+    cluster: ClusterHandle, kubectl: Kubectl, namespace: str
+) -> None:
+    _apply_as(kubectl, GIT, namespace, _deployment(OLD_IMAGE, {"TRADING_MODE": "paper"}))
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+    gateway = _RacedGateway(api, kubectl, races=2)
+    gateway.set_target_image(namespace, TARGET, NEW_IMAGE)
+    obj, container = _container(kubectl, namespace)
+    assert container["image"] == NEW_IMAGE
+    assert obj["metadata"]["annotations"]["race"] == "2", "the other writer's change was lost"
+    assert gateway.reads == 3
+
+    # A writer that never stops racing: the write gives up with a retryable error and changes nothing.
+    always = _RacedGateway(api, kubectl, races=100)
+    with pytest.raises(TemporaryError, match="changed concurrently"):
+        always.set_target_env(namespace, TARGET, {"TRADING_MODE": "live"})
+    _, container = _container(kubectl, namespace)
+    assert {e["name"]: e.get("value") for e in container["env"]} == {"TRADING_MODE": "paper"}
+
+
 def _long_verification(world: World, name: str, **target: Any) -> dict[str, Any]:
     check = {"name": "db-up", "postgres": {"query": "SELECT 1 AS value"}, "min": 1}
     return rollout_manifest(

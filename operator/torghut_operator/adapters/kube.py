@@ -17,6 +17,7 @@ from torghut_operator.core.manifests import ACTION_ANNOTATION, MANAGED_BY, ROLLO
 from torghut_operator.core.ownership import FIELD_MANAGER, container_apply
 
 TIMEOUT = (5.0, 20.0)
+CONFLICT_ATTEMPTS = 3  # read-modify-write attempts of one target write before the turn gives up (RetryOnConflict)
 """(connect, read) seconds for every call."""
 JOB_LOG_LINES = 20
 JOB_LOG_BYTES = 4096
@@ -35,6 +36,10 @@ def _api_error(what: str, exc: ApiException) -> Exception:
     if exc.status in (400, 403, 422):
         return PermanentError(reason)
     return TemporaryError(reason)
+
+
+class _Conflict(TemporaryError):
+    """The object changed between the read and the write (a failed precondition): read again."""
 
 
 class KubeGateway:
@@ -169,8 +174,22 @@ class KubeGateway:
     def _write_container(
         self, namespace: str, target: Target, *, image: str | None = None, env: dict[str, str | None] | None = None
     ) -> None:
+        """Write the container's image or env, re-reading and retrying when the object changed between the read and
+        the write (the Deployment controller writes its status all the time); after CONFLICT_ATTEMPTS the conflict
+        is a TemporaryError and the next turn tries again."""
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                self._write_container_once(namespace, target, image=image, env=env)
+                return
+            except _Conflict as exc:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise TemporaryError(str(exc)) from None
+
+    def _write_container_once(
+        self, namespace: str, target: Target, *, image: str | None = None, env: dict[str, str | None] | None = None
+    ) -> None:
         """Write the container's image or env under the operator's field manager, only to the version read (a
-        concurrent writer is never overwritten: the next turn retries).
+        concurrent writer is never overwritten: a conflict re-reads).
 
         A Deployment gets a server-side apply (force: the operator takes these fields from whoever owned them,
         e.g. Argo CD, which can then ignore them by manager) that re-states everything the operator already
@@ -217,8 +236,8 @@ class KubeGateway:
                 _request_timeout=TIMEOUT,
             )
         except ApiException as exc:
-            if exc.status == 409:  # the resourceVersion precondition failed: retried next turn
-                raise TemporaryError(f"{what}: changed concurrently") from None
+            if exc.status == 409:  # the resourceVersion precondition failed
+                raise _Conflict(f"{what}: changed concurrently") from None
             raise _api_error(what, exc) from exc
 
     @staticmethod
@@ -259,8 +278,8 @@ class KubeGateway:
         except ApiException as exc:
             if exc.status in ignore:
                 return
-            if exc.status == 422:  # the test op failed: retried next turn
-                raise TemporaryError(f"{what}: changed concurrently") from None
+            if exc.status == 422:  # the test op failed
+                raise _Conflict(f"{what}: changed concurrently") from None
             raise _api_error(what, exc) from exc
 
     # --- evidence ---
