@@ -4,7 +4,7 @@
 
 Builds the world of `torghut_localstack.world` (control plane or kind, Postgres with a Torghut database at its
 newest schema, where `torghut_app` holds nothing on the research tables of migration 0026 and old fills have
-'unknown' adapters, Prometheus, the Torghut simulator, the operator in the cluster from its image on the real
+'unknown' adapters, Prometheus, the Torghut simulator (on the real node: Torghut's own Deployment, from its image), the operator in the cluster from its image on the real
 node, with the target's pods there too; a host process under `--no-real-node`), then applies one
 TorghutRollout that does what a Torghut release needs:
 
@@ -108,7 +108,7 @@ def rollout_manifest(world: World, name: str = ROLLOUT) -> dict[str, Any]:
             "target": {"kind": "Deployment", "name": TARGET, "container": CONTAINER, "image": world.new_image},
             "database": {"secretRef": {"name": APP_SECRET_NAME, "key": APP_SECRET_KEY}, "statementTimeout": "10s"},
             "prometheus": {"url": world.prometheus.url},
-            "serviceUrl": world.simulator.url,
+            "serviceUrl": world.service_url,
             "migrate": {
                 "sql": {"configMapRef": {"name": sql_pack.CONFIGMAP_NAME}},
                 "expect": {

@@ -120,6 +120,24 @@ class KindCluster:
                 return gateway, subnet
         raise KindError(f"the `kind` network has no IPv4 gateway: {out.strip()!r}")
 
+    def nodes(self) -> list[str]:
+        return run([str(self.kind), "get", "nodes", "--name", self.name], timeout=30).split()
+
+    def tag_image(self, source: str, tag: str) -> None:
+        """Name an image loaded into every node `tag` too (the node's `ctr images tag --force`)."""
+        for node in self.nodes():
+            run([provider(), "exec", node, "ctr", "-n", "k8s.io", "images", "tag", "--force", source, tag], timeout=60)
+
+    def digest_of(self, reference: str) -> str:
+        """The digest (`sha256:...`) of a loaded image, as the first node's containerd knows it."""
+        node = self.nodes()[0]
+        out = run([provider(), "exec", node, "ctr", "-n", "k8s.io", "images", "ls", f"name=={reference}"], timeout=60)
+        for line in out.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and fields[0] == reference:
+                return fields[2]
+        raise KindError(f"{reference} is not loaded into kind node {node}:\n{out}")
+
     def kill_container(self, node: str, container_id: str) -> None:
         """SIGKILL a container's init process on a node (as a node failure would), through the node's crictl."""
         script = f"kill -9 $(crictl inspect --output go-template --template '{{{{.info.pid}}}}' {container_id})"

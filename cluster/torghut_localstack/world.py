@@ -17,7 +17,10 @@
 4. the CRD (server-side apply, waited Established), namespace `torghut` with the Secret `torghut-db-app`
    (key `uri`: the app DSN), the Deployment `torghut` (container `torghut`, `OLD_IMAGE`, env
    `TRADING_MODE=paper`) and the route/grant SQL pack ConfigMap;
-5. the Torghut simulator, writing as `torghut_app` and following the Deployment, scraped by Prometheus;
+5. the Torghut simulator, writing as `torghut_app` and following the Deployment, scraped by Prometheus: with
+   `operator_in_cluster`, the Deployment `torghut` runs the simulator's image itself (built without Docker, on the
+   real node, Ready through `GET /healthz`, behind the Service `torghut`; a rollout deploys the same image pinned
+   by its digest), otherwise a host process following a pause Deployment;
 6. the operator: with `operator_in_cluster` (the demo), in the cluster from its image on the real node
    (`incluster.ClusterOperator`: the image built without Docker or found in the cache, imported, installed by
    `kubectl apply -k` of an overlay on manifests/overlays/local), with Postgres, Prometheus and the simulator
@@ -30,7 +33,6 @@ process also gets a kernel signal should this process die, so nothing is left be
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -40,7 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -123,6 +125,61 @@ def target_deployment(
     container["name"] = CONTAINER
     container["env"] = [{"name": k, "value": v} for k, v in (env or {"TRADING_MODE": "paper"}).items()]
     return deployment
+
+
+SIM_PORT: Final = 8181
+"""Where the simulator listens in its container (and its Service's port)."""
+
+
+def simulator_target(
+    image: str,
+    namespace: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    expected_heads: Sequence[str] = (),
+    tick_seconds: float = 0.5,
+) -> dict[str, Any]:
+    """Torghut's Deployment running the simulator's image, as the service runs: on the real node, `DB_DSN` from the
+    app Secret, Ready through `GET /healthz`, and reporting as its build the image its own Deployment declares
+    (`--follow-deployment`, which needs `follower_rbac`)."""
+    deployment = workloads.on_real_node(target_deployment(image, env=env))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container.pop("command", None)
+    container["args"] = [
+        "--host=0.0.0.0",
+        f"--port={SIM_PORT}",
+        f"--tick-seconds={tick_seconds}",
+        f"--follow-deployment={namespace}/{TARGET}/{CONTAINER}",
+        *([f"--expected-heads={','.join(expected_heads)}"] if expected_heads else []),
+    ]
+    container["env"].append(
+        {"name": "DB_DSN", "valueFrom": {"secretKeyRef": {"name": APP_SECRET_NAME, "key": APP_SECRET_KEY}}}
+    )
+    container["ports"] = [{"name": "http", "containerPort": SIM_PORT}]
+    container["readinessProbe"] = {
+        "httpGet": {"path": "/healthz", "port": SIM_PORT},
+        "periodSeconds": 1,
+        "failureThreshold": 2,
+    }
+    return deployment
+
+
+def follower_rbac(namespace: str) -> list[dict[str, Any]]:
+    """The simulator reads its own Deployment (`--follow-deployment`) as the namespace's default account."""
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "sim-follow"},
+        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "sim-follow"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sim-follow"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}],
+    }
+    return [role, binding]
 
 
 def crd_established(crd: Mapping[str, Any] | None) -> bool:
@@ -408,8 +465,10 @@ class World:
         if operator_in_cluster and cluster == "local" and not real_node:
             raise WorldError("the operator can run in the cluster only on a real node: drop --no-real-node")
         self.operator_in_cluster = operator_in_cluster
+        self.old_image: str = OLD_IMAGE
+        """What Torghut's Deployment runs before a rollout (in the cluster: the simulator's image)."""
         self.new_image: str = NEW_IMAGE
-        """The image a rollout deploys (on the real node: the node's pause image, pinned by its own digest)."""
+        """The image a rollout deploys (in the cluster: the simulator's image pinned by its own digest)."""
         self.cluster_mode: ClusterMode = cluster
         self.schema_state: torghut_db.SchemaState = schema_state
         self.real_node = real_node
@@ -428,6 +487,7 @@ class World:
         self._postgres: PostgresServer | None = None
         self._prometheus: PrometheusServer | None = None
         self._simulator: TorghutSimulator | None = None
+        self._service_url: str | None = None
         self._operator: OperatorProcess | incluster.ClusterOperator | None = None
         self._database: Database | None = None
         self._local: LocalCluster | None = None
@@ -466,7 +526,18 @@ class World:
 
     @property
     def simulator(self) -> TorghutSimulator:
+        """The simulator as a process of this host (`operator_in_cluster` off)."""
+        if self._simulator is None and self._service_url is not None:
+            raise WorldError("the simulator runs in the cluster (Deployment torghut), not as a process of this host")
         return _started(self._simulator)
+
+    @property
+    def service_url(self) -> str:
+        """Where Torghut's HTTP surfaces answer the operator: the Service `torghut` by its cluster DNS name when the
+        simulator runs in the cluster, else the simulator process's URL."""
+        if self._service_url is not None:
+            return self._service_url
+        return self.simulator.url
 
     @property
     def operator(self) -> OperatorProcess | incluster.ClusterOperator:
@@ -629,19 +700,25 @@ class World:
             what=f"CRD {CRD_NAME} Established",
             retry_on=(KubectlError,),
         )
-        if self._local is not None and self.operator_in_cluster:
-            self._tag_target_images(self._local)
+        if self.operator_in_cluster:
+            self._simulator_images()
         self.add_target(self.namespace)
 
-    def _tag_target_images(self, local: LocalCluster) -> None:
-        """The target's images on the real node, which never pulls: the node's own pause image under the old tag,
-        and under the new one pinned by its own digest (as a Torghut release is pinned)."""
-        pause = local.images["pause"].reference
-        local.tag_image(pause, OLD_IMAGE)
-        local.tag_image(pause, workloads.PAUSE_IMAGE)
-        digest = images.digest_of(local.node_layout.containerd_socket, workloads.PAUSE_IMAGE)
-        local.tag_image(pause, f"{workloads.PAUSE_IMAGE.rpartition(':')[0]}@{digest}")
-        self.new_image = f"{workloads.PAUSE_IMAGE}@{digest}"
+    def _simulator_images(self) -> None:
+        """The simulator's image (built without Docker, or found in the cache) on the node, which never pulls: the
+        old image under its tag, the new one the same image pinned by its own digest (as a Torghut release is)."""
+        built = imagebuild.build_image(imagebuild.SIMULATOR, log=self._log)
+        repository = built.ref.rpartition(":")[0]
+        if self._local is not None:
+            self._local.import_image(built.docker_archive)
+            digest = images.digest_of(self._local.node_layout.containerd_socket, built.ref)
+            self._local.tag_image(built.ref, f"{repository}@{digest}")
+        else:
+            assert self._kind is not None
+            self._kind.load_archive(built.docker_archive)
+            digest = self._kind.digest_of(built.ref)
+            self._kind.tag_image(built.ref, f"{repository}@{digest}")
+        self.old_image, self.new_image = built.ref, f"{repository}@{digest}"
 
     def add_target(
         self, namespace: str, *, env: Mapping[str, str] | None = None, sql_pack_configmap: bool = True
@@ -650,16 +727,28 @@ class World:
         kubectl = self.kubectl
         kubectl.apply(workloads.namespace(namespace))
         workloads.wait_for_service_account(kubectl, namespace, timeout=60)
-        target = target_deployment(env=env or self.target_env)
+        docs = [app_secret(self.database.app_dsn)]
         if self.operator_in_cluster:
-            target["spec"]["template"]["spec"].update(json.loads(json.dumps(incluster.REAL_NODE_POD)))
-        docs = [app_secret(self.database.app_dsn), target]
+            heads = torghut_db.heads_of(self.schema_state)
+            target = simulator_target(
+                self.old_image,
+                namespace,
+                env=env or self.target_env,
+                expected_heads=heads,
+                tick_seconds=self.tick_seconds,
+            )
+            docs += [*follower_rbac(namespace), workloads.service(TARGET, port=SIM_PORT, target_port=SIM_PORT), target]
+        else:
+            docs.append(target_deployment(env=env or self.target_env))
         if sql_pack_configmap:
             docs.append(sql_pack.configmap_manifest())
         kubectl.apply(*docs, namespace=namespace)
         workloads.wait_for_rollout(kubectl, TARGET, namespace=namespace, timeout=180)
 
     def _start_simulator(self) -> None:
+        if self.operator_in_cluster:
+            self._scrape_simulator_in_cluster()
+            return
         # The simulator's own log goes to a file: its warnings (research writes denied before the grant
         # migration, which is the point) are the app's business, not the terminal's.
         logger = logging.getLogger("torghut_localstack.simulator")
@@ -683,6 +772,31 @@ class World:
         self._simulator = self._enter(simulator)
         self.prometheus.set_targets(self.namespace, [f"{self._host}:{simulator.port}"])
         self.prometheus.wait_for_targets(self.namespace, timeout=60)
+
+    def _scrape_simulator_in_cluster(self) -> None:
+        """The simulator is Torghut's Deployment itself (Ready through its probe, see `add_target`): Prometheus, a
+        host process, scrapes its Service's ClusterIP (kube-proxy's rules cover this host's own traffic, and the
+        address stays while a rollout replaces the pod); the operator calls it by its cluster DNS name."""
+        pods = self.kubectl.json("get", "pods", "-n", self.namespace, "-l", f"app={TARGET}")["items"]
+        for pod in pods:
+            self._log(
+                f"simulator pod {self.namespace}/{pod['metadata']['name']} on node {pod['spec'].get('nodeName')} "
+                f"(image {pod['spec']['containers'][0]['image']}, readiness GET /healthz)"
+            )
+        service = self.kubectl.json("get", "service", TARGET, "-n", self.namespace)
+        self.prometheus.set_targets(self.namespace, [f"{service['spec']['clusterIP']}:{SIM_PORT}"])
+        self.prometheus.wait_for_targets(self.namespace, timeout=60)
+        self._service_url = f"http://{TARGET}.{self.namespace}.svc.cluster.local:{SIM_PORT}"
+        assert self._stack is not None
+        self._stack.callback(self._save_simulator_log)
+
+    def _save_simulator_log(self) -> None:
+        """The simulator containers' log into `simulator.log` of the work dir (kept after a failure)."""
+        try:
+            text = self.kubectl("logs", f"deployment/{TARGET}", "-n", self.namespace, "--all-containers", timeout=30)
+        except KubectlError as error:
+            text = f"(no log of deployment/{TARGET}: {error})\n"
+        (self.workdir / "simulator.log").write_text(text)
 
     def _start_operator(self) -> None:
         if self.operator_in_cluster:

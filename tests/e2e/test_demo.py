@@ -50,4 +50,6 @@ def test_the_demo_carries_a_release_to_succeeded_and_prints_its_evidence(cluster
     assert "TorghutRollout torghut/torghut-release Succeeded" in output
     assert "operator pod torghut-rollout-system/torghut-rollout-operator-" in output  # in the cluster, from its image
     assert "ServiceAccount torghut-rollout-operator)" in output
+    assert "simulator pod torghut/torghut-" in output  # Torghut itself a real container behind its readiness probe
+    assert "readiness GET /healthz" in output
     assert "Traceback" not in output

@@ -35,13 +35,13 @@ from torghut_localstack.postgres import PostgresServer
 from torghut_localstack.prometheus import PrometheusServer
 from torghut_localstack.realnode import REAL_NODE_LABEL, REAL_NODE_TAINT
 from torghut_localstack.wait import wait_for
+from torghut_localstack.world import SIM_PORT, follower_rbac, simulator_target
 
 pytestmark = pytest.mark.e2e
 
 # Outside the host operator's `e2e-*` namespaces: only the in-cluster operator drives these rollouts.
 NAMESPACE_PREFIX = "incluster"
 POD_NETWORK = "10.245.0.0/16"
-SIM_PORT = 8181
 BEFORE_ROUTE_GRANT = "0026_strategy_factory_research_objects"
 ALEMBIC_INI = REPO / "cluster" / "torghut_localstack" / "torghut_migrations" / "alembic.ini"
 MIGRATE_COMMAND = ["alembic", "-c", "/app/alembic.ini", "upgrade", "heads"]
@@ -113,50 +113,6 @@ def installed_operator(kubectl: Kubectl) -> Iterator[None]:
     kubectl("scale", "deployment/torghut-rollout-operator", "-n", OPERATOR_NAMESPACE, "--replicas=0")
 
 
-def simulator_deployment(image: str, namespace: str) -> dict[str, Any]:
-    deployment = workloads.deployment("torghut", image=image)
-    pod = deployment["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    container["name"] = "torghut"
-    container.pop("command", None)
-    container["args"] = [
-        "--host=0.0.0.0",
-        f"--port={SIM_PORT}",
-        "--tick-seconds=0.5",
-        f"--follow-deployment={namespace}/torghut/torghut",
-    ]
-    container["env"] = [
-        {"name": "TRADING_MODE", "value": "paper"},
-        {"name": "DB_DSN", "valueFrom": {"secretKeyRef": {"name": "torghut-db-app", "key": "uri"}}},
-    ]
-    container["ports"] = [{"name": "http", "containerPort": SIM_PORT}]
-    container["readinessProbe"] = {
-        "httpGet": {"path": "/healthz", "port": SIM_PORT},
-        "periodSeconds": 1,
-        "failureThreshold": 2,
-    }
-    workloads.on_real_node(deployment, image=image)
-    return deployment
-
-
-def follower_rbac(namespace: str) -> list[dict[str, Any]]:
-    """The simulator follows its own Deployment (--follow-deployment) with the namespace's default account."""
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": "sim-follow"},
-        "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]}],
-    }
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": "sim-follow"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sim-follow"},
-        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}],
-    }
-    return [role, binding]
-
-
 def prepare_database(pg: PostgresServer, database: str) -> str:
     """A database owned by torghut_app at 0026 (the chain itself, as the app role), and the app DSN pods use."""
     pg.create_role(torghut_db.APP_ROLE, password=APP_PASSWORD)  # the module's own server: a new role
@@ -214,7 +170,7 @@ def test_a_rollout_on_real_containers_survives_its_operator_killed_mid_verify(
 
     # The simulator on the real node, Ready through its /healthz.
     start = time.monotonic()
-    kubectl.apply(simulator_deployment(built.simulator, namespace), namespace=namespace)
+    kubectl.apply(simulator_target(built.simulator, namespace), namespace=namespace)
     workloads.wait_for_rollout(kubectl, "torghut", namespace=namespace, timeout=120)
     _timed("simulator Deployment Available", start)
     # Prometheus (a host process) scrapes the Service's ClusterIP: kube-proxy's rules cover the host's own
