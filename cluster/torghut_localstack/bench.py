@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,10 +60,7 @@ from torghut_operator.core.api.spec import GROUP, KIND, PLURAL, VERSION
 from torghut_operator.core.manifests import MANAGED_BY
 
 TERMINAL: Final = frozenset({"Succeeded", "Failed", "RolledBack", "Aborted"})
-VERIFY_INITIAL_DELAY, VERIFY_INTERVAL, VERIFY_COUNT = 0, 1, 2
-VERIFY: Final = {"initialDelay": f"{VERIFY_INITIAL_DELAY}s", "interval": f"{VERIFY_INTERVAL}s", "count": VERIFY_COUNT}
-VERIFY_WAIT_SECONDS: Final = float(VERIFY_INITIAL_DELAY + (VERIFY_COUNT - 1) * VERIFY_INTERVAL)
-"""initialDelay + (count - 1) x interval: the time verify takes whatever the operator does."""
+VERIFY: Final[Mapping[str, str | int]] = {"initialDelay": "0s", "interval": "1s", "count": 2}
 MIGRATE_JOB: Final = {
     "image": workloads.BUSYBOX_IMAGE,
     "command": ["sh", "-c", "echo migrated"],
@@ -164,32 +163,66 @@ def start_recording(world: World) -> Recorder:
 # Rollouts
 
 
-def rollout_manifest(world: World, namespace: str) -> dict[str, Any]:
-    """A rollout with a migration Job, the new image and one check per provider (Postgres, Prometheus, HTTP)."""
-    checks = [
+@dataclass(frozen=True)
+class Workload:
+    """What each rollout of a phase does. `torghut`: a migration Job and one check per provider (Postgres,
+    Prometheus, HTTP), count 2; `peer`: the shape of the peer's benchmark (Argo Rollouts, a canary with one `web`
+    analysis step): no migration, one HTTP check, count 3, interval 1 s."""
+
+    name: str
+    migrate: bool
+    checks: Callable[[World], list[dict[str, Any]]]
+    verify: Mapping[str, str | int]
+
+    @property
+    def verify_wait(self) -> float:
+        """initialDelay + (count - 1) x interval: the time verify takes whatever the operator does."""
+        delay = float(str(self.verify.get("initialDelay", "0s")).removesuffix("s"))
+        interval = float(str(self.verify["interval"]).removesuffix("s"))
+        return delay + (int(self.verify["count"]) - 1) * interval
+
+
+def _torghut_checks(world: World) -> list[dict[str, Any]]:
+    return [
         {"name": "executions-written", "postgres": {"query": "SELECT count(*) AS value FROM executions"}, "min": 1},
         {
             "name": "decisions-flowing",
             "prometheus": {"query": "sum(torghut_trading_decisions_total)"},
             "successCondition": "result > 0",
         },
-        {
-            "name": "healthz",
-            "http": {"url": f"{world.simulator.url}/healthz", "jsonPath": "$.status"},
-            "successCondition": 'result == "ok"',
-        },
+        _healthz(world),
     ]
+
+
+def _healthz(world: World) -> dict[str, Any]:
+    return {
+        "name": "healthz",
+        "http": {"url": f"{world.simulator.url}/healthz", "jsonPath": "$.status"},
+        "successCondition": 'result == "ok"',
+    }
+
+
+WORKLOADS: Final[Mapping[str, Workload]] = {
+    "peer": Workload("peer", migrate=False, checks=lambda w: [_healthz(w)], verify={"interval": "1s", "count": 3}),
+    "torghut": Workload("torghut", migrate=True, checks=_torghut_checks, verify=VERIFY),
+}
+
+
+def rollout_manifest(world: World, namespace: str, workload: Workload = WORKLOADS["torghut"]) -> dict[str, Any]:
+    """The rollout of `workload` in `namespace`: the new image, then its checks."""
+    spec: dict[str, Any] = {
+        "target": {"kind": "Deployment", "name": TARGET, "container": CONTAINER, "image": NEW_IMAGE},
+        "verify": {**workload.verify, "checks": workload.checks(world)},
+    }
+    if workload.migrate:
+        spec["database"] = {"secretRef": {"name": APP_SECRET_NAME, "key": APP_SECRET_KEY}}
+        spec["prometheus"] = {"url": world.prometheus.url}
+        spec["migrate"] = {"job": MIGRATE_JOB}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {"name": ROLLOUT, "namespace": namespace},
-        "spec": {
-            "target": {"kind": "Deployment", "name": TARGET, "container": CONTAINER, "image": NEW_IMAGE},
-            "database": {"secretRef": {"name": APP_SECRET_NAME, "key": APP_SECRET_KEY}},
-            "prometheus": {"url": world.prometheus.url},
-            "migrate": {"job": MIGRATE_JOB},
-            "verify": {**VERIFY, "checks": checks},
-        },
+        "spec": spec,
     }
 
 
@@ -235,10 +268,11 @@ class Cluster:
 
         return exists
 
-    def create_rollout(self, world: World, namespace: str) -> float:
+    def create_rollout(self, world: World, namespace: str, workload: Workload) -> float:
         """Create the rollout; returns when the API server accepted it (`time.time()`)."""
+        manifest = rollout_manifest(world, namespace, workload)
         self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, rollout_manifest(world, namespace), _request_timeout=REQUEST_TIMEOUT
+            GROUP, VERSION, namespace, PLURAL, manifest, _request_timeout=REQUEST_TIMEOUT
         )
         return time.time()
 
@@ -312,7 +346,7 @@ def _epoch(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def analyse(recorder: Recorder, namespace: str, applied_at: float) -> RolloutFigures:
+def analyse(recorder: Recorder, namespace: str, applied_at: float, verify_wait: float) -> RolloutFigures:
     rollout = recorder.history("rollout", namespace, ROLLOUT)
     final = rollout[-1][1] if rollout else {}
     status = final.get("status") or {}
@@ -348,7 +382,7 @@ def analyse(recorder: Recorder, namespace: str, applied_at: float) -> RolloutFig
             transitions["last measurement → Succeeded"] = succeeded - max(_epoch(s) for s in stamps)
 
     end = succeeded if succeeded is not None else (rollout[-1][0] if rollout else applied_at)
-    waited = VERIFY_WAIT_SECONDS
+    waited = verify_wait
     if job_created is not None and job_done is not None:
         waited += job_done - job_created
     if patched is not None and available is not None:
@@ -379,133 +413,362 @@ class Row:
         return [self.label, self.unit, str(len(self.values)), *(fmt.format(v * scale) for v in stats)]
 
 
-def section_rows(latency: str, overhead: str, figures: Sequence[RolloutFigures]) -> list[Row]:
-    by_transition: dict[str, list[float]] = defaultdict(list)
-    for f in figures:
-        for name, seconds in f.transitions.items():
-            by_transition[name].append(seconds)
-    rows = [Row(f"{latency} {name}", values, "ms") for name, values in by_transition.items()]
-    rows.append(Row(f"{latency} every transition", [v for vs in by_transition.values() for v in vs], "ms"))
-    rows.append(Row(f"{overhead} wall, apply → Succeeded", [f.wall for f in figures], "s"))
-    rows.append(Row(f"{overhead} waited for Job, rollout, verify", [f.waited for f in figures], "s"))
-    rows.append(Row(f"{overhead} operator overhead", [f.overhead for f in figures], "s"))
-    rows.append(Row(f"{overhead} overhead / wall", [f.overhead / f.wall for f in figures if f.wall > 0], "%"))
-    return rows
+# --------------------------------------------------------------------------------------------------
+# Write conflicts, CPU profile
+
+
+WRITE_VERBS: Final = frozenset({"PATCH", "APPLY", "PUT", "UPDATE"})
+
+
+def write_conflicts(world: World) -> Counter[str]:
+    """Writes the API server answered 409 Conflict or 422 (a failed precondition or JSON-patch test) so far, by
+    any client, per `resource verb code`: `apiserver_request_total` of its own /metrics."""
+    return count_write_conflicts(world.kubectl("get", "--raw", "/metrics", timeout=60))
+
+
+def count_write_conflicts(metrics: str) -> Counter[str]:
+    """`apiserver_request_total` series of a write verb answered 409 or 422 in /metrics text, per
+    `resource[/subresource] verb code`, leaving out the status writes of built-in workloads (not the operator's)."""
+    found: Counter[str] = Counter()
+    for line in metrics.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        body = line[line.index("{") + 1 : line.rindex("}")]
+        labels = dict(part.split("=", 1) for part in body.replace('"', "").split(",") if "=" in part)
+        if labels.get("subresource") == "status" and labels.get("resource") != PLURAL:
+            continue  # the status of Deployments, ReplicaSets, pods: kwok and the controllers, never the operator
+        if labels.get("code") in ("409", "422") and labels.get("verb") in WRITE_VERBS:
+            resource = labels.get("resource", "?") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+            found[f"{resource} {labels['verb']} {labels['code']}"] += int(float(line.rsplit(" ", 1)[1]))
+    return found
+
+
+class Profiler:
+    """py-spy sampling the operator (without pausing it) into an SVG flame graph and raw stacks for the top list."""
+
+    def __init__(self, pid: int, out_dir: Path, label: str) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.svg = out_dir / f"operator-{label}.svg"
+        self.raw = out_dir / f"operator-{label}.txt"
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+        if spy is None:
+            raise WorldError("py-spy is missing: make deps installs it from the lock file")
+        common = [spy, "record", "--pid", str(pid), "--rate", "50", "--nonblocking"]
+        self.processes = [
+            subprocess.Popen(
+                [*common, "--format", fmt, "--output", str(path)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for fmt, path in (("flamegraph", self.svg), ("raw", self.raw))
+        ]
+
+    def stop(self) -> list[tuple[str, float]]:
+        """Stop sampling, write both files; the five functions with the most samples on CPU (share of all)."""
+        for process in self.processes:
+            process.send_signal(signal.SIGINT)
+        for process in self.processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        return top_functions(self.raw.read_text() if self.raw.exists() else "")
+
+
+def top_functions(raw: str, count: int = 5) -> list[tuple[str, float]]:
+    """From py-spy's raw (collapsed) stacks: the `count` leaf functions with the most samples, as shares."""
+    self_samples: dict[str, int] = defaultdict(int)
+    total = 0
+    for line in raw.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        name, _, where = leaf.partition(" (")
+        file = where.rstrip(")").rsplit(":", 1)[0]
+        short = "/".join(Path(file).parts[-2:]) if file else "?"
+        self_samples[f"{name} ({short})"] += int(samples)
+        total += int(samples)
+    ranked = sorted(self_samples.items(), key=lambda item: -item[1])[:count]
+    return [(name, n / total) for name, n in ranked] if total else []
 
 
 # --------------------------------------------------------------------------------------------------
-# Main
+# Phases
+
+
+@dataclass
+class Phase:
+    workload: str
+    scale: int
+    """1: rollouts one after another; n: n rollouts applied at once"""
+    figures: list[RolloutFigures]
+    cpu_seconds: float | None
+    peak_rss_kib: int | None
+    makespan: float
+    conflicts: Counter[str]
+    top: list[tuple[str, float]] = field(default_factory=list)
+    profile: Path | None = None
+
+    @property
+    def advances(self) -> list[float]:
+        return [v for f in self.figures for v in f.transitions.values()]
+
+    @property
+    def done(self) -> int:
+        return sum(f.phase == "Succeeded" for f in self.figures)
+
+    @property
+    def cpu_per_rollout(self) -> float | None:
+        return None if self.cpu_seconds is None else self.cpu_seconds / max(len(self.figures), 1)
+
+
+def run_phase(
+    world: World,
+    cluster: Cluster,
+    recorder: Recorder,
+    workload: Workload,
+    namespaces: Sequence[str],
+    *,
+    at_once: bool,
+    console: Console,
+    profile_dir: Path | None = None,
+) -> Phase:
+    """Targets first (not measured), then the rollouts: one after another, or all at once."""
+    started = time.monotonic()
+    cluster.create_targets(world, namespaces, recorder)
+    console.print(f"  {len(namespaces)} targets Available in {time.monotonic() - started:.1f}s")
+    operator = world.operator_process
+    cpu_before, conflicts_before = operator.cpu_seconds(), write_conflicts(world)
+    label = f"{workload.name}-{len(namespaces)}"
+    profiler = Profiler(operator.pid, profile_dir, label) if profile_dir is not None else None
+    figures = []
+    try:
+        if at_once:
+            applied = {ns: cluster.create_rollout(world, ns, workload) for ns in namespaces}
+            wait_all_terminal(recorder, namespaces, PARALLEL_TIMEOUT * max(1, len(namespaces) // 50))
+            figures = [analyse(recorder, ns, applied[ns], workload.verify_wait) for ns in namespaces]
+            first = min(applied.values())
+            makespan = max(applied[f.namespace] + f.wall for f in figures) - first
+        else:
+            first = time.time()
+            for ns in namespaces:
+                at = cluster.create_rollout(world, ns, workload)
+                wait_all_terminal(recorder, [ns], SEQUENTIAL_TIMEOUT)
+                figures.append(analyse(recorder, ns, at, workload.verify_wait))
+            makespan = time.time() - first
+    finally:
+        top = profiler.stop() if profiler is not None else []
+    cpu_after = operator.cpu_seconds()
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return Phase(
+        workload.name,
+        len(namespaces) if at_once else 1,
+        figures,
+        cpu,
+        operator.peak_rss_kib(),
+        makespan,
+        write_conflicts(world) - conflicts_before,
+        top,
+        profiler.svg if profiler is not None else None,
+    )
+
+
+def run_workload(
+    workload: Workload, sequential: int, scales: Sequence[int], profile_at: int, out_dir: Path, console: Console
+) -> tuple[list[Phase], list[float], int | None]:
+    """One operator (its own world) through `sequential` rollouts one at a time, then each scale at once."""
+    console.print(f"[bold]{workload.name}[/]: a fresh world and operator ...")
+    log = lambda line: console.print(f"  [dim]{line}[/]", highlight=False)  # noqa: E731
+    with World(tick_seconds=1.0, real_node=False, log=log) as world:
+        idle = world.operator_process.peak_rss_kib()
+        recorder = start_recording(world)
+        cluster = Cluster(world)
+        phases = []
+        try:
+            seq = [f"bench-{workload.name}-seq-{i:03d}" for i in range(sequential)]
+            console.print(f"  {sequential} rollouts one after another ...")
+            phases.append(run_phase(world, cluster, recorder, workload, seq, at_once=False, console=console))
+            rtt = cluster.round_trips(seq[0])
+            for scale in scales:
+                names = [f"bench-{workload.name}-x{scale}-{i:03d}" for i in range(scale)]
+                console.print(f"  {scale} rollouts at once ...")
+                profile = out_dir if scale == profile_at else None
+                phase = run_phase(
+                    world, cluster, recorder, workload, names, at_once=True, console=console, profile_dir=profile
+                )
+                phases.append(phase)
+        finally:
+            recorder.stopping.set()
+            cluster.close()
+        for error in recorder.errors:
+            console.print(f"[yellow]note:[/] {error}")
+    return phases, rtt, idle
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets (issue: half the peer's cost per rollout, 200 at once)
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    workload: str
+    scale: int
+    limit: float
+    unit: str
+    measure: Callable[[Phase, float], float | None]
+
+    def judge(self, phases: Sequence[Phase], rtt50: float) -> tuple[float | None, bool | None]:
+        phase = next((p for p in phases if p.workload == self.workload and p.scale == self.scale), None)
+        value = None if phase is None else self.measure(phase, rtt50)
+        return value, (None if value is None else value <= self.limit)
+
+
+def _p(values: Sequence[float], q: float) -> float | None:
+    return percentile(values, q) if values else None
+
+
+def _div(value: float | None, by: float) -> float | None:
+    return None if value is None else value / by
+
+
+TARGETS: Final = (
+    Target("overhead p50", "peer", 50, 0.3, "s", lambda p, _: _p([f.overhead for f in p.figures], 50)),
+    Target("CPU per rollout", "peer", 50, 0.1, "s", lambda p, _: p.cpu_per_rollout),
+    Target("peak RSS after 50 at once", "peer", 50, 100, "MiB", lambda p, _: _div(p.peak_rss_kib, 1024)),
+    Target("stage advance p99 at 1", "peer", 1, 5, "x RTT", lambda p, r: _div(_p(p.advances, 99), r)),
+    Target("stage advance p99 at 50", "peer", 50, 20, "x RTT", lambda p, r: _div(_p(p.advances, 99), r)),
+    Target("stage advance p99 at 200", "peer", 200, 2, "s", lambda p, _: _p(p.advances, 99)),
+    Target("peak RSS after 200 at once", "peer", 200, 150, "MiB", lambda p, _: _div(p.peak_rss_kib, 1024)),
+    Target("rollouts not finished at 200", "peer", 200, 0, "", lambda p, _: float(len(p.figures) - p.done)),
+    Target("write conflicts per rollout at 200", "peer", 200, 1, "", lambda p, _: p.conflicts.total() / 200),
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Output
+
+
+def _ms(value: float | None, rtt50: float) -> str:
+    return "—" if value is None else f"{value * 1000:.0f} ({value / rtt50:.0f}x)"
+
+
+def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
+    table = Table(title="per workload and scale", title_justify="left", header_style="bold")
+    heads = (
+        "workload", "at once", "done", "advance p50 ms (xRTT)", "advance p99 ms (xRTT)", "overhead p50 s",
+        "overhead p99 s", "CPU/rollout s", "peak RSS MiB", "makespan s", "write conflicts",
+    )  # fmt: skip
+    for head in heads:
+        table.add_column(head, justify="left" if head == "workload" else "right")
+    for p in phases:
+        overheads = [f.overhead for f in p.figures]
+        cpu = p.cpu_per_rollout
+        table.add_row(
+            p.workload,
+            "1 (one after another)" if p.scale == 1 else str(p.scale),
+            f"{p.done}/{len(p.figures)}",
+            _ms(_p(p.advances, 50), rtt50),
+            _ms(_p(p.advances, 99), rtt50),
+            "—" if not overheads else f"{_p(overheads, 50):.2f}",
+            "—" if not overheads else f"{_p(overheads, 99):.2f}",
+            "—" if cpu is None else f"{cpu:.3f}",
+            "—" if p.peak_rss_kib is None else f"{p.peak_rss_kib / 1024:.0f}",
+            f"{p.makespan:.1f}",
+            str(p.conflicts.total()),
+        )
+    return table
+
+
+def target_table(phases: Sequence[Phase], rtt50: float) -> Table:
+    table = Table(title="targets (peer-shaped workload)", title_justify="left", header_style="bold")
+    for head in ("target", "at once", "limit", "measured", "met"):
+        table.add_column(head, justify="left" if head == "target" else "right")
+    for t in TARGETS:
+        value, met = t.judge(phases, rtt50)
+        shown = "—" if value is None else f"{value:.3g} {t.unit}".strip()
+        verdict = "—" if met is None else "[green]yes[/]" if met else "[red]no[/]"
+        table.add_row(t.what, str(t.scale), f"≤ {t.limit:g} {t.unit}".strip(), shown, verdict)
+    return table
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run(sequential: int, parallel: int, console: Console) -> int:
+def run(
+    workloads: Sequence[str], sequential: int, scales: Sequence[int], profile_at: int, out_dir: Path, console: Console
+) -> int:
     started = time.monotonic()
     console.print(f"[bold]Torghut rollout operator benchmark[/] ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})")
-    with World(tick_seconds=1.0, log=lambda line: console.print(f"  [dim]{line}[/]", highlight=False)) as world:
-        hwm_start = world.operator_process.peak_rss_kib()
-        cpu_start = world.operator_process.cpu_seconds()
-        recorder = start_recording(world)
-        cluster = Cluster(world)
-        try:
-            seq_ns = [f"bench-seq-{i:02d}" for i in range(sequential)]
-            par_ns = [f"bench-par-{i:02d}" for i in range(parallel)]
-            t0 = time.monotonic()
-            cluster.create_targets(world, seq_ns, recorder)
-            console.print(f"  {sequential} sequential targets ready in {time.monotonic() - t0:.1f}s")
-            rtt = cluster.round_trips(seq_ns[0])
-
-            console.print(f"(a)+(b): {sequential} rollouts one after another ...")
-            sequential_figures = []
-            for ns in seq_ns:
-                applied = cluster.create_rollout(world, ns)
-                wait_all_terminal(recorder, [ns], SEQUENTIAL_TIMEOUT)
-                sequential_figures.append(analyse(recorder, ns, applied))
-            hwm_before = world.operator_process.peak_rss_kib()
-            cpu_before = world.operator_process.cpu_seconds()
-
-            t0 = time.monotonic()
-            cluster.create_targets(world, par_ns, recorder)
-            console.print(f"  {parallel} parallel targets ready in {time.monotonic() - t0:.1f}s")
-            console.print(f"(c): {parallel} rollouts at once ...")
-            applied_at = {ns: cluster.create_rollout(world, ns) for ns in par_ns}
-            first_apply = min(applied_at.values())
-            wait_all_terminal(recorder, par_ns, PARALLEL_TIMEOUT)
-            parallel_figures = [analyse(recorder, ns, applied_at[ns]) for ns in par_ns]
-            makespan = max(first_apply + f.wall for f in parallel_figures) - first_apply
-            hwm = world.operator_process.peak_rss_kib()
-            rss = world.operator_process.rss_kib()
-            cpu_after = world.operator_process.cpu_seconds()
-        finally:
-            recorder.stopping.set()
-            cluster.close()
-
-    failed = [f for f in (*sequential_figures, *parallel_figures) if f.phase != "Succeeded"]
-    table = Table(title="TorghutRollout operator benchmark", title_justify="left", header_style="bold")
-    for column in ("measure", "unit", "n", "p50", "p99", "max"):
-        table.add_column(column, justify="left" if column in ("measure", "unit") else "right")
-    rows = [
-        *section_rows("(a)", "(b)", sequential_figures),
-        *section_rows(f"(c) x{parallel}", f"(c) x{parallel}", parallel_figures),
-        Row("API GET round trip (yardstick)", rtt, "ms"),
-    ]
-    for row in rows:
-        table.add_row(*row.cells())
-    console.print(table)
-
-    seq_all = [v for f in sequential_figures for v in f.transitions.values()]
-    par_all = [v for f in parallel_figures for v in f.transitions.values()]
-    rtt50 = statistics.median(rtt)
+    phases: list[Phase] = []
+    rtts: list[float] = []
+    idle: dict[str, int | None] = {}
+    for name in workloads:
+        found, rtt, idle[name] = run_workload(WORKLOADS[name], sequential, scales, profile_at, out_dir, console)
+        phases += found
+        rtts += rtt
+    rtt50 = statistics.median(rtts)
+    console.print(phase_table(phases, rtt50))
     facts = Table(show_header=False, box=None)
     facts.add_column()
     facts.add_column(justify="right")
-    facts.add_row(f"(c) makespan, first apply → last Succeeded, {parallel} rollouts", f"{makespan:.1f} s")
-    facts.add_row("(c) throughput", f"{parallel / makespan:.2f} rollouts/s")
-    if hwm is not None:
-        peaks = " → ".join(f"{(k or 0) / 1024:.0f}" for k in (hwm_start, hwm_before, hwm))
-        facts.add_row("operator peak memory VmHWM: idle → after (a,b) → after (c)", f"{peaks} MiB")
-    if rss is not None:
-        facts.add_row("operator resident memory at the end", f"{rss / 1024:.0f} MiB")
-    if cpu_start is not None and cpu_before is not None and cpu_after is not None:
-        facts.add_row("operator CPU per rollout, sequential", f"{(cpu_before - cpu_start) / sequential:.2f} s")
-        facts.add_row("operator CPU per rollout, parallel", f"{(cpu_after - cpu_before) / parallel:.2f} s")
-    if seq_all and par_all:
-        facts.add_row(
-            "stage advance p50, parallel / sequential",
-            f"{statistics.median(par_all) / statistics.median(seq_all):.1f}x",
-        )
-        facts.add_row(
-            "stage advance p50 / API round trip p50 (sequential)", f"{statistics.median(seq_all) / rtt50:.1f}x"
-        )
-        facts.add_row("stage advance p50 / API round trip p50 (parallel)", f"{statistics.median(par_all) / rtt50:.1f}x")
+    facts.add_row(
+        "API GET round trip p50 / p99 (the yardstick)", f"{rtt50 * 1000:.1f} / {percentile(rtts, 99) * 1000:.1f} ms"
+    )
+    for name, kib in idle.items():
+        if kib is not None:
+            facts.add_row(f"{name}: operator peak RSS at idle (after start)", f"{kib / 1024:.0f} MiB")
     facts.add_row("benchmark wall time", f"{time.monotonic() - started:.0f} s")
     console.print(facts)
-    console.print("[dim]p99 is nearest-rank: with fewer than 100 values it is the maximum.[/]")
-    for error in recorder.errors:
-        console.print(f"[yellow]note:[/] {error}")
-    if failed:
-        for f in failed:
-            console.print(f"[bold red]{f.namespace}/{ROLLOUT} ended {f.phase}:[/] {f.message}")
-        return 1
-    return 0
+    if "peer" in workloads:
+        console.print(target_table(phases, rtt50))
+    for p in phases:
+        if p.conflicts:
+            where = ", ".join(f"{what}: {n}" for what, n in p.conflicts.most_common())
+            console.print(f"write conflicts, {p.workload} x {p.scale}: {where}")
+    for p in phases:
+        if p.profile is not None:
+            console.print(f"[bold]CPU profile, {p.workload} x {p.scale} at once[/]: {p.profile} (flame graph)")
+            for i, (function, share) in enumerate(p.top, 1):
+                console.print(f"  {i}. {share * 100:5.1f}%  {function}")
+    console.print(
+        "[dim]stage advance: from a stage's completion becoming observable to the next phase seen; overhead: wall "
+        "minus what the rollout had to wait for; p99 is nearest-rank (with fewer than 100 values, the maximum); "
+        "write conflicts: 409/422 answers to writes of what the operator writes (rollouts and their status, Deployments, "
+        "Jobs, ConfigMaps).[/]"
+    )
+    failed = [f for p in phases for f in p.figures if f.phase != "Succeeded"]
+    for f in failed:
+        console.print(f"[bold red]{f.namespace}/{ROLLOUT} ended {f.phase}:[/] {f.message}")
+    return 1 if failed else 0
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m torghut_localstack.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--sequential", type=int, default=12, help="rollouts one after another for (a), (b); 3 transitions each"
-    )
-    parser.add_argument("--parallel", type=int, default=50, help="rollouts at once for (c)")
+    parser.add_argument("--workloads", default="peer,torghut", help="comma-separated: peer, torghut")
+    parser.add_argument("--sequential", type=int, default=12, help="rollouts one after another (stage advance at 1)")
+    parser.add_argument("--scales", default="50,200", help="comma-separated numbers of rollouts applied at once")
+    parser.add_argument("--profile-at", type=int, default=50, help="py-spy records the operator at this scale")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), help="where the flame graphs go")
     args = parser.parse_args(argv)
-    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 110)
+    workloads = [w for w in args.workloads.split(",") if w]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload {', '.join(unknown)}: use {', '.join(WORKLOADS)}")
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     # Ctrl-C, `timeout`, a closed terminal or a cancelled CI job: each stops the world in order (SIGINT too,
     # which a shell leaves ignored for background jobs).
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
-        return run(args.sequential, args.parallel, console)
+        return run(workloads, args.sequential, _ints(args.scales), args.profile_at, args.out, console)
     except (WorldError, TimeoutError, WaitTimeout) as error:
         console.print(f"[bold red]bench: {error}[/]")
         return 2

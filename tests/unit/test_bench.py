@@ -1,0 +1,52 @@
+"""`make bench`'s own arithmetic: the hot spots it lists from py-spy's stacks and the write conflicts it counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from torghut_localstack.bench import WORKLOADS, count_write_conflicts, top_functions
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_top_list_ranks_leaf_functions_by_samples_as_shares() -> None:
+    raw = "\n".join(
+        [
+            "<module> (torghut_operator/__main__.py:3);run (kopf/_core/reactor/running.py:10);poll (selectors.py:468) 60",
+            "<module> (torghut_operator/__main__.py:3);deserialize (kubernetes/client/api_client.py:290) 25",
+            "<module> (torghut_operator/__main__.py:3);deserialize (kubernetes/client/api_client.py:301) 10",
+            "<module> (torghut_operator/__main__.py:3);evaluate (torghut_operator/core/cel.py:40) 5",
+            "not a stack line",
+        ]
+    )
+    top = top_functions(raw, count=2)
+    assert [name for name, _ in top] == ["poll (selectors.py)", "deserialize (client/api_client.py)"]
+    assert [round(share, 2) for _, share in top] == [0.6, 0.35]
+    assert top_functions("") == []
+
+
+def test_only_conflicting_writes_count_as_conflicts() -> None:
+    metrics = "\n".join(
+        [
+            "# HELP apiserver_request_total Counter of apiserver requests",
+            'apiserver_request_total{code="409",component="apiserver",resource="deployments",verb="APPLY"} 3',
+            'apiserver_request_total{code="422",component="apiserver",resource="torghutrollouts",verb="PATCH"} 2',
+            'apiserver_request_total{code="409",component="apiserver",resource="configmaps",verb="POST"} 7',
+            'apiserver_request_total{code="200",component="apiserver",resource="deployments",verb="PATCH"} 900',
+            'apiserver_request_total{code="409",component="apiserver",resource="deployments",subresource="status",verb="PUT"} 4',
+            'apiserver_request_total{code="409",resource="torghutrollouts",subresource="status",verb="PATCH"} 1',
+        ]
+    )
+    found = count_write_conflicts(metrics)
+    assert found == {
+        "deployments APPLY 409": 3,
+        "torghutrollouts PATCH 422": 2,
+        "torghutrollouts/status PATCH 409": 1,
+    }  # not: a create of an existing object, kwok's status
+
+
+def test_the_peer_workload_waits_two_seconds_in_verify_and_runs_no_migration() -> None:
+    peer = WORKLOADS["peer"]
+    assert peer.verify_wait == 2.0
+    assert not peer.migrate
+    assert WORKLOADS["torghut"].verify_wait == 1.0
