@@ -453,7 +453,7 @@ class Profiler:
         spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
         if spy is None:
             raise WorldError("py-spy is missing: make deps installs it from the lock file")
-        common = [spy, "record", "--pid", str(pid), "--rate", "50", "--nonblocking"]
+        common = [spy, "record", "--pid", str(pid), "--rate", "50", "--gil"]
         self.processes = [
             subprocess.Popen(
                 [*common, "--format", fmt, "--output", str(path)],

@@ -6,6 +6,7 @@ Built on the official ``kubernetes`` client (synchronous; the reconciler calls i
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any, cast
 
 from kubernetes import client
@@ -29,6 +30,25 @@ def as_dict(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TemporaryError(f"unexpected answer from the API server: {type(value).__name__}")
     return value
+
+
+def _json(response: Any, what: str) -> dict[str, Any]:
+    """The JSON body of a call made with ``_preload_content=False``: a plain dict, without the client building its
+    model objects and serialising them back (most of a read's CPU)."""
+    try:
+        value = json.loads(response.data)
+    except ValueError:
+        raise TemporaryError(f"{what}: the API server's answer is not JSON") from None
+    finally:
+        response.release_conn()
+    return as_dict(value)
+
+
+def _release(response: Any) -> None:
+    """Give back the connection of a call made with ``_preload_content=False`` whose answer is not needed (read to
+    its end first: a connection with unread data can't serve the next request)."""
+    response.drain_conn()
+    response.release_conn()
 
 
 def _api_error(what: str, exc: ApiException) -> Exception:
@@ -105,16 +125,19 @@ class KubeGateway:
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            job = self._batch.read_namespaced_job(name, namespace, _request_timeout=TIMEOUT)
+            job = self._batch.read_namespaced_job(name, namespace, _request_timeout=TIMEOUT, _preload_content=False)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise _api_error(f"get Job {namespace}/{name}", exc) from exc
-        return as_dict(self._batch.api_client.sanitize_for_serialization(job))
+        return _json(job, f"get Job {namespace}/{name}")
 
     def create_job(self, namespace: str, manifest: dict[str, Any]) -> None:
         try:
-            self._batch.create_namespaced_job(namespace, cast(Any, manifest), _request_timeout=TIMEOUT)
+            created = self._batch.create_namespaced_job(
+                namespace, cast(Any, manifest), _request_timeout=TIMEOUT, _preload_content=False
+            )
+            _release(created)
         except ApiException as exc:
             if exc.status == 409:  # created before a restart: the name is deterministic, so it is ours
                 return
@@ -124,11 +147,11 @@ class KubeGateway:
         """The last lines of the Job's most recent failed pod (its kept pods; the newest pod if none failed)."""
         try:
             listed = self._core.list_namespaced_pod(
-                namespace, label_selector=f"job-name={job}", _request_timeout=TIMEOUT
+                namespace, label_selector=f"job-name={job}", _request_timeout=TIMEOUT, _preload_content=False
             )
         except ApiException as exc:
             raise _api_error(f"list pods of Job {namespace}/{job}", exc) from exc
-        pods = [as_dict(self._core.api_client.sanitize_for_serialization(p)) for p in listed.items]
+        pods = [as_dict(p) for p in _json(listed, f"list pods of Job {namespace}/{job}").get("items") or []]
         if not pods:
             return ""
         failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"] or pods
@@ -152,8 +175,10 @@ class KubeGateway:
     def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
         try:
             if target.kind is TargetKind.DEPLOYMENT:
-                obj = self._apps.read_namespaced_deployment(target.name, namespace, _request_timeout=TIMEOUT)
-                return as_dict(self._apps.api_client.sanitize_for_serialization(obj))
+                obj = self._apps.read_namespaced_deployment(
+                    target.name, namespace, _request_timeout=TIMEOUT, _preload_content=False
+                )
+                return _json(obj, f"get Deployment {namespace}/{target.name}")
             return as_dict(
                 self._custom.get_namespaced_custom_object(
                     "serving.knative.dev", "v1", namespace, "services", target.name, _request_timeout=TIMEOUT
@@ -226,7 +251,7 @@ class KubeGateway:
 
     def _apply_deployment(self, namespace: str, name: str, body: dict[str, Any], what: str) -> None:
         try:
-            self._apps.patch_namespaced_deployment(
+            answer = self._apps.patch_namespaced_deployment(
                 name,
                 namespace,
                 body,
@@ -234,7 +259,9 @@ class KubeGateway:
                 force=True,
                 _content_type="application/apply-patch+yaml",
                 _request_timeout=TIMEOUT,
+                _preload_content=False,  # the answer is not read: no models built
             )
+            _release(answer)
         except ApiException as exc:
             if exc.status == 409:  # the resourceVersion precondition failed
                 raise _Conflict(f"{what}: changed concurrently") from None
@@ -254,14 +281,16 @@ class KubeGateway:
         json_patch = "application/json-patch+json"
         try:
             if path[0] == "deployments":
-                self._apps.patch_namespaced_deployment(
+                answer = self._apps.patch_namespaced_deployment(
                     path[2],
                     path[1],
                     ops,
                     field_manager=FIELD_MANAGER,
                     _content_type=json_patch,
                     _request_timeout=TIMEOUT,
+                    _preload_content=False,  # the answer is not read: no models built
                 )
+                _release(answer)
             else:
                 group, version, namespace, plural, name = path
                 self._custom.patch_namespaced_custom_object(
@@ -299,12 +328,20 @@ class KubeGateway:
             "data": {"report.md": report},
         }
         try:
-            self._core.create_namespaced_config_map(namespace, cast(Any, body), _request_timeout=TIMEOUT)
+            _release(
+                self._core.create_namespaced_config_map(
+                    namespace, cast(Any, body), _request_timeout=TIMEOUT, _preload_content=False
+                )
+            )
         except ApiException as exc:
             if exc.status != 409:
                 raise _api_error(f"create ConfigMap {namespace}/{name}", exc) from exc
             try:
-                self._core.replace_namespaced_config_map(name, namespace, cast(Any, body), _request_timeout=TIMEOUT)
+                _release(
+                    self._core.replace_namespaced_config_map(
+                        name, namespace, cast(Any, body), _request_timeout=TIMEOUT, _preload_content=False
+                    )
+                )
             except ApiException as again:
                 raise _api_error(f"replace ConfigMap {namespace}/{name}", again) from again
 
@@ -313,21 +350,25 @@ class KubeGateway:
     def read_secret_value(self, namespace: str, name: str, key: str) -> str:
         """A Secret's value; the error names the Secret and key, never a value."""
         try:
-            secret = self._core.read_namespaced_secret(name, namespace, _request_timeout=TIMEOUT)
+            secret = self._core.read_namespaced_secret(
+                name, namespace, _request_timeout=TIMEOUT, _preload_content=False
+            )
         except ApiException as exc:
             if exc.status == 404:
                 raise TemporaryError(f"Secret {namespace}/{name} not found") from None
             raise _api_error(f"read Secret {namespace}/{name}", exc) from None
-        data = secret.data or {}
+        data = _json(secret, f"read Secret {namespace}/{name}").get("data") or {}
         if key not in data:
             raise TemporaryError(f"Secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(data[key]).decode()
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str]:
         try:
-            cm = self._core.read_namespaced_config_map(name, namespace, _request_timeout=TIMEOUT)
+            cm = self._core.read_namespaced_config_map(
+                name, namespace, _request_timeout=TIMEOUT, _preload_content=False
+            )
         except ApiException as exc:
             if exc.status == 404:
                 raise TemporaryError(f"ConfigMap {namespace}/{name} not found") from None
             raise _api_error(f"read ConfigMap {namespace}/{name}", exc) from None
-        return dict(cm.data or {})
+        return dict(_json(cm, f"read ConfigMap {namespace}/{name}").get("data") or {})

@@ -77,7 +77,6 @@ BACKFILL_ETA = Gauge(
     "Seconds the rollout's running backfill needs at its current rate (0 once finished; absent when unknown).",
     ["namespace", "name", "file"],
 )
-_BACKFILL = (BACKFILL_ROWS, BACKFILL_RATE, BACKFILL_ETA)
 
 
 ROUTE_NULL_RATE = Gauge(
@@ -107,7 +106,6 @@ ROUTE_UP = Gauge(
     ["namespace", "target"],
 )
 _ROUTE_RATES = (ROUTE_NULL_RATE, ROUTE_UNKNOWN_RATE, ROUTE_FALLBACK_RATIO, ROUTE_EXECUTIONS)
-_PER_ROLLOUT = (PHASE, CHECK_VERDICT, GATE_VALUE, NOT_PASSING_STREAK, RESTORE_FAILED, *_BACKFILL)
 
 _lock = threading.Lock()
 _forgotten: set[tuple[str, str]] = set()
@@ -128,76 +126,63 @@ def observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> N
             _observe_status(namespace, name, status)
 
 
+Series = tuple[Gauge, tuple[str, ...]]
+"""A gauge and the values of its labels, in the order the gauge declares them."""
+_series: dict[tuple[str, str], set[Series]] = {}
+"""Every per-rollout series each rollout exported at its last turn: what a turn no longer sets (a check of an earlier
+stage, another backfill file, an unknown ETA) is removed by difference, in time proportional to that rollout's own
+series, never by scanning the series of every rollout."""
+
+
 def _observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> None:
+    now: dict[Series, float] = {}
     restored = next((c for c in status.conditions if c.type == "Restored"), None)
     failed = restored is not None and restored.status == "False" and restored.reason == "RestoreFailed"
-    RESTORE_FAILED.labels(namespace=namespace, name=name).set(1 if failed else 0)
+    now[(RESTORE_FAILED, (namespace, name))] = 1 if failed else 0
     for phase in Phase:
-        PHASE.labels(namespace=namespace, name=name, phase=phase.value).set(1 if status.phase is phase else 0)
-    # A check of an earlier stage or run is gone from status: its series go too, so no alert reads stale ones.
-    present = {c.name for c in status.checks}
-    for gauge in (CHECK_VERDICT, GATE_VALUE, NOT_PASSING_STREAK):
-        for family in gauge.collect():
-            stale = {
-                sample.labels["check"]
-                for sample in family.samples
-                if sample.labels.get("namespace") == namespace
-                and sample.labels.get("name") == name
-                and sample.labels.get("check") not in present
-            }
-            for check_name in stale:
-                _remove_matching(gauge, {"namespace": namespace, "name": name, "check": check_name})
-    _observe_backfill(namespace, name, status)
+        now[(PHASE, (namespace, name, phase.value))] = 1 if status.phase is phase else 0
     for check in status.checks:
         value = _number(check.measurements[-1].value) if check.measurements else None
         if value is not None:
-            GATE_VALUE.labels(namespace=namespace, name=name, check=check.name).set(value)
+            now[(GATE_VALUE, (namespace, name, check.name))] = value
         streak = 0
         for measurement in reversed(check.measurements):
             if measurement.phase is Verdict.SUCCESSFUL:
                 break
             streak += 1
-        NOT_PASSING_STREAK.labels(namespace=namespace, name=name, check=check.name).set(streak)
+        now[(NOT_PASSING_STREAK, (namespace, name, check.name))] = streak
         # An Inconclusive verdict a human accepted (promote) awaits nobody any more.
         awaiting = not (check.approved and check.phase is Verdict.INCONCLUSIVE)
         for verdict in Verdict:
-            value = 1 if check.phase is verdict and awaiting else 0
-            CHECK_VERDICT.labels(namespace=namespace, name=name, check=check.name, verdict=verdict.value).set(value)
-
-
-def _observe_backfill(namespace: str, name: str, status: TorghutRolloutStatus) -> None:
-    """The backfill in status.migration.backfill; series of another file (or of a run without one) go."""
+            now[(CHECK_VERDICT, (namespace, name, check.name, verdict.value))] = (
+                1 if check.phase is verdict and awaiting else 0
+            )
+    # The backfill in status.migration.backfill; series of another file (or of a run without one) go.
     backfill = status.migration.backfill if status.migration is not None else None
-    for gauge in _BACKFILL:
-        for family in gauge.collect():
-            stale = {
-                sample.labels["file"]
-                for sample in family.samples
-                if sample.labels.get("namespace") == namespace
-                and sample.labels.get("name") == name
-                and (backfill is None or sample.labels.get("file") != backfill.file)
-            }
-            for file in stale:
-                _remove_matching(gauge, {"namespace": namespace, "name": name, "file": file})
-    if backfill is None:
-        return
-    labels = {"namespace": namespace, "name": name, "file": backfill.file}
-    BACKFILL_ROWS.labels(**labels, kind="done").set(backfill.rows_done)
-    BACKFILL_ROWS.labels(**labels, kind="total").set(backfill.rows_total)
-    BACKFILL_RATE.labels(**labels).set(backfill.rows_per_second)
-    eta = 0 if backfill.finished else backfill.eta_seconds
-    if eta is None:
-        _remove_matching(BACKFILL_ETA, labels)
-    else:
-        BACKFILL_ETA.labels(**labels).set(eta)
+    if backfill is not None:
+        labels = (namespace, name, backfill.file)
+        now[(BACKFILL_ROWS, (*labels, "done"))] = backfill.rows_done
+        now[(BACKFILL_ROWS, (*labels, "total"))] = backfill.rows_total
+        now[(BACKFILL_RATE, labels)] = backfill.rows_per_second
+        eta = 0 if backfill.finished else backfill.eta_seconds
+        if eta is not None:  # absent when unknown
+            now[(BACKFILL_ETA, labels)] = eta
+    for (gauge, values), value in now.items():
+        gauge.labels(*values).set(value)
+    before = _series.get((namespace, name), set())
+    for gauge, values in before - now.keys():
+        with contextlib.suppress(KeyError):
+            gauge.remove(*values)
+    _series[(namespace, name)] = set(now)
 
 
 def forget(namespace: str, name: str) -> None:
     """Drop every series of a deleted rollout (phase, verdicts, gate values, streaks, backfill progress)."""
     with _lock:
         _forgotten.add((namespace, name))
-        for gauge in _PER_ROLLOUT:
-            _remove_matching(gauge, {"namespace": namespace, "name": name})
+        for gauge, values in _series.pop((namespace, name), set()):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*values)
 
 
 def observe_route(uid: str, namespace: str, target: str, stats: RouteStats | None) -> None:
