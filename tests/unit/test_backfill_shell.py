@@ -135,7 +135,7 @@ def test_apply_sql_builds_the_migrator_from_the_spec_and_runs_one_slice(
     monkeypatch: pytest.MonkeyPatch, catch_up: bool
 ) -> None:
     migrator = Migrator(result(progress(400, throttled="1 lock wait on public.executions")))
-    monkeypatch.setattr(live, "SqlMigrator", migrator)
+    monkeypatch.setattr("torghut_operator.adapters.postgres.migrator.SqlMigrator", migrator)
     spec = TorghutRolloutSpec.model_validate(spec_body(lockTimeout="3s", lockRetries=7, backfill={"pause": "50ms"}))
 
     outcome = live.LiveGates(cast(KubeGateway, Kube())).apply_sql(

@@ -8,21 +8,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from torghut_operator.adapters.http import HttpGateway
 from torghut_operator.adapters.kube import KubeGateway
 from torghut_operator.adapters.measure import Explain, Provider, take_measurement
-from torghut_operator.adapters.postgres.expectations import run_expectations
-from torghut_operator.adapters.postgres.gate_queries import PostgresGateway
-from torghut_operator.adapters.postgres.ledger import Ledger
-from torghut_operator.adapters.postgres.migrator import (
-    BackfillProgress,
-    BackfillSettings,
-    SqlMigrationResult,
-    SqlMigrator,
-)
-from torghut_operator.adapters.postgres.torghut_facts import collect_torghut_facts
 from torghut_operator.adapters.prometheus import PrometheusGateway
 from torghut_operator.adapters.torghut import trading_status
 from torghut_operator.core.api.durations import parse_duration
@@ -43,6 +33,11 @@ from torghut_operator.core.route_stats import ROUTE_STATS_SQL, RouteStats
 from torghut_operator.core.timefmt import format_time, utcnow
 from torghut_operator.evidence.facts import TorghutFacts, facts_since, lane_runs_seen
 from torghut_operator.evidence.report import render_report
+
+if TYPE_CHECKING:  # the Postgres adapters load SQLAlchemy, psycopg and pglast: imported where first needed
+    from torghut_operator.adapters.postgres.gate_queries import PostgresGateway
+    from torghut_operator.adapters.postgres.ledger import Ledger
+    from torghut_operator.adapters.postgres.migrator import BackfillProgress, BackfillSettings, SqlMigrationResult
 
 EXPLAIN_LIMIT = 8
 """Series of an explainQuery quoted in a verdict message."""
@@ -97,16 +92,20 @@ class _Cache(Generic[K, V]):
             return value
 
 
+def _close(gateway: Any) -> None:
+    gateway.close()
+
+
 class LiveGates:
     """``denied_functions``: function patterns gate SQL may not call, on top of the built-in denylist."""
 
     def __init__(self, kube: KubeGateway, *, denied_functions: tuple[str, ...] = ()) -> None:
         self._kube = kube
         self._denied_functions = denied_functions
-        self._postgres: _Cache[tuple[str, float, float], PostgresGateway] = _Cache(32, PostgresGateway.close)
+        self._postgres: _Cache[tuple[str, float, float], PostgresGateway] = _Cache(32, _close)
         self._prometheus: _Cache[tuple[str, str | None, float], PrometheusGateway] = _Cache(32, PrometheusGateway.close)
         self._http: _Cache[float, HttpGateway] = _Cache(8, HttpGateway.close)
-        self._ledgers: _Cache[str, Ledger] = _Cache(32, Ledger.close)
+        self._ledgers: _Cache[str, Ledger] = _Cache(32, _close)
 
     # --- connections ---
 
@@ -129,6 +128,8 @@ class LiveGates:
         return self._kube.read_secret_value(namespace, ref.name, ref.key)
 
     def _postgres_gateway(self, spec: TorghutRolloutSpec, namespace: str) -> PostgresGateway:
+        from torghut_operator.adapters.postgres.gate_queries import PostgresGateway  # noqa: PLC0415 (heavy)
+
         assert spec.database is not None
         dsn = self._dsn(spec, namespace)
         statement = parse_duration(spec.database.statement_timeout)
@@ -214,6 +215,8 @@ class LiveGates:
         assert spec.migrate.sql is not None
         assert spec.database is not None
         sql = spec.migrate.sql
+        from torghut_operator.adapters.postgres.migrator import SqlMigrator  # noqa: PLC0415 (heavy)
+
         files = self._kube.read_config_map(namespace, sql.config_map_ref.name)
         ref = sql.secret_ref or spec.database.secret_ref
         migrator = SqlMigrator(
@@ -235,6 +238,8 @@ class LiveGates:
 
     def check_expectations(self, spec: TorghutRolloutSpec, namespace: str) -> tuple[ExpectationOutcome, ...]:
         assert spec.migrate is not None
+        from torghut_operator.adapters.postgres.expectations import run_expectations  # noqa: PLC0415 (heavy)
+
         assert spec.migrate.expect is not None
         assert spec.database is not None
         dsn = self._dsn(spec, namespace)
@@ -273,6 +278,8 @@ class LiveGates:
     # --- evidence ---
 
     def _ledger(self, spec: TorghutRolloutSpec, namespace: str) -> Ledger:
+        from torghut_operator.adapters.postgres.ledger import Ledger  # noqa: PLC0415 (heavy)
+
         assert spec.database is not None
         dsn = self._ledger_dsn(spec, namespace)
         return self._ledgers.get(
@@ -310,6 +317,8 @@ class LiveGates:
         decisions: list[DecisionRecord] = []
         facts: TorghutFacts | None = None
         if spec.database is not None:
+            from torghut_operator.adapters.postgres.torghut_facts import collect_torghut_facts  # noqa: PLC0415
+
             ledger = self._ledger(spec, namespace)
             measurements, decisions = ledger.measurements(rollout.uid), ledger.decisions(rollout.uid)
             since = facts_since(status) or utcnow()
@@ -333,6 +342,8 @@ class LiveGates:
 
 def backfill_settings(spec: BackfillSpec | None) -> BackfillSettings:
     """The migrator's batching and throttling from spec.migrate.sql.backfill (its defaults when absent)."""
+    from torghut_operator.adapters.postgres.migrator import BackfillSettings  # noqa: PLC0415 (heavy)
+
     spec = spec or BackfillSpec()
     return BackfillSettings(
         batch_duration=parse_duration(spec.batch_duration),
