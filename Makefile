@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell sha256sum requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: help install deps binaries binaries-argocd image lint test test-unit test-integration test-e2e bench bench-sql bench-backfill demo screens argocd-cm \
+.PHONY: help install deps binaries binaries-argocd image lint test test-unit test-integration test-e2e bench bench-soak bench-sql bench-backfill demo screens argocd-cm \
         cluster-up cluster-down cluster-smoke cluster-status clean
 
 help:
@@ -12,7 +12,8 @@ help:
 	@echo "make deps          install the missing Debian packages (Postgres, Prometheus, containerd, runc, CNI, image tools)"
 	@echo "make cluster-up    start the local control plane and real node (prints KUBECONFIG); cluster-down stops both"
 	@echo "make cluster-smoke check the running cluster (Deployment Available, Job Complete); cluster-status"
-	@echo "make bench         benchmark stage-advance latency and operator overhead"
+	@echo "make bench         peer-shaped and Torghut-shaped rollouts at 1, 50, 200 at once: latency, overhead, CPU, memory, profile"
+	@echo "make bench-soak    1,000 rollouts (N=...) and the operator's memory curve"
 	@echo "make bench-sql     EXPLAIN and time the preset's SQL on a million executions (ROWS=10000000 for 10 M)"
 	@echo "make bench-backfill the route backfill by batch vs one UPDATE, under a trading-shaped writer (ROWS=...)"
 	@echo "make image         build the operator and torghut-sim images without Docker (IMAGES=operator, FORCE=1)"
@@ -69,7 +70,10 @@ bench-backfill: deps install
 	$(PY) -m torghut_localstack.bench_backfill $(if $(ROWS),--rows $(ROWS),)
 
 bench: deps install binaries
-	$(PY) -m torghut_localstack.bench
+	$(PY) -m torghut_localstack.bench $(if $(WORKLOADS),--workloads $(WORKLOADS),) $(if $(SCALES),--scales $(SCALES),)
+
+bench-soak: deps install binaries
+	$(PY) -m torghut_localstack.bench --soak $(or $(N),1000)
 
 # manifests/argocd/argocd-cm.yaml from its Lua sources (health.lua, actions/*.lua); a unit test fails when it is stale.
 argocd-cm: install

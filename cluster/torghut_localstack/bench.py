@@ -48,6 +48,7 @@ from torghut_localstack.world import (
     APP_SECRET_NAME,
     CONTAINER,
     NEW_IMAGE,
+    OLD_IMAGE,
     TARGET,
     World,
     WorldError,
@@ -608,6 +609,124 @@ def run_workload(
 
 
 # --------------------------------------------------------------------------------------------------
+# Soak: memory over many rollouts
+
+
+SOAK_VERIFY: Final[Mapping[str, str | int]] = {"interval": "1s", "count": 1}
+SOAK_WARM_UP: Final = 100
+"""Rollouts before the reference RSS is taken (imports, caches and pools filled by then)."""
+
+
+@dataclass
+class Soak:
+    rss_mib: list[tuple[int, float]]
+    """(rollouts finished, operator VmRSS in MiB) sampled along the way"""
+    failed: list[str]
+    seconds: float
+
+    @property
+    def growth(self) -> float | None:
+        """Largest RSS after warm-up relative to the RSS at warm-up."""
+        reference = next((mib for done, mib in self.rss_mib if done >= SOAK_WARM_UP), None)
+        later = [mib for done, mib in self.rss_mib if done > SOAK_WARM_UP]
+        return None if reference is None or not later else max(later) / reference - 1
+
+
+def soak(total: int, lanes: int, every: int, console: Console) -> Soak:
+    """`total` peer-shaped rollouts (count 1), `lanes` at a time, each lane one after another on its own
+    Deployment: every rollout is applied, waited to Succeeded and deleted (onDelete Orphan) before the next; the
+    next flips the image back. The operator's VmRSS every `every` rollouts."""
+    log = lambda line: console.print(f"  [dim]{line}[/]", highlight=False)  # noqa: E731
+    workload = Workload("soak", migrate=False, checks=lambda w: [_healthz(w)], verify=SOAK_VERIFY)
+    started = time.monotonic()
+    with World(tick_seconds=1.0, real_node=False, log=log) as world:
+        recorder = start_recording(world)
+        cluster = Cluster(world)
+        namespaces = [f"bench-soak-{i:02d}" for i in range(lanes)]
+        done = 0
+        samples: list[tuple[int, float]] = []
+        failed: list[str] = []
+        lock = threading.Lock()
+
+        def sample() -> None:
+            kib = world.operator_process.rss_kib()
+            if kib is not None:
+                samples.append((done, kib / 1024))
+
+        def lane(namespace: str, count: int) -> None:
+            nonlocal done
+            for i in range(count):
+                name = f"soak-{i:04d}"
+                manifest = rollout_manifest(world, namespace, workload)
+                manifest["metadata"]["name"] = name
+                manifest["spec"]["onDelete"] = "Orphan"
+                manifest["spec"]["target"]["image"] = NEW_IMAGE if i % 2 == 0 else OLD_IMAGE
+                cluster.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, manifest, _request_timeout=REQUEST_TIMEOUT
+                )
+                recorder.wait(
+                    lambda name=name: _phase(recorder.latest("rollout", namespace, name)) in TERMINAL,  # type: ignore[misc]
+                    timeout=SEQUENTIAL_TIMEOUT,
+                    what=f"{namespace}/{name} to end",
+                )
+                phase = _phase(recorder.latest("rollout", namespace, name))
+                cluster.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
+                )
+                wait_for(
+                    lambda: (
+                        not cluster.custom.list_namespaced_custom_object(
+                            GROUP, VERSION, namespace, PLURAL, _request_timeout=REQUEST_TIMEOUT
+                        )["items"]
+                    ),
+                    timeout=SEQUENTIAL_TIMEOUT,
+                    interval=0.1,
+                    what=f"{namespace}/{name} deleted",
+                )
+                with lock:
+                    done += 1
+                    if phase != "Succeeded":
+                        failed.append(f"{namespace}/{name}: {phase}")
+                    if done % every == 0:
+                        sample()
+                        console.print(f"  {done} rollouts, operator RSS {samples[-1][1]:.1f} MiB")
+
+        try:
+            cluster.create_targets(world, namespaces, recorder)
+            sample()
+            share, extra = divmod(total, lanes)
+            threads = [
+                threading.Thread(target=lane, args=(ns, share + (1 if i < extra else 0)), daemon=True)
+                for i, ns in enumerate(namespaces)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            recorder.stopping.set()
+            cluster.close()
+    return Soak(samples, failed, time.monotonic() - started)
+
+
+def print_soak(result: Soak, console: Console) -> None:
+    table = Table(title="soak: operator RSS by rollouts finished", title_justify="left", header_style="bold")
+    table.add_column("rollouts", justify="right")
+    table.add_column("RSS MiB", justify="right")
+    table.add_column("")
+    top = max(mib for _, mib in result.rss_mib)
+    for done, mib in result.rss_mib:
+        table.add_row(str(done), f"{mib:.1f}", "#" * round(40 * mib / top))
+    console.print(table)
+    growth = result.growth
+    shown = "—" if growth is None else f"{growth * 100:+.1f}%"
+    console.print(f"soak: growth after {SOAK_WARM_UP} rollouts (max later / at warm-up): {shown} (goal ≤ +10%)")
+    console.print(f"soak: {result.seconds:.0f} s; not Succeeded: {len(result.failed)}")
+    for line in result.failed[:10]:
+        console.print(f"  [red]{line}[/]")
+
+
+# --------------------------------------------------------------------------------------------------
 # Targets (issue: half the peer's cost per rollout, 200 at once)
 
 
@@ -757,6 +876,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", default="50,200", help="comma-separated numbers of rollouts applied at once")
     parser.add_argument("--profile-at", type=int, default=50, help="py-spy records the operator at this scale")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="where the flame graphs go")
+    parser.add_argument("--soak", type=int, default=0, help="instead: this many rollouts for the memory soak")
+    parser.add_argument("--soak-lanes", type=int, default=4, help="soak rollouts at a time (each lane sequential)")
+    parser.add_argument("--soak-every", type=int, default=50, help="sample the operator's RSS every N rollouts")
     args = parser.parse_args(argv)
     workloads = [w for w in args.workloads.split(",") if w]
     unknown = [w for w in workloads if w not in WORKLOADS]
@@ -768,6 +890,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
+        if args.soak:
+            result = soak(args.soak, args.soak_lanes, args.soak_every, console)
+            print_soak(result, console)
+            return 1 if result.failed else 0
         return run(workloads, args.sequential, _ints(args.scales), args.profile_at, args.out, console)
     except (WorldError, TimeoutError, WaitTimeout) as error:
         console.print(f"[bold red]bench: {error}[/]")
