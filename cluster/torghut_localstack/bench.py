@@ -421,15 +421,15 @@ class Row:
 WRITE_VERBS: Final = frozenset({"PATCH", "APPLY", "PUT", "UPDATE"})
 
 
-def write_conflicts(world: World) -> Counter[str]:
-    """Writes the API server answered 409 Conflict or 422 (a failed precondition or JSON-patch test) so far, by
-    any client, per `resource verb code`: `apiserver_request_total` of its own /metrics."""
-    return count_write_conflicts(world.kubectl("get", "--raw", "/metrics", timeout=60))
+def api_writes(world: World) -> Counter[str]:
+    """Write requests the API server answered so far, by any client, per `resource[/subresource] verb code`:
+    `apiserver_request_total` of its own /metrics."""
+    return count_writes(world.kubectl("get", "--raw", "/metrics", timeout=60))
 
 
-def count_write_conflicts(metrics: str) -> Counter[str]:
-    """`apiserver_request_total` series of a write verb answered 409 or 422 in /metrics text, per
-    `resource[/subresource] verb code`, leaving out the status writes of built-in workloads (not the operator's)."""
+def count_writes(metrics: str) -> Counter[str]:
+    """`apiserver_request_total` series of a write verb in /metrics text, per `resource[/subresource] verb code`,
+    leaving out the status writes of built-in workloads (kwok's and the controllers', never the operator's)."""
     found: Counter[str] = Counter()
     for line in metrics.splitlines():
         if not line.startswith("apiserver_request_total{"):
@@ -437,11 +437,16 @@ def count_write_conflicts(metrics: str) -> Counter[str]:
         body = line[line.index("{") + 1 : line.rindex("}")]
         labels = dict(part.split("=", 1) for part in body.replace('"', "").split(",") if "=" in part)
         if labels.get("subresource") == "status" and labels.get("resource") != PLURAL:
-            continue  # the status of Deployments, ReplicaSets, pods: kwok and the controllers, never the operator
-        if labels.get("code") in ("409", "422") and labels.get("verb") in WRITE_VERBS:
+            continue
+        if labels.get("verb") in WRITE_VERBS:
             resource = labels.get("resource", "?") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
-            found[f"{resource} {labels['verb']} {labels['code']}"] += int(float(line.rsplit(" ", 1)[1]))
+            found[f"{resource} {labels['verb']} {labels.get('code')}"] += int(float(line.rsplit(" ", 1)[1]))
     return found
+
+
+def conflicts(writes: Counter[str]) -> Counter[str]:
+    """The writes answered 409 Conflict or 422 (a failed precondition or JSON-patch test)."""
+    return Counter({key: n for key, n in writes.items() if key.endswith((" 409", " 422"))})
 
 
 class Profiler:
@@ -508,7 +513,7 @@ class Phase:
     cpu_seconds: float | None
     peak_rss_kib: int | None
     makespan: float
-    conflicts: Counter[str]
+    writes: Counter[str]
     top: list[tuple[str, float]] = field(default_factory=list)
     profile: Path | None = None
 
@@ -519,6 +524,15 @@ class Phase:
     @property
     def done(self) -> int:
         return sum(f.phase == "Succeeded" for f in self.figures)
+
+    @property
+    def conflicts(self) -> Counter[str]:
+        return conflicts(self.writes)
+
+    @property
+    def status_writes_per_rollout(self) -> float:
+        done = sum(n for key, n in self.writes.items() if key.startswith(f"{PLURAL}/status ") and key.endswith(" 200"))
+        return done / max(len(self.figures), 1)
 
     @property
     def cpu_per_rollout(self) -> float | None:
@@ -541,7 +555,7 @@ def run_phase(
     cluster.create_targets(world, namespaces, recorder)
     console.print(f"  {len(namespaces)} targets Available in {time.monotonic() - started:.1f}s")
     operator = world.operator_process
-    cpu_before, conflicts_before = operator.cpu_seconds(), write_conflicts(world)
+    cpu_before, writes_before = operator.cpu_seconds(), api_writes(world)
     label = f"{workload.name}-{len(namespaces)}"
     profiler = Profiler(operator.pid, profile_dir, label) if profile_dir is not None else None
     figures = []
@@ -570,7 +584,7 @@ def run_phase(
         cpu,
         operator.peak_rss_kib(),
         makespan,
-        write_conflicts(world) - conflicts_before,
+        api_writes(world) - writes_before,
         top,
         profiler.svg if profiler is not None else None,
     )
@@ -778,7 +792,7 @@ def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
     table = Table(title="per workload and scale", title_justify="left", header_style="bold")
     heads = (
         "workload", "at once", "done", "advance p50 ms (xRTT)", "advance p99 ms (xRTT)", "overhead p50 s",
-        "overhead p99 s", "CPU/rollout s", "peak RSS MiB", "makespan s", "write conflicts",
+        "overhead p99 s", "CPU/rollout s", "peak RSS MiB", "makespan s", "status writes/rollout", "write conflicts",
     )  # fmt: skip
     for head in heads:
         table.add_column(head, justify="left" if head == "workload" else "right")
@@ -796,6 +810,7 @@ def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
             "—" if cpu is None else f"{cpu:.3f}",
             "—" if p.peak_rss_kib is None else f"{p.peak_rss_kib / 1024:.0f}",
             f"{p.makespan:.1f}",
+            f"{p.status_writes_per_rollout:.1f}",
             str(p.conflicts.total()),
         )
     return table

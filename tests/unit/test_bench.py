@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from torghut_localstack.bench import WORKLOADS, count_write_conflicts, top_functions
+from torghut_localstack.bench import WORKLOADS, conflicts, count_writes, top_functions
 
 pytestmark = pytest.mark.unit
 
@@ -25,7 +25,7 @@ def test_the_top_list_ranks_leaf_functions_by_samples_as_shares() -> None:
     assert top_functions("") == []
 
 
-def test_only_conflicting_writes_count_as_conflicts() -> None:
+def test_only_conflicting_writes_of_what_the_operator_writes_count_as_conflicts() -> None:
     metrics = "\n".join(
         [
             "# HELP apiserver_request_total Counter of apiserver requests",
@@ -37,7 +37,7 @@ def test_only_conflicting_writes_count_as_conflicts() -> None:
             'apiserver_request_total{code="409",resource="torghutrollouts",subresource="status",verb="PATCH"} 1',
         ]
     )
-    found = count_write_conflicts(metrics)
+    found = conflicts(count_writes(metrics))
     assert found == {
         "deployments APPLY 409": 3,
         "torghutrollouts PATCH 422": 2,
