@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import kopf
 
@@ -21,6 +23,24 @@ def report_refresh_interval() -> float:
     """Seconds between two refreshes of a finished rollout's evidence report while it waits for lane runs
     (TORGHUT_OPERATOR_REPORT_REFRESH_INTERVAL, default 60)."""
     return max(1.0, float(os.environ.get("TORGHUT_OPERATOR_REPORT_REFRESH_INTERVAL", "60")))
+
+
+class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's diff base ("essence") of a rollout, built without deep-copying what Kopf throws away at once.
+
+    Kopf builds the essence on every watch event of every rollout (to tell a spec change from a status write): it
+    deep-copies the whole object, then deletes ``status`` and all metadata but labels and annotations. A rollout's
+    status (measurements, conditions) and managedFields are most of the object, so that copy was the operator's
+    largest single cost under load (``make bench``). The same essence comes from a shallow view without them."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        if extra_fields:  # a handler on fields of status would need them: Kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        raw = {key: value for key, value in body.items() if key != "status"}
+        metadata = body.get("metadata")
+        if isinstance(metadata, dict):
+            raw["metadata"] = {key: value for key, value in metadata.items() if key != "managedFields"}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, raw)))
 
 
 @dataclass(frozen=True)
@@ -58,9 +78,7 @@ class OperatorConfig:
     def apply(self, settings: kopf.OperatorSettings) -> None:
         settings.persistence.finalizer = f"{GROUP}/finalizer"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration"
-        )
+        settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
         settings.watching.server_timeout = self.watch_server_timeout
         settings.watching.client_timeout = self.watch_client_timeout
         settings.watching.connect_timeout = 10
