@@ -18,7 +18,9 @@ from torghut_operator.core.manifests import ACTION_ANNOTATION, MANAGED_BY, ROLLO
 from torghut_operator.core.ownership import FIELD_MANAGER, container_apply
 
 TIMEOUT = (5.0, 20.0)
-CONFLICT_ATTEMPTS = 3  # read-modify-write attempts of one target write before the turn gives up (RetryOnConflict)
+CONFLICT_ATTEMPTS = 5
+"""Read-modify-write attempts of one target write before the turn gives up (as client-go's RetryOnConflict): a
+Deployment rolling out gets several status writes from its controller within a second, each a new version."""
 """(connect, read) seconds for every call."""
 JOB_LOG_LINES = 20
 JOB_LOG_BYTES = 4096
