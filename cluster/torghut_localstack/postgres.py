@@ -16,7 +16,7 @@ import pwd
 import signal
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -56,11 +56,13 @@ class PostgresServer(LocalServer):
         extra_listen: Sequence[str] = (),
         client_networks: Sequence[str] = (),
         host: str = HOST,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         """`extra_listen`: addresses to listen on besides `host` (e.g. the real node's IP, for pods);
         `client_networks`: CIDRs allowed to connect there, with a password (scram-sha-256); `host`: the address
         :meth:`dsn` names (127.0.0.1 unless pods must reach the same DSNs: then an address of this host they
-        reach, with `client_networks` covering both it and them)."""
+        reach, with `client_networks` covering both it and them); `settings`: more server settings (`-c name=value`),
+        e.g. a benchmark's `shared_buffers`."""
         super().__init__()
         self.extra_listen = tuple(extra_listen)
         self.client_networks = tuple(client_networks)
@@ -70,6 +72,7 @@ class PostgresServer(LocalServer):
         self.start_timeout = start_timeout
         self.die_with_parent = die_with_parent
         self.host = host
+        self.settings = dict(settings or {})
         self.port = 0
         self._os_user = "postgres" if os.geteuid() == 0 else None
 
@@ -136,6 +139,8 @@ class PostgresServer(LocalServer):
             "-c", "max_connections=200",
             "-c", "TimeZone=UTC",
         ]  # fmt: skip
+        for name, value in self.settings.items():
+            argv += ["-c", f"{name}={value}"]
         self._process = start_process(
             "postgres",
             argv,
