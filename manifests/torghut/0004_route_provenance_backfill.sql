@@ -1,7 +1,7 @@
 -- torghut-rollout: repeatable
 -- torghut-rollout: backfill table=public.executions
 --
--- Route/grant pack, file 3 of 4: execution route provenance, backfilled by Torghut's own rules, one batch at a time.
+-- Route/grant pack, file 4 of 4: execution route provenance, backfilled by Torghut's own rules, one batch at a time.
 --
 -- A backfill file: the migrator runs it once per batch of public.executions, keyset by the primary key id in
 -- ascending order, each batch in its own short transaction in which it first sets (transaction-local) the settings
@@ -16,8 +16,7 @@
 -- migration and the rollout get their provenance too. Safe to run any number of times: a run that finds nothing
 -- to change updates no row.
 --
--- The columns come from 0002, their indexes after this file (0005): so a fresh backfill's updates can be HOT
--- (they change no indexed column). This file sets execution_expected_adapter,
+-- The columns come from 0002 and their indexes from 0003. This file sets execution_expected_adapter,
 -- execution_actual_adapter, execution_fallback_count and execution_fallback_reason to what the service itself
 -- (app/trading/route_metadata.py) would have written for the row's raw_order. The rules, and the reference they
 -- are tested against row by row, are in cluster/torghut_localstack/route_rules.py. In short:

@@ -43,8 +43,8 @@ def test_the_demo_carries_a_release_to_succeeded_and_prints_its_evidence(cluster
     assert "applied 0001_research_grants.sql" in output
     for name in (
         "0002_route_provenance_columns.sql",
+        "0003_route_provenance_indexes.sql",
         "0004_route_provenance_backfill.sql",
-        "0005_route_provenance_indexes.sql",
     ):
         assert f"applied {name}" in output
     assert "TorghutRollout torghut/torghut-release Succeeded" in output

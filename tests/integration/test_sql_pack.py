@@ -538,8 +538,8 @@ def test_pack_files_are_executor_safe() -> None:
     assert [f.name for f in files] == [
         "0001_research_grants.sql",
         "0002_route_provenance_columns.sql",
+        "0003_route_provenance_indexes.sql",
         "0004_route_provenance_backfill.sql",
-        "0005_route_provenance_indexes.sql",
     ]
     for path in files:
         body = path.read_text("utf-8")

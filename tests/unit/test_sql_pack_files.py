@@ -18,13 +18,11 @@ OLD_BACKFILL = "0002_route_provenance_backfill.sql"
 
 
 def test_the_pack_is_four_files_in_order() -> None:
-    """The backfill runs before the indexes (its updates change no indexed column: HOT), and the index file is
-    0005 so that a database which applied the pack with 0003_route_provenance_indexes.sql plans cleanly."""
     assert list(PACK) == [
         "0001_research_grants.sql",
         "0002_route_provenance_columns.sql",
+        "0003_route_provenance_indexes.sql",
         "0004_route_provenance_backfill.sql",
-        "0005_route_provenance_indexes.sql",
     ]
 
 
@@ -32,7 +30,7 @@ def test_the_files_declare_how_they_run() -> None:
     options = {name: file_options(body, name) for name, body in PACK.items()}
     assert all(o.errors == () for o in options.values())
     assert all(o.repeatable for o in options.values())
-    assert [n for n, o in options.items() if not o.transactional] == ["0005_route_provenance_indexes.sql"]
+    assert [n for n, o in options.items() if not o.transactional] == ["0003_route_provenance_indexes.sql"]
     assert {n: o.backfill.table for n, o in options.items() if o.backfill} == {
         "0004_route_provenance_backfill.sql": "public.executions"
     }
@@ -48,7 +46,7 @@ def _code(body: str) -> str:
 def test_only_the_index_file_builds_indexes_and_only_concurrently() -> None:
     for name, body in PACK.items():
         code = _code(body)
-        if name == "0005_route_provenance_indexes.sql":
+        if name == "0003_route_provenance_indexes.sql":
             statements = [s.strip() for s in code.split(";") if s.strip()]
             assert len(statements) == 2
             assert all(s.startswith("CREATE INDEX CONCURRENTLY IF NOT EXISTS ") for s in statements)
@@ -69,33 +67,11 @@ def test_a_database_that_applied_the_old_single_file_takes_the_split_pack() -> N
     assert plan.ok, plan.errors
     assert [f.name for f in plan.pending] == [
         "0002_route_provenance_columns.sql",
+        "0003_route_provenance_indexes.sql",
         "0004_route_provenance_backfill.sql",
-        "0005_route_provenance_indexes.sql",
     ]
     assert [r.name for r in plan.applied] == ["0001_research_grants.sql"]
     assert plan.warnings == (
         f"{OLD_BACKFILL} (applied 2026-11-20 09:30Z) is no longer in the ConfigMap; it stays applied",
     )
     assert all(name > OLD_BACKFILL for name in PACK if name != "0001_research_grants.sql")
-
-
-def test_a_database_that_applied_the_pack_with_indexes_first_takes_this_one() -> None:
-    """The four-file pack before the reorder: 0003 built the indexes, 0004 (the backfill, other comments) followed.
-    Its 0003 is gone (a warning: its indexes stay), 0004 changed and is repeatable (a pass that finds nothing to
-    change), and 0005 sorts after every applied name (its builds find the indexes and skip)."""
-    at = datetime(2026, 11, 28, 9, 30, tzinfo=UTC)
-    old_indexes = "0003_route_provenance_indexes.sql"
-    history = [
-        AppliedRecord(name, checksum(PACK[name]), at, "torghut/r2")
-        for name in ("0001_research_grants.sql", "0002_route_provenance_columns.sql")
-    ]
-    history += [
-        AppliedRecord(old_indexes, "3" * 64, at, "torghut/r2"),
-        AppliedRecord("0004_route_provenance_backfill.sql", "4" * 64, at, "torghut/r2"),
-    ]
-    plan = plan_files(PACK, history)
-    assert plan.ok, plan.errors
-    assert [f.name for f in plan.pending] == ["0004_route_provenance_backfill.sql", "0005_route_provenance_indexes.sql"]
-    assert plan.warnings == (
-        f"{old_indexes} (applied 2026-11-28 09:30Z) is no longer in the ConfigMap; it stays applied",
-    )

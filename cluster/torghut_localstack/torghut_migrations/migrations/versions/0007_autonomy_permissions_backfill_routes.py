@@ -4,10 +4,10 @@ applied file by file in name order, as the operator's migrator reads them.
 * ``0001_research_grants.sql``: torghut_app gets SELECT, INSERT, UPDATE, DELETE on every research_* table now and,
   by default privileges, on the tables created later (so 0026's tables are covered whichever branch runs first);
 * ``0002_route_provenance_columns.sql``: the adapter columns when missing (0005 added them: nothing to do);
+* ``0003_route_provenance_indexes.sql`` (``no-transaction``): its concurrent index builds, statement by statement
+  outside the revision's transaction;
 * ``0004_route_provenance_backfill.sql`` (``backfill``): the route backfill by Torghut's own rules, here as one
-  batch over the whole table (the migrator's batches are for live tables; this runs before the service);
-* ``0005_route_provenance_indexes.sql`` (``no-transaction``): its concurrent index builds, statement by statement
-  outside the revision's transaction.
+  batch over the whole table (the migrator's batches are for live tables; this runs before the service).
 
 The pack is ``route_grant_sql/`` beside ``migrations/`` (a link to ``manifests/torghut`` in the repository, a copy
 in the torghut-sim image). Its header options and statement splitting come from the operator's migrator.

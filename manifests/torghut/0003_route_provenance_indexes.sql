@@ -1,14 +1,7 @@
 -- torghut-rollout: repeatable
 -- torghut-rollout: no-transaction
 --
--- Route/grant pack, file 4 of 4: the indexes on the route provenance columns, built without blocking writes.
---
--- After the backfill (0004), not before: while the two columns have no index, the backfill's updates change no
--- indexed column, so PostgreSQL can write them as HOT updates (no new entry in any of the table's indexes, dead
--- versions pruned page by page) instead of inserting into all six indexes per row, and each index is then built once
--- over the final values. strong_migrations and GitLab order it the same way (add the column, backfill, then index
--- concurrently). Numbered 0005: 0003 held this file when it ran before the backfill, and a database that applied
--- that pack keeps 0003 in its history (the name stays unused, so it plans cleanly).
+-- Route/grant pack, file 3 of 4: the indexes on the route provenance columns, built without blocking writes.
 --
 -- CREATE INDEX CONCURRENTLY takes SHARE UPDATE EXCLUSIVE on public.executions: inserts, updates, deletes and
 -- reads (ROW EXCLUSIVE, ROW SHARE, ACCESS SHARE) go on while the index builds, only other DDL, VACUUM and
