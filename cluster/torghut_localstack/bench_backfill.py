@@ -53,6 +53,8 @@ from torghut_operator.adapters.postgres.migrator import BackfillSettings, SqlMig
 
 BACKFILL_FILE = "0004_route_provenance_backfill.sql"
 WRITER_LOCK_TIMEOUT = "1s"
+WRITER_APPLICATION = "bench trading writer"
+"""application_name of the writer loop's sessions: the lock-wait monitor watches these only."""
 MIN_UUID = "00000000-0000-0000-0000-000000000000"
 MAX_UUID = "ffffffff-ffff-ffff-ffff-ffffffffffff"
 GOAL_P99_RATIO = 2.0
@@ -80,10 +82,10 @@ _UPDATE = (
 )
 _READ = "SELECT * FROM executions WHERE id = %(id)s"
 _RECENT = "SELECT * FROM executions WHERE alpaca_account_label = 'paper' AND alpaca_order_id = ANY(%(ids)s)"
-_LOCK_WAITS = """
+_LOCK_WAITS = f"""
 SELECT count(*), COALESCE(max(EXTRACT(EPOCH FROM clock_timestamp() - query_start)), 0)
 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-    AND application_name = 'bench trading writer'
+    AND application_name = '{WRITER_APPLICATION}'
 """
 
 
@@ -145,7 +147,7 @@ class Writers:
         self._failure: BaseException | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self._dsn, connect_timeout=5, application_name="bench trading writer")
+        conn = psycopg.connect(self._dsn, connect_timeout=5, application_name=WRITER_APPLICATION)
         conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(WRITER_LOCK_TIMEOUT)))
         conn.execute("SET statement_timeout = '30s'")
         conn.commit()
