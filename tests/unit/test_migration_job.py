@@ -108,6 +108,9 @@ class _Kube:
     def get_job(self, namespace: str, name: str) -> dict[str, Any]:
         return self.job
 
+    def get_target(self, namespace: str, target: object) -> None:
+        return None  # read in every Migrating turn; a failed Job fails whatever the target
+
     def job_logs(self, namespace: str, job: str) -> str:
         self.log_reads += 1
         if isinstance(self.logs, Exception):

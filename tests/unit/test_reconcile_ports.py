@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -199,17 +200,35 @@ def test_a_lost_status_write_acts_on_nothing_and_comes_back_soon() -> None:
     kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
     events: list[tuple[str, str, str]] = []
     gates = FakeGates()
-    turn(kube, gates, events)  # Pending -> Deploying
-    assert kube.rollout["status"]["phase"] == "Deploying"
-    writes, seen = len(kube.status_writes), len(events)
     kube.conflicts = 1  # someone else changes the object between our read and our write
     result = asyncio.run(shell(kube, gates, events).reconcile("trading", "release"))
     assert result is not None
     assert result.requeue_after == 0.5
-    assert len(kube.status_writes) == writes
+    assert kube.status_writes == []
     assert kube.images == []  # the status names the action before the action runs: no write, no action
-    assert len(events) == seen
+    assert events == []
     turn(kube, gates, events)  # the next turn starts over from the object as it now is, and wins
+    assert kube.rollout["status"]["phase"] == "Deploying"
+    assert kube.images == [("torghut", NEW)]
+
+
+def test_the_first_turn_records_the_old_image_and_sets_the_new_one_in_one_status_write() -> None:
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
+    order: list[str] = []
+
+    def recorded(what: str, call: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any) -> Any:
+            order.append(what)
+            return call(*args)
+
+        return wrapper
+
+    kube.patch_rollout_status = recorded("status", kube.patch_rollout_status)  # type: ignore[method-assign]
+    kube.set_target_image = recorded("image", kube.set_target_image)  # type: ignore[method-assign]
+    turn(kube, FakeGates(), [])
+    assert order == ["status", "image"]  # the old image is on record before the patch that replaces it
+    assert kube.status_writes[0]["phase"] == "Deploying"
+    assert kube.status_writes[0]["restore"]["image"] == OLD
     assert kube.images == [("torghut", NEW)]
 
 

@@ -301,7 +301,15 @@ class Reconciler:
         job = None
         if phase is Phase.PENDING or verb == "retry":
             peers = await self._peers(namespace, spec)
-        watched = (Phase.PENDING, Phase.DEPLOYING, Phase.VERIFYING, Phase.PROMOTING, Phase.ROLLING_BACK)
+        # Migrating too: the turn that sees the migration done deploys at once, in the same status write.
+        watched = (
+            Phase.PENDING,
+            Phase.MIGRATING,
+            Phase.DEPLOYING,
+            Phase.VERIFYING,
+            Phase.PROMOTING,
+            Phase.ROLLING_BACK,
+        )
         if phase in watched or verb in ("retry", "abort"):
             target = await self._read_target(namespace, spec)
         if phase is Phase.MIGRATING and spec.migrate is not None and spec.migrate.job is not None:
