@@ -4,11 +4,12 @@ server and the real operator."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import pytest
-from kubernetes import config
 
 from tests.conftest import ClusterHandle
 from tests.e2e.conftest import NEW_IMAGE, OLD_IMAGE, World, rollout_manifest
@@ -16,6 +17,7 @@ from torghut_localstack import workloads
 from torghut_localstack.kubectl import Kubectl
 from torghut_localstack.wait import wait_for
 from torghut_operator.adapters.kube import KubeGateway
+from torghut_operator.adapters.kubeapi import KubeApi
 from torghut_operator.core.api.spec import Target
 from torghut_operator.core.errors import TemporaryError
 from torghut_operator.core.ownership import FIELD_MANAGER, container_apply, field_owners
@@ -84,26 +86,26 @@ def _managers_of(obj: dict[str, Any], field: str) -> set[str]:
 
 
 def test_the_operator_takes_only_the_image_and_the_variables_it_sets_and_keeps_them(
-    cluster: ClusterHandle, kubectl: Kubectl, namespace: str
+    cluster: ClusterHandle, kubectl: Kubectl, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _apply_as(kubectl, GIT, namespace, _deployment(OLD_IMAGE, {"TRADING_MODE": "paper", "LOG_LEVEL": "info"}))
-    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+    api = _api(cluster, monkeypatch)
     gateway = KubeGateway(api)
 
-    gateway.set_target_image(namespace, TARGET, NEW_IMAGE)
+    _run(api, gateway.set_target_image(namespace, TARGET, NEW_IMAGE))
     obj, container = _container(kubectl, namespace)
     assert container["image"] == NEW_IMAGE
     assert _managers_of(obj, "image") == {f"{FIELD_MANAGER}/Apply"}
     assert _managers_of(obj, "env:LOG_LEVEL") == {f"{GIT}/Apply"}
 
-    gateway.set_target_env(namespace, TARGET, {"TRADING_MODE": "live", "TRADING_CAPITAL_FRACTION": "0.10"})
+    _run(api, gateway.set_target_env(namespace, TARGET, {"TRADING_MODE": "live", "TRADING_CAPITAL_FRACTION": "0.10"}))
     obj, container = _container(kubectl, namespace)
     assert container["image"] == NEW_IMAGE, "an env write released the image the operator owned"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env == {"TRADING_MODE": "live", "LOG_LEVEL": "info", "TRADING_CAPITAL_FRACTION": "0.10"}
     assert _managers_of(obj, "env:TRADING_MODE") == {f"{FIELD_MANAGER}/Apply"}
 
-    gateway.set_target_env(namespace, TARGET, {"TRADING_MODE": "paper", "TRADING_CAPITAL_FRACTION": None})
+    _run(api, gateway.set_target_env(namespace, TARGET, {"TRADING_MODE": "paper", "TRADING_CAPITAL_FRACTION": None}))
     obj, container = _container(kubectl, namespace)
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env == {"TRADING_MODE": "paper", "LOG_LEVEL": "info"}, "a variable the rollout added was not removed"
@@ -116,18 +118,40 @@ def test_the_operator_takes_only_the_image_and_the_variables_it_sets_and_keeps_t
 
 
 def test_an_apply_to_a_version_that_changed_since_it_was_read_is_refused(
-    cluster: ClusterHandle, kubectl: Kubectl, namespace: str
+    cluster: ClusterHandle, kubectl: Kubectl, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _apply_as(kubectl, GIT, namespace, _deployment(OLD_IMAGE, {}))
-    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+    api = _api(cluster, monkeypatch)
     gateway = KubeGateway(api)
     read, _ = _container(kubectl, namespace)
     kubectl("set", "image", "deployment/torghut", f"torghut={OLD_IMAGE}-x", "-n", namespace)
     body = container_apply(read, "torghut", image=NEW_IMAGE)
     with pytest.raises(TemporaryError, match="changed concurrently"):
-        gateway._apply_deployment(namespace, "torghut", body, "set image")
+        _run(api, gateway._apply_deployment(namespace, "torghut", body, "set image"))
     _, container = _container(kubectl, namespace)
     assert container["image"] == f"{OLD_IMAGE}-x"
+
+
+T = TypeVar("T")
+
+
+def _api(cluster: ClusterHandle, monkeypatch: pytest.MonkeyPatch) -> KubeApi:
+    """The operator's own API session, logged in from the cluster's kubeconfig as the operator would be."""
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    return KubeApi()
+
+
+def _run(api: KubeApi, call: Coroutine[Any, Any, T]) -> T:
+    """One gateway call on a loop of its own (the session opens on that loop, so it is closed with it)."""
+
+    async def once() -> T:
+        try:
+            return await call
+        finally:
+            await api.close()
+
+    return asyncio.run(once())
 
 
 class _RacedGateway(KubeGateway):
@@ -137,8 +161,8 @@ class _RacedGateway(KubeGateway):
         super().__init__(api)
         self.kubectl, self.races, self.reads = kubectl, races, 0
 
-    def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
-        obj = super().get_target(namespace, target)
+    async def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
+        obj = await super().get_target(namespace, target)
         self.reads += 1
         if self.reads <= self.races:
             self.kubectl("annotate", "--overwrite", "deployment/torghut", f"race={self.reads}", "-n", namespace)
@@ -146,14 +170,14 @@ class _RacedGateway(KubeGateway):
 
 
 def test_a_write_raced_by_another_writer_reads_again_and_keeps_their_change(
-    cluster: ClusterHandle, kubectl: Kubectl, namespace: str
+    cluster: ClusterHandle, kubectl: Kubectl, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _apply_as(kubectl, GIT, namespace, _deployment(OLD_IMAGE, {"TRADING_MODE": "paper"}))
     # Rolled out first: the Deployment controller's own status writes would race the gateway too.
     workloads.wait_for_rollout(kubectl, "torghut", namespace=namespace)
-    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+    api = _api(cluster, monkeypatch)
     gateway = _RacedGateway(api, kubectl, races=2)
-    gateway.set_target_image(namespace, TARGET, NEW_IMAGE)
+    _run(api, gateway.set_target_image(namespace, TARGET, NEW_IMAGE))
     obj, container = _container(kubectl, namespace)
     assert container["image"] == NEW_IMAGE
     assert obj["metadata"]["annotations"]["race"] == "2", "the other writer's change was lost"
@@ -162,7 +186,7 @@ def test_a_write_raced_by_another_writer_reads_again_and_keeps_their_change(
     # A writer that never stops racing: the write gives up with a retryable error and changes nothing.
     always = _RacedGateway(api, kubectl, races=100)
     with pytest.raises(TemporaryError, match="changed concurrently"):
-        always.set_target_env(namespace, TARGET, {"TRADING_MODE": "live"})
+        _run(api, always.set_target_env(namespace, TARGET, {"TRADING_MODE": "live"}))
     _, container = _container(kubectl, namespace)
     assert {e["name"]: e.get("value") for e in container["env"]} == {"TRADING_MODE": "paper"}
 

@@ -14,8 +14,7 @@ from torghut_localstack.prometheus import PrometheusServer
 from torghut_localstack.simulator import DEFAULT_IMAGE, LOOP_ERROR, TorghutSimulator
 from torghut_localstack.wait import NotYet, wait_for
 from torghut_operator.adapters.http import HttpGateway
-from torghut_operator.adapters.kube import KubeGateway
-from torghut_operator.adapters.live import LiveGates
+from torghut_operator.adapters.live import ConfigReads, LiveGates
 from torghut_operator.adapters.measure import take_measurement
 from torghut_operator.core.api.spec import Check, TorghutRolloutSpec
 from torghut_operator.core.api.status import Verdict
@@ -102,7 +101,7 @@ def test_zero_signal_throughput_quotes_the_no_signal_reasons_and_the_block(prome
             )
             check = preset.model_copy(update={"prometheus": scoped})
             assert f'job="{job}"' in check.query_text
-            gates = LiveGates(cast(KubeGateway, None))  # no Secret involved: the spec has no bearer token
+            gates = LiveGates(cast(ConfigReads, None))  # no Secret involved: the spec has no bearer token
 
             def blocked() -> str:
                 measured = gates.measure(check, spec, "torghut", None)

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from torghut_operator.adapters import live
 from torghut_operator.adapters.kube import KubeGateway
+from torghut_operator.adapters.live import ConfigReads
 from torghut_operator.adapters.postgres.migrator import BackfillProgress, BackfillSettings, SqlMigrationResult
 from torghut_operator.core.api.spec import Target, TorghutRolloutSpec
 from torghut_operator.core.api.status import BackfillStatus, MigrationStatus, PromotionStatus, TorghutRolloutStatus
@@ -138,7 +139,7 @@ def test_apply_sql_builds_the_migrator_from_the_spec_and_runs_one_slice(
     monkeypatch.setattr("torghut_operator.adapters.postgres.migrator.SqlMigrator", migrator)
     spec = TorghutRolloutSpec.model_validate(spec_body(lockTimeout="3s", lockRetries=7, backfill={"pause": "50ms"}))
 
-    outcome = live.LiveGates(cast(KubeGateway, Kube())).apply_sql(
+    outcome = live.LiveGates(cast(ConfigReads, Kube())).apply_sql(
         spec, "torghut", "release", catch_up=catch_up, run="2026-12-01T12:00:00.000Z attempt 2"
     )
 
@@ -235,16 +236,16 @@ class FakeKube:
     def __init__(self, rollout: dict[str, Any]) -> None:
         self.rollout = rollout
 
-    def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.rollout)
 
-    def patch_rollout_status(
+    async def patch_rollout_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str
     ) -> str | None:
         self.rollout["status"] = merge_patch(self.rollout.get("status") or {}, status)
         return "2"
 
-    def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
+    async def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
         container = {"name": "torghut", "image": NEW, "env": []}
         ready = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
         return {

@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torghut_operator.adapters.kube import KubeGateway
-from torghut_operator.adapters.live import PROMOTION_EVIDENCE_SQL, LiveGates
+from torghut_operator.adapters.live import PROMOTION_EVIDENCE_SQL, ConfigReads, LiveGates
 from torghut_operator.adapters.measure import take_measurement
 from torghut_operator.adapters.postgres.gate_queries import role_refusal
 from torghut_operator.adapters.postgres.sql_guard import refusal
@@ -326,7 +325,7 @@ def test_the_ledger_writes_with_its_own_dsn_and_gates_read_with_the_gate_dsn(
     fields: dict[str, Any], ledger: str
 ) -> None:
     secrets = Secrets()
-    gates = LiveGates(cast(KubeGateway, secrets))
+    gates = LiveGates(cast(ConfigReads, secrets))
     spec = rollout_spec(**fields)
     assert gates._ledger_dsn(spec, "torghut") == f"postgresql://{ledger.split('/', maxsplit=1)[0]}@db/torghut"
     assert gates._dsn(spec, "torghut") == "postgresql://reader@db/torghut"

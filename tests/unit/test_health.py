@@ -17,9 +17,13 @@ class Clock:
         return self.now
 
 
+async def _no_rollouts() -> dict[str, str]:
+    return {}
+
+
 def test_a_change_not_delivered_within_the_grace_makes_the_watch_stale() -> None:
     clock = Clock()
-    fresh = WatchFreshness(dict, grace_seconds=90, clock=clock)
+    fresh = WatchFreshness(_no_rollouts, grace_seconds=90, clock=clock)
     fresh.saw("a", "10")
     assert fresh.compare({"a": "10"}) == []
     assert fresh.compare({"a": "11"}) == [], "a change in flight is not staleness"
@@ -33,7 +37,7 @@ def test_a_change_not_delivered_within_the_grace_makes_the_watch_stale() -> None
 
 def test_an_object_the_watch_never_announced_counts_and_deleted_ones_are_forgotten() -> None:
     clock = Clock()
-    fresh = WatchFreshness(dict, grace_seconds=10, clock=clock)
+    fresh = WatchFreshness(_no_rollouts, grace_seconds=10, clock=clock)
     assert fresh.compare({"new": "1"}) == []
     clock.now = 11
     assert fresh.compare({"new": "1"}) == ["new"]

@@ -98,20 +98,20 @@ class _Kube:
         self.logs = logs
         self.log_reads = 0
 
-    def get_rollout(self, namespace: str, name: str) -> dict[str, Any]:
+    async def get_rollout(self, namespace: str, name: str) -> dict[str, Any]:
         return self.rollout
 
-    def patch_rollout_status(self, namespace: str, name: str, status: dict[str, Any], rv: str) -> str:
+    async def patch_rollout_status(self, namespace: str, name: str, status: dict[str, Any], rv: str) -> str:
         self.rollout["status"] = {**self.rollout.get("status", {}), **status}
         return "2"
 
-    def get_job(self, namespace: str, name: str) -> dict[str, Any]:
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any]:
         return self.job
 
-    def get_target(self, namespace: str, target: object) -> None:
+    async def get_target(self, namespace: str, target: object) -> None:
         return None  # read in every Migrating turn; a failed Job fails whatever the target
 
-    def job_logs(self, namespace: str, job: str) -> str:
+    async def job_logs(self, namespace: str, job: str) -> str:
         self.log_reads += 1
         if isinstance(self.logs, Exception):
             raise self.logs

@@ -60,13 +60,13 @@ class FakeKube:
         self.targets_read: list[str] = []
         self.reports: list[str] = []
 
-    def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.rollout)
 
-    def list_rollouts(self, namespace: str) -> list[dict[str, Any]]:
+    async def list_rollouts(self, namespace: str) -> list[dict[str, Any]]:
         return copy.deepcopy([self.rollout, *self.others])
 
-    def patch_rollout_status(
+    async def patch_rollout_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str
     ) -> str | None:
         if self.conflicts or resource_version != self.rollout["metadata"]["resourceVersion"]:
@@ -76,34 +76,34 @@ class FakeKube:
         self.rollout["status"] = {**self.rollout.get("status", {}), **status}
         return self._bump()
 
-    def clear_action(self, namespace: str, name: str, value: str) -> None:
+    async def clear_action(self, namespace: str, name: str, value: str) -> None:
         annotations = self.rollout["metadata"].setdefault("annotations", {})
         if annotations.get(ACTION_ANNOTATION) == value:
             del annotations[ACTION_ANNOTATION]
             self._bump()
         self.cleared.append(value)
 
-    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None
 
-    def job_logs(self, namespace: str, job: str) -> str:
+    async def job_logs(self, namespace: str, job: str) -> str:
         return ""
 
-    def create_job(self, namespace: str, manifest: dict[str, Any]) -> None:
+    async def create_job(self, namespace: str, manifest: dict[str, Any]) -> None:
         raise AssertionError("no migration Job in these rollouts")
 
-    def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
+    async def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
         self.targets_read.append(target.name)
         return copy.deepcopy(self.targets.get(target.name))
 
-    def set_target_image(self, namespace: str, target: Target, image: str) -> None:
+    async def set_target_image(self, namespace: str, target: Target, image: str) -> None:
         self.images.append((target.name, image))
         self.targets[target.name] = deployment(image)
 
-    def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None:
+    async def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None:
         raise AssertionError("no trading env in these rollouts")
 
-    def publish_report(self, namespace: str, rollout: str, uid: str, report: str) -> None:
+    async def publish_report(self, namespace: str, rollout: str, uid: str, report: str) -> None:
         self.reports.append(report)
 
     def _bump(self) -> str:

@@ -57,23 +57,23 @@ class FakeKube:
         self.image_patches: list[str] = []
         self.env_patches: list[dict[str, str | None]] = []
 
-    def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.rollout)
 
-    def patch_rollout_status(
+    async def patch_rollout_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str
     ) -> str | None:
         self.status_patches.append(status)
         self.rollout["status"] = {**self.rollout.get("status", {}), **status}
         return "2"
 
-    def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
+    async def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
         return copy.deepcopy(self.target)
 
-    def set_target_image(self, namespace: str, target: Target, image: str) -> None:
+    async def set_target_image(self, namespace: str, target: Target, image: str) -> None:
         self.image_patches.append(image)
 
-    def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None:
+    async def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None:
         self.env_patches.append(env)
 
 

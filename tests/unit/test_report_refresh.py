@@ -31,10 +31,10 @@ class FakeKube:
         self.obj = obj
         self.published: list[str] = []
 
-    def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.obj
 
-    def publish_report(self, namespace: str, rollout: str, uid: str, report: str) -> None:
+    async def publish_report(self, namespace: str, rollout: str, uid: str, report: str) -> None:
         self.published.append(report)
 
 

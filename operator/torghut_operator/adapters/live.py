@@ -8,10 +8,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from torghut_operator.adapters.http import HttpGateway
-from torghut_operator.adapters.kube import KubeGateway
 from torghut_operator.adapters.measure import Explain, Provider, take_measurement
 from torghut_operator.adapters.prometheus import PrometheusGateway
 from torghut_operator.adapters.torghut import trading_status
@@ -96,10 +95,18 @@ def _close(gateway: Any) -> None:
     gateway.close()
 
 
+class ConfigReads(Protocol):
+    """What the gates read from the cluster, from their worker threads (``adapters.kube.BlockingReads``)."""
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> str: ...
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str]: ...
+
+
 class LiveGates:
     """``denied_functions``: function patterns gate SQL may not call, on top of the built-in denylist."""
 
-    def __init__(self, kube: KubeGateway, *, denied_functions: tuple[str, ...] = ()) -> None:
+    def __init__(self, kube: ConfigReads, *, denied_functions: tuple[str, ...] = ()) -> None:
         self._kube = kube
         self._denied_functions = denied_functions
         self._postgres: _Cache[tuple[str, float, float], PostgresGateway] = _Cache(32, _close)

@@ -49,6 +49,22 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
     memo.runtime = build_runtime(config, tuple(getattr(memo, "namespace_patterns", ())))
 
 
+@kopf.on.login()
+def login(*, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """Kopf's watches and the operator's own API calls log in the same way (``adapters.kubeapi.credentials``);
+    Kopf calls this again when the API server answers 401 (a rotated token)."""
+    from torghut_operator.adapters.kubeapi import credentials  # noqa: PLC0415 (keep import cheap)
+
+    return credentials(settings)
+
+
+@kopf.on.cleanup()
+async def cleanup(*, memo: Any, **_: Any) -> None:
+    runtime: Runtime | None = getattr(memo, "runtime", None)
+    if runtime is not None and runtime.api is not None:
+        await runtime.api.close()
+
+
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
 async def drive(
     *, stopped: kopf.DaemonStopped, namespace: str | None, name: str, uid: str, spec: kopf.Spec, memo: Any, **_: Any

@@ -12,9 +12,8 @@ watch, so it is left out of the comparison (`served_versions`), or it would fail
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from kopf._cogs.structs.references import NamespaceName, match_namespace  # Kopf's own: agrees with what it serves
@@ -51,7 +50,7 @@ def served_versions(
 class WatchFreshness:
     def __init__(
         self,
-        list_versions: Callable[[], dict[str, str]],
+        list_versions: Callable[[], Awaitable[dict[str, str]]],
         *,
         grace_seconds: float = 90.0,
         clock: Callable[[], float] = time.monotonic,
@@ -71,7 +70,7 @@ class WatchFreshness:
         self._behind_since.pop(uid, None)
 
     async def stale_objects(self) -> list[str]:
-        listed = await asyncio.to_thread(self._list)
+        listed = await self._list()
         return self.compare(listed)
 
     def compare(self, listed: dict[str, str]) -> list[str]:

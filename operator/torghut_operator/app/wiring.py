@@ -1,31 +1,21 @@
-"""Builds the live runtime from configuration: API clients, gateways, the reconciler. Called once at startup."""
+"""Builds the live runtime from configuration: API clients, gateways, the reconciler. Called once at startup, on
+the operator's event loop."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any, cast
 
 import kopf
-from kubernetes import client, config
-from kubernetes.config.config_exception import ConfigException
 from prometheus_client import start_http_server
 
-from torghut_operator.adapters.kube import TIMEOUT, KubeGateway, as_dict
+from torghut_operator.adapters.kube import BlockingReads, KubeGateway
+from torghut_operator.adapters.kubeapi import KubeApi
 from torghut_operator.adapters.live import LiveGates
 from torghut_operator.app.health import Listed, WatchFreshness, served_versions
 from torghut_operator.app.runtime import Runtime
 from torghut_operator.app.settings import OperatorConfig
-from torghut_operator.core.api.spec import GROUP, PLURAL, VERSION
 from torghut_operator.shell.reconciler import Reconciler
-
-
-def api_client() -> client.ApiClient:
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except ConfigException:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return client.ApiClient(configuration)
 
 
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -34,35 +24,31 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
 
 def build_runtime(cfg: OperatorConfig, namespace_patterns: tuple[str, ...] = ()) -> Runtime:
     """`namespace_patterns`: the operator's `--namespace` patterns (none: cluster-wide)."""
-    api = api_client()
+    api = KubeApi()
     kube = KubeGateway(api)
-    custom = client.CustomObjectsApi(api)
-    core = client.CoreV1Api(api)
 
-    def list_versions() -> dict[str, str]:
-        items = as_dict(custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=TIMEOUT))["items"]
+    async def list_versions() -> dict[str, str]:
         listed = [
             Listed(i["metadata"]["uid"], i["metadata"].get("namespace", ""), i["metadata"]["resourceVersion"])
-            for i in items
+            for i in await kube.list_all_rollouts()
         ]
         terminating = None
         if namespace_patterns:
-            raw: Any = core.list_namespace(_request_timeout=TIMEOUT, _preload_content=False)  # JSON, no models
-            found = as_dict(json.loads(raw.data))["items"]
             terminating = {
                 n["metadata"]["name"]: (n.get("status") or {}).get("phase") == "Terminating"
                 or bool(n["metadata"].get("deletionTimestamp"))
-                for n in found
+                for n in await kube.list_namespaces()
             }
         return served_versions(listed, namespace_patterns, terminating)
 
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
-    gates = LiveGates(kube, denied_functions=cfg.gate_sql_denylist)
+    gates = LiveGates(BlockingReads(kube, asyncio.get_running_loop()), denied_functions=cfg.gate_sql_denylist)
     reconciler = Reconciler(kube, gates, post_event)
     return Runtime(
         reconciler=reconciler,
         route_reader=gates.route_stats,
         config=cfg,
         freshness=WatchFreshness(list_versions, grace_seconds=cfg.freshness_grace_seconds),
+        api=api,
     )

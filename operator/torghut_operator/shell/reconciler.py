@@ -100,7 +100,7 @@ class Reconciler:
         return turn
 
     async def _turn(self, namespace: str, name: str) -> Turn | None:
-        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        body = await self._kube.get_rollout(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         meta = body["metadata"]
@@ -120,8 +120,7 @@ class Reconciler:
         for _ in range(MAX_STEPS):
             result = plan(spec, checks, status, obs, name=name, generation=generation)
             if result.status != status:
-                written = await asyncio.to_thread(
-                    self._kube.patch_rollout_status,
+                written = await self._kube.patch_rollout_status(
                     namespace,
                     name,
                     _dump_status(result.status),
@@ -132,9 +131,9 @@ class Reconciler:
                 resource_version = written
                 await self._evidence(body, spec, namespace, status, result)
             if result.verb_handled and verb_value is not None:
-                await asyncio.to_thread(self._kube.clear_action, namespace, name, verb_value)
+                await self._kube.clear_action(namespace, name, verb_value)
                 verb_value = None
-                fresh = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+                fresh = await self._kube.get_rollout(namespace, name)
                 if fresh is None:
                     return None
                 resource_version = fresh["metadata"]["resourceVersion"]
@@ -166,7 +165,7 @@ class Reconciler:
         if after.phase.terminal and not before.phase.terminal:
             try:
                 report = await asyncio.to_thread(self._gates.report, spec, namespace, ref, after)
-                await asyncio.to_thread(self._kube.publish_report, namespace, meta["name"], meta["uid"], report)
+                await self._kube.publish_report(namespace, meta["name"], meta["uid"], report)
                 self._emit(body, Event("Normal", "EvidenceReport", f"report in ConfigMap {report_name(meta['name'])}"))
             except Exception as exc:  # noqa: BLE001 (the report can be rendered again by the plugin)
                 self._emit(body, Event("Warning", "EvidenceReportFailed", _secret_free(exc)))
@@ -175,7 +174,7 @@ class Reconciler:
         """A turn failed for a reason that retrying alone will not fix (a bug, a forbidden request, a status that
         does not parse): say so in status (Ready=False, reason ReconcileError) and in an event, once per message.
         The daemon keeps retrying with backoff; nothing else in status changes, so no decision is lost."""
-        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        body = await self._kube.get_rollout(namespace, name)
         if body is None:
             return
         text = f"reconcile failed: {describe_error(exc)}"
@@ -197,9 +196,7 @@ class Reconciler:
         }
         others = [c for c in conditions if c.get("type") != "Ready"]
         patch = {"message": text, "conditions": [new_ready, *others]}
-        await asyncio.to_thread(
-            self._kube.patch_rollout_status, namespace, name, patch, body["metadata"]["resourceVersion"]
-        )
+        await self._kube.patch_rollout_status(namespace, name, patch, body["metadata"]["resourceVersion"])
         self._emit(body, Event("Warning", "ReconcileError", text))
 
     async def finalize(self, namespace: str, name: str) -> bool:
@@ -207,7 +204,7 @@ class Reconciler:
         changed its target first puts the previous image and trading env back (the planner's rollback, as if
         aborted when the deletion was asked), within deploy.progressDeadline; past it, or with Orphan, it goes
         with a Warning event saying what it left behind."""
-        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        body = await self._kube.get_rollout(namespace, name)
         if body is None:
             return True
         try:
@@ -221,7 +218,7 @@ class Reconciler:
             if restore is not None and not restore.empty and status.phase is not Phase.SUCCEEDED:
                 self._emit(body, Event("Warning", "DeletedUnrestored", _left_behind(spec, restore)))
             return True
-        raw = await asyncio.to_thread(self._kube.get_target, namespace, spec.target)
+        raw = await self._kube.get_target(namespace, spec.target)
         reader = deployment_state if spec.target.kind is TargetKind.DEPLOYMENT else knative_state
         deleted_at = parse_time(body["metadata"].get("deletionTimestamp") or format_time(self._clock()))
         result = deletion_plan(
@@ -234,9 +231,9 @@ class Reconciler:
                 self._emit(body, Event("Normal", "RestoringOnDelete", f"deleted: {result.status.message}"))
             for action in result.actions:
                 if isinstance(action, SetTargetImage):
-                    await asyncio.to_thread(self._kube.set_target_image, namespace, spec.target, action.image)
+                    await self._kube.set_target_image(namespace, spec.target, action.image)
                 elif isinstance(action, SetTargetEnv):
-                    await asyncio.to_thread(self._kube.set_target_env, namespace, spec.target, action.env)
+                    await self._kube.set_target_env(namespace, spec.target, action.env)
             return False
         if result.status.phase is Phase.ABORTED:
             self._emit(body, Event("Normal", "RestoredOnDelete", f"deleted after {result.status.message}"))
@@ -248,7 +245,7 @@ class Reconciler:
         """Re-render and republish a finished run's report so it shows the first lane runs after the deploy as they
         happen. True while there is more to wait for (fewer than LANE_RUNS seen, within REFRESH_HOURS of the end);
         False when done or not applicable (running, no database, deleted)."""
-        body = await asyncio.to_thread(self._kube.get_rollout, namespace, name)
+        body = await self._kube.get_rollout(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return False
         try:
@@ -263,7 +260,7 @@ class Reconciler:
         meta = body["metadata"]
         ref = RolloutRef(meta["uid"], meta["name"], namespace, status.attempt, status.spec_hash or "")
         text, seen = await asyncio.to_thread(self._gates.report_with_lane_runs, spec, namespace, ref, status)
-        await asyncio.to_thread(self._kube.publish_report, namespace, meta["name"], meta["uid"], text)
+        await self._kube.publish_report(namespace, meta["name"], meta["uid"], text)
         return seen is None or seen < LANE_RUNS
 
     async def _invalid_spec(self, body: dict[str, Any], exc: Exception) -> None:
@@ -275,8 +272,7 @@ class Reconciler:
         status = status.model_copy(
             update={"phase": Phase.FAILED, "message": message, "observed_generation": meta.get("generation")}
         )
-        await asyncio.to_thread(
-            self._kube.patch_rollout_status,
+        await self._kube.patch_rollout_status(
             meta["namespace"],
             meta["name"],
             _dump_status(status),
@@ -314,7 +310,7 @@ class Reconciler:
             target = await self._read_target(namespace, spec)
         if phase is Phase.MIGRATING and spec.migrate is not None and spec.migrate.job is not None:
             jname = job_name(name, status.spec_hash or "", status.attempt)
-            job = job_state(jname, await asyncio.to_thread(self._kube.get_job, namespace, jname))
+            job = job_state(jname, await self._kube.get_job(namespace, jname))
             if job.failed:
                 job = replace(job, logs=await self._job_logs(namespace, jname))
         return Observations(now=self._clock(), verb=verb, peers=peers, target=target, job=job)
@@ -323,18 +319,18 @@ class Reconciler:
         """The failed Job's last log lines for status (kept pods; secrets removed). A log that can't be read is
         said so: the failure itself is never held up by it."""
         try:
-            text = await asyncio.to_thread(self._kube.job_logs, namespace, job)
+            text = await self._kube.job_logs(namespace, job)
         except Exception as exc:  # noqa: BLE001 (reported in place of the log)
             return f"(the pod's log could not be read: {describe_error(exc)})"
         return redact_log(text).strip() or "(the pod wrote no log)"
 
     async def _read_target(self, namespace: str, spec: TorghutRolloutSpec) -> TargetState:
-        raw = await asyncio.to_thread(self._kube.get_target, namespace, spec.target)
+        raw = await self._kube.get_target(namespace, spec.target)
         reader = deployment_state if spec.target.kind is TargetKind.DEPLOYMENT else knative_state
         return reader(raw, spec.target.container)
 
     async def _peers(self, namespace: str, spec: TorghutRolloutSpec) -> tuple[Peer, ...]:
-        items = await asyncio.to_thread(self._kube.list_rollouts, namespace)
+        items = await self._kube.list_rollouts(namespace)
         peers = []
         for item in items:
             if target_key(namespace, item.get("spec") or {}) != target_key(namespace, spec):
@@ -362,11 +358,11 @@ class Reconciler:
                 manifest = migration_job(
                     spec, name=action.name, rollout=name, uid=body["metadata"]["uid"], namespace=namespace
                 )
-                await asyncio.to_thread(self._kube.create_job, namespace, manifest)
+                await self._kube.create_job(namespace, manifest)
             elif isinstance(action, SetTargetImage):
-                await asyncio.to_thread(self._kube.set_target_image, namespace, spec.target, action.image)
+                await self._kube.set_target_image(namespace, spec.target, action.image)
             elif isinstance(action, SetTargetEnv):
-                await asyncio.to_thread(self._kube.set_target_env, namespace, spec.target, action.env)
+                await self._kube.set_target_env(namespace, spec.target, action.env)
             elif isinstance(action, CheckPromotionEvidence):
                 outcomes["promotion_evidence"] = await asyncio.to_thread(
                     self._gates.promotion_evidence, spec, namespace, action
