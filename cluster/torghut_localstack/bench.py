@@ -333,6 +333,8 @@ class RolloutFigures:
     """transition name -> seconds from the evidence being observable to the next phase being seen"""
     wall: float
     waited: float
+    parts: dict[str, float] = field(default_factory=dict)
+    """where the overhead went: stretch name -> seconds beyond what the rollout had to wait for"""
 
     @property
     def overhead(self) -> float:
@@ -375,12 +377,27 @@ def analyse(recorder: Recorder, namespace: str, applied_at: float, verify_wait: 
     if available is not None and verifying is not None:
         transitions["Deployment available → Verifying"] = verifying - available
 
+    parts: dict[str, float] = {}
+    first_patch = job_created if job_created is not None else patched
+    if first_patch is not None:
+        parts["apply → first write to the cluster"] = first_patch - applied_at
+    if job_done is not None and patched is not None:
+        parts["Job Complete → image patched"] = patched - job_done
+    if available is not None and verifying is not None:
+        parts["Deployment available → Verifying"] = verifying - available
+
     succeeded = seen("Succeeded")
     if succeeded is not None:
         done = next(obj for at, obj in rollout if at == succeeded and _phase(obj) == "Succeeded")
         stamps = [m["at"] for c in done["status"].get("checks") or [] for m in c.get("measurements") or []]
         if stamps:
             transitions["last measurement → Succeeded"] = succeeded - max(_epoch(s) for s in stamps)
+            parts["last measurement → Succeeded"] = transitions["last measurement → Succeeded"]
+            times = sorted({_epoch(s) for s in stamps})
+            if verifying is not None:
+                parts["Verifying → measurements done, beyond the intervals"] = max(
+                    0.0, times[-1] - verifying - verify_wait
+                )
 
     end = succeeded if succeeded is not None else (rollout[-1][0] if rollout else applied_at)
     waited = verify_wait
@@ -388,7 +405,9 @@ def analyse(recorder: Recorder, namespace: str, applied_at: float, verify_wait: 
         waited += job_done - job_created
     if patched is not None and available is not None:
         waited += available - patched
-    return RolloutFigures(namespace, phase, str(status.get("message") or ""), transitions, end - applied_at, waited)
+    return RolloutFigures(
+        namespace, phase, str(status.get("message") or ""), transitions, end - applied_at, waited, parts
+    )
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -816,6 +835,23 @@ def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
     return table
 
 
+def overhead_table(phases: Sequence[Phase]) -> Table:
+    """Where the overhead goes: each stretch of a rollout the operator spends beyond what it had to wait for (p50
+    and p99 over the phase's rollouts, seconds)."""
+    table = Table(title="where the overhead goes (s, p50 / p99)")
+    names = list(dict.fromkeys(name for p in phases for f in p.figures for name in f.parts))
+    table.add_column("workload, at once")
+    for name in names:
+        table.add_column(name, justify="right")
+    for p in phases:
+        cells = []
+        for name in names:
+            values = [f.parts[name] for f in p.figures if name in f.parts]
+            cells.append("—" if not values else f"{_p(values, 50):.2f} / {_p(values, 99):.2f}")
+        table.add_row(f"{p.workload} x {p.scale}", *cells)
+    return table
+
+
 def target_table(phases: Sequence[Phase], rtt50: float) -> Table:
     table = Table(title="targets (peer-shaped workload)", title_justify="left", header_style="bold")
     for head in ("target", "at once", "limit", "measured", "met"):
@@ -859,6 +895,7 @@ def run(
     console.print(facts)
     if "peer" in workloads:
         console.print(target_table(phases, rtt50))
+    console.print(overhead_table(phases))
     for p in phases:
         if p.conflicts:
             where = ", ".join(f"{what}: {n}" for what, n in p.conflicts.most_common())
