@@ -18,7 +18,7 @@ import kopf
 from pydantic import ValidationError
 
 from torghut_operator.app.runtime import Runtime
-from torghut_operator.app.settings import OperatorConfig, report_refresh_interval, route_interval
+from torghut_operator.app.settings import OperatorConfig, adopted, report_refresh_interval, route_interval
 from torghut_operator.core.api.spec import GROUP, PLURAL, VERSION, TorghutRolloutSpec, target_key
 from torghut_operator.core.api.status import Phase
 from torghut_operator.core.manifests import MANAGED_BY
@@ -29,6 +29,8 @@ from torghut_operator.shell.reconciler import describe_error, is_transient
 log = logging.getLogger(__name__)
 TURN_TIMEOUT = 180.0
 """The longest one reconcile turn may take (a SQL migration file may take a while)."""
+ADOPTION_SECONDS = 5.0
+"""The longest a new rollout's first turn waits for Kopf's finalizer and diff base."""
 IDLE_SECONDS = 30.0
 """The longest a daemon sleeps without being woken; a safety net under the watches."""
 
@@ -67,7 +69,14 @@ async def cleanup(*, memo: Any, **_: Any) -> None:
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
 async def drive(
-    *, stopped: kopf.DaemonStopped, namespace: str | None, name: str, uid: str, spec: kopf.Spec, memo: Any, **_: Any
+    *,
+    stopped: kopf.DaemonStopped,
+    namespace: str | None,
+    name: str,
+    uid: str,
+    meta: kopf.Meta,
+    memo: Any,
+    **_: Any,
 ) -> None:
     assert namespace is not None  # the resource is namespaced
     runtime = _runtime(memo)
@@ -75,6 +84,7 @@ async def drive(
     wake = runtime.wakers.setdefault(uid, asyncio.Event())
     backoff = 1.0
     try:
+        await _adoption(meta, wake)
         while not stopped:
             wake.clear()
             try:
@@ -103,6 +113,17 @@ async def drive(
                 await _wait(wake, delay)
     finally:
         runtime.wakers.pop(uid, None)
+
+
+async def _adoption(meta: kopf.Meta, wake: asyncio.Event, seconds: float = ADOPTION_SECONDS) -> None:
+    """A new rollout's first turn waits (at most ``seconds``) for Kopf's own first writes, which come at once:
+    a status write racing them fails its precondition and costs a whole turn. ``meta`` is Kopf's live view; every
+    change of the rollout sets ``wake``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not adopted(meta) and loop.time() < deadline:
+        await _wait(wake, deadline - loop.time())
+        wake.clear()
 
 
 async def _wait(wake: asyncio.Event, seconds: float) -> None:

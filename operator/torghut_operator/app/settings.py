@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -23,6 +23,20 @@ def report_refresh_interval() -> float:
     """Seconds between two refreshes of a finished rollout's evidence report while it waits for lane runs
     (TORGHUT_OPERATOR_REPORT_REFRESH_INTERVAL, default 60)."""
     return max(1.0, float(os.environ.get("TORGHUT_OPERATOR_REPORT_REFRESH_INTERVAL", "60")))
+
+
+FINALIZER = f"{GROUP}/finalizer"
+"""Kopf's finalizer on every rollout (it holds deletion for the on-delete handler)."""
+DIFF_BASE_ANNOTATION = f"{GROUP}/last-handled-configuration"
+"""Where Kopf keeps each rollout's last handled spec (its diff base)."""
+
+
+def adopted(meta: Mapping[str, Any]) -> bool:
+    """Whether Kopf has made its own first writes to a new rollout (its finalizer, then its diff base), or the
+    rollout is going: a status write before them would race them and fail its precondition."""
+    if meta.get("deletionTimestamp"):
+        return True
+    return FINALIZER in (meta.get("finalizers") or ()) and DIFF_BASE_ANNOTATION in (meta.get("annotations") or {})
 
 
 class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -76,9 +90,11 @@ class OperatorConfig:
         )
 
     def apply(self, settings: kopf.OperatorSettings) -> None:
-        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+        settings.persistence.diffbase_storage = LeanDiffBaseStorage(
+            prefix=GROUP, key=DIFF_BASE_ANNOTATION.removeprefix(f"{GROUP}/")
+        )
         settings.watching.server_timeout = self.watch_server_timeout
         settings.watching.client_timeout = self.watch_client_timeout
         settings.watching.connect_timeout = 10
