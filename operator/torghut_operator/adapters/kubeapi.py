@@ -139,6 +139,12 @@ class KubeApi:
                 ) as response:
                     raw = await response.read()
                     status, reason = response.status, response.reason or ""
+            except aiohttp.ClientConnectionError as exc:
+                # A kept-alive connection the server has just closed fails the request that reuses it: a read is
+                # safe to send once more on a fresh connection (as client-go retries), a write is left to the turn.
+                if method == "GET" and attempt == 1:
+                    continue
+                raise TemporaryError(f"{what}: {type(exc).__name__}") from None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise TemporaryError(f"{what}: {type(exc).__name__}") from None
             if status == 401 and attempt == 1:

@@ -252,7 +252,9 @@ async def knative_service_changed(*, namespace: str | None, name: str, memo: Any
     _wake_target(memo, kwargs, (namespace or "", "Service", name))
 
 
-@kopf.on.probe(id="watch-freshness")
+# A probe that fails answers at once (Kopf would otherwise retry it inside the liveness request, after its
+# default 60 s backoff, e.g. when one listing of the rollouts fails); the next liveness request probes again.
+@kopf.on.probe(id="watch-freshness", errors=kopf.ErrorsMode.PERMANENT)
 async def watch_freshness(*, memo: Any, **_: Any) -> str:
     """Fails (and so fails the liveness endpoint) when the rollout watch stopped delivering changes."""
     runtime = _runtime(memo)
