@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torghut_operator.app.settings import LeanDiffBaseStorage
+from torghut_operator.app.settings import LeanDiffBaseStorage, NoDiffBase
 from torghut_operator.core.api.spec import GROUP
 
 pytestmark = pytest.mark.unit
@@ -75,3 +75,15 @@ def test_the_essence_drops_status_and_managed_fields_and_keeps_spec_labels_and_a
         "spec": {"target": {"image": "new"}},
         "metadata": {"labels": {"a": "1"}, "annotations": {"team/x": "y"}},
     }
+
+
+def test_the_operator_keeps_no_diff_base_because_deletion_is_its_only_changing_handler() -> None:
+    """NoDiffBase is right only while no handler needs Kopf to tell a creation from an update (on.create,
+    on.update, on.resume, on.field): adding one needs a diff base again (LeanDiffBaseStorage, as before)."""
+    import torghut_operator.app.handlers  # noqa: F401, PLC0415 (registers the handlers)
+
+    changing = list(kopf.get_default_registry()._changing.get_all_handlers())
+    assert [(h.id, h.reason.value if h.reason else None) for h in changing] == [("finalize", "delete")]
+    storage = NoDiffBase(prefix=GROUP, key=KEY)
+    body = kopf.Body({"metadata": {"name": "r", "annotations": {f"{GROUP}/{KEY}": "{}"}}, "spec": {}})
+    assert storage.fetch(body=body) is None, "an old rollout's diff base is not read either"

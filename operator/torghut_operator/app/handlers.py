@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 TURN_TIMEOUT = 180.0
 """The longest one reconcile turn may take (a SQL migration file may take a while)."""
 ADOPTION_SECONDS = 5.0
-"""The longest a new rollout's first turn waits for Kopf's finalizer and diff base."""
+"""The longest a new rollout's first turn waits for Kopf's finalizer."""
 IDLE_SECONDS = 30.0
 """The longest a daemon sleeps without being woken; a safety net under the watches."""
 
@@ -116,8 +116,8 @@ async def drive(
 
 
 async def _adoption(meta: kopf.Meta, wake: asyncio.Event, seconds: float = ADOPTION_SECONDS) -> None:
-    """A new rollout's first turn waits (at most ``seconds``) for Kopf's own first writes, which come at once:
-    a status write racing them fails its precondition and costs a whole turn. ``meta`` is Kopf's live view; every
+    """A new rollout's first turn waits (at most ``seconds``) for Kopf's own first write, which comes at once:
+    a status write racing it fails its precondition and costs a whole turn. ``meta`` is Kopf's live view; every
     change of the rollout sets ``wake``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds

@@ -28,15 +28,16 @@ def report_refresh_interval() -> float:
 FINALIZER = f"{GROUP}/finalizer"
 """Kopf's finalizer on every rollout (it holds deletion for the on-delete handler)."""
 DIFF_BASE_ANNOTATION = f"{GROUP}/last-handled-configuration"
-"""Where Kopf keeps each rollout's last handled spec (its diff base)."""
+"""Where Kopf kept each rollout's last handled spec (its diff base) before the operator stopped keeping one:
+older rollouts still carry it, harmlessly."""
 
 
 def adopted(meta: Mapping[str, Any]) -> bool:
-    """Whether Kopf has made its own first writes to a new rollout (its finalizer, then its diff base), or the
-    rollout is going: a status write before them would race them and fail its precondition."""
+    """Whether Kopf has made its own first write to a new rollout (its finalizer), or the rollout is going: a status
+    write before it would race it and fail its precondition."""
     if meta.get("deletionTimestamp"):
         return True
-    return FINALIZER in (meta.get("finalizers") or ()) and DIFF_BASE_ANNOTATION in (meta.get("annotations") or {})
+    return FINALIZER in (meta.get("finalizers") or ())
 
 
 class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -55,6 +56,22 @@ class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         if isinstance(metadata, dict):
             raw["metadata"] = {key: value for key, value in metadata.items() if key != "managedFields"}
         return super().build(body=kopf.Body(cast(kopf.RawBody, raw)))
+
+
+class NoDiffBase(LeanDiffBaseStorage):
+    """No diff base at all. Kopf keeps one (a copy of the spec in an annotation, written when a rollout appears)
+    to tell creations, updates and field changes apart for ``on.create``/``on.update``/``on.field`` handlers; the
+    operator has none (a daemon drives each rollout from what it reads; deletion is its only changing handler, and
+    Kopf finds deletions by ``deletionTimestamp``), so keeping it served nothing and cost a PATCH and a watch event
+    per new rollout, and a copy of the spec in every answer about a rollout. Every event is then a "creation" with
+    no handlers, which Kopf skips. tests/unit/test_diffbase.py fails if a changing handler other than deletion is
+    added."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -92,7 +109,7 @@ class OperatorConfig:
     def apply(self, settings: kopf.OperatorSettings) -> None:
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = LeanDiffBaseStorage(
+        settings.persistence.diffbase_storage = NoDiffBase(
             prefix=GROUP, key=DIFF_BASE_ANNOTATION.removeprefix(f"{GROUP}/")
         )
         settings.watching.server_timeout = self.watch_server_timeout
