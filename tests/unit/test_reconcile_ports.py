@@ -232,6 +232,35 @@ def test_the_first_turn_records_the_old_image_and_sets_the_new_one_in_one_status
     assert kube.images == [("torghut", NEW)]
 
 
+def test_a_progress_message_waits_for_the_last_write_to_be_two_seconds_old_but_a_phase_change_never_waits() -> None:
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
+    events: list[tuple[str, str, str]] = []
+    now = [100.0]
+    reconciler = Reconciler(kube, FakeGates(), lambda *a: None, clock=lambda: NOW, monotonic=lambda: now[0])
+
+    def rolling(updated: int, available: int) -> dict[str, Any]:
+        target = deployment(NEW)
+        target["status"].update(updatedReplicas=updated, availableReplicas=available, replicas=2)
+        return target
+
+    asyncio.run(reconciler.reconcile("trading", "release"))  # Pending -> Deploying, the image set
+    assert [w["phase"] for w in kube.status_writes] == ["Deploying"]
+    kube.targets["torghut"] = rolling(0, 1)
+    now[0] += 0.5
+    turn = asyncio.run(reconciler.reconcile("trading", "release"))
+    assert len(kube.status_writes) == 1, "a new progress message 0.5 s after the last write is held back"
+    assert turn is not None
+    assert turn.requeue_after == pytest.approx(1.5)
+    now[0] += 1.5
+    asyncio.run(reconciler.reconcile("trading", "release"))
+    assert kube.status_writes[-1]["message"].startswith("waiting for registry/torghut@sha256:new: 0/1 updated")
+    kube.targets["torghut"] = deployment(NEW)  # rolled out: a phase change is written at once
+    now[0] += 0.1
+    asyncio.run(reconciler.reconcile("trading", "release"))
+    assert kube.status_writes[-1]["phase"] == "Verifying"
+    assert events == []
+
+
 def test_a_ledger_that_is_down_warns_without_its_dsn_and_the_rollout_goes_on() -> None:
     kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
     events: list[tuple[str, str, str]] = []

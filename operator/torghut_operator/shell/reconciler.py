@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 
 MAX_STEPS = 8
 """Planner calls in one turn; each measuring action costs one."""
+PROGRESS_SECONDS = 2.0
+"""A status write that would change only the message (e.g. "waiting for …: 1/3 updated" on every Deployment status
+change) waits until this long after the rollout's last status write; the turn comes back then to write it."""
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,20 @@ class Turn:
 
 class Reconciler:
     def __init__(
-        self, kube: KubernetesPort, gates: Gates, events: EventSink, clock: Callable[[], Any] = utcnow
+        self,
+        kube: KubernetesPort,
+        gates: Gates,
+        events: EventSink,
+        clock: Callable[[], Any] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._kube = kube
         self._gates = gates
         self._events = events
         self._clock = clock
+        self._monotonic = monotonic
+        self._written: dict[tuple[str, str], float] = {}
+        """(namespace, name) -> monotonic time of the rollout's last status write from this process"""
 
     async def reconcile(self, namespace: str, name: str) -> Turn | None:
         started = time.monotonic()
@@ -102,6 +113,7 @@ class Reconciler:
     async def _turn(self, namespace: str, name: str) -> Turn | None:
         body = await self._kube.get_rollout(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
+            self._written.pop((namespace, name), None)
             return None
         meta = body["metadata"]
         generation = meta.get("generation")
@@ -119,7 +131,13 @@ class Reconciler:
         result: Plan | None = None
         for _ in range(MAX_STEPS):
             result = plan(spec, checks, status, obs, name=name, generation=generation)
+            wait = self._progress_wait(namespace, name, status, result)
+            if wait > 0:  # only the message changed, and the last write is recent: write it a little later
+                metrics.observe_status(namespace, name, status)
+                later = result.requeue_after
+                return Turn(status.phase.value, min(wait, later) if later else wait)
             if result.status != status:
+                self._written[(namespace, name)] = self._monotonic()
                 written = await self._kube.patch_rollout_status(
                     namespace,
                     name,
@@ -147,6 +165,16 @@ class Reconciler:
         assert result is not None
         metrics.observe_status(namespace, name, result.status)
         return Turn(result.status.phase.value, result.requeue_after)
+
+    def _progress_wait(self, namespace: str, name: str, before: TorghutRolloutStatus, result: Plan) -> float:
+        """Seconds to hold back a status write that changes nothing but the message, with nothing to act on or
+        announce (a progress message): 0 to write it now."""
+        if result.status == before or result.actions or result.events or result.verb_handled:
+            return 0.0
+        if _without_message(result.status) != _without_message(before):
+            return 0.0
+        last = self._written.get((namespace, name))
+        return 0.0 if last is None else max(0.0, last + PROGRESS_SECONDS - self._monotonic())
 
     async def _evidence(
         self, body: dict[str, Any], spec: TorghutRolloutSpec, namespace: str, before: TorghutRolloutStatus, result: Plan
@@ -462,6 +490,12 @@ def _parse_status(raw: dict[str, Any] | None) -> TorghutRolloutStatus:
         return TorghutRolloutStatus.model_validate(raw)
     except ValidationError as exc:
         raise PermanentError(f"status does not parse: {_short_error(exc)}") from None
+
+
+def _without_message(status: TorghutRolloutStatus) -> TorghutRolloutStatus:
+    """The status without its message (and the Ready condition's copy of it)."""
+    conditions = [c.model_copy(update={"message": ""}) if c.type == "Ready" else c for c in status.conditions]
+    return status.model_copy(update={"message": "", "conditions": conditions})
 
 
 def _dump_status(status: TorghutRolloutStatus) -> dict[str, Any]:
