@@ -63,30 +63,22 @@ class KubeGateway:
     async def get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get(_rollout(namespace, name), f"get TorghutRollout {namespace}/{name}")
 
-    async def list_rollouts(self, namespace: str) -> list[dict[str, Any]]:
-        what = f"list TorghutRollouts in {namespace}"
+    async def _list(self, url: str, what: str) -> list[dict[str, Any]]:
         try:
-            result = as_dict(await self._api.request("GET", _rollout(namespace), what))
+            result = as_dict(await self._api.request("GET", url, what))
         except ApiError as exc:
             raise api_error(what, exc) from None
         return list(result.get("items") or [])
+
+    async def list_rollouts(self, namespace: str) -> list[dict[str, Any]]:
+        return await self._list(_rollout(namespace), f"list TorghutRollouts in {namespace}")
 
     async def list_all_rollouts(self) -> list[dict[str, Any]]:
         """Every TorghutRollout in the cluster (the liveness probe's comparison with the watch)."""
-        what = "list TorghutRollouts"
-        try:
-            result = as_dict(await self._api.request("GET", path(GROUP, VERSION, PLURAL), what))
-        except ApiError as exc:
-            raise api_error(what, exc) from None
-        return list(result.get("items") or [])
+        return await self._list(path(GROUP, VERSION, PLURAL), "list TorghutRollouts")
 
     async def list_namespaces(self) -> list[dict[str, Any]]:
-        what = "list namespaces"
-        try:
-            result = as_dict(await self._api.request("GET", path("", "v1", "namespaces"), what))
-        except ApiError as exc:
-            raise api_error(what, exc) from None
-        return list(result.get("items") or [])
+        return await self._list(path("", "v1", "namespaces"), "list namespaces")
 
     async def patch_rollout_status(
         self, namespace: str, name: str, status: dict[str, Any], resource_version: str
