@@ -40,32 +40,18 @@ def adopted(meta: Mapping[str, Any]) -> bool:
     return FINALIZER in (meta.get("finalizers") or ())
 
 
-class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """Kopf's diff base ("essence") of a rollout, built without deep-copying what Kopf throws away at once.
-
-    Kopf builds the essence on every watch event of every rollout (to tell a spec change from a status write): it
-    deep-copies the whole object, then deletes ``status`` and all metadata but labels and annotations. A rollout's
-    status (measurements, conditions) and managedFields are most of the object, so that copy was the operator's
-    largest single cost under load (``make bench``). The same essence comes from a shallow view without them."""
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base at all. Kopf keeps one (a copy of the spec in an annotation, written when a rollout appears,
+    rebuilt, deep-copied and diffed on every watch event) to tell creations, updates and field changes apart for
+    ``on.create``/``on.update``/``on.field`` handlers; the operator has none (a daemon drives each rollout from
+    what it reads; deletion is its only changing handler, and Kopf finds deletions by ``deletionTimestamp``), so
+    keeping it served nothing and cost a PATCH and a watch event per new rollout, a copy of the spec in every
+    answer about a rollout, and CPU on every event (``make bench``). Every event is then a "creation" with no
+    handlers, which Kopf skips. tests/unit/test_diffbase.py fails if a changing handler other than deletion is
+    added."""
 
     def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
-        if extra_fields:  # a handler on fields of status would need them: Kopf's own way
-            return super().build(body=body, extra_fields=extra_fields)
-        raw = {key: value for key, value in body.items() if key != "status"}
-        metadata = body.get("metadata")
-        if isinstance(metadata, dict):
-            raw["metadata"] = {key: value for key, value in metadata.items() if key != "managedFields"}
-        return super().build(body=kopf.Body(cast(kopf.RawBody, raw)))
-
-
-class NoDiffBase(LeanDiffBaseStorage):
-    """No diff base at all. Kopf keeps one (a copy of the spec in an annotation, written when a rollout appears)
-    to tell creations, updates and field changes apart for ``on.create``/``on.update``/``on.field`` handlers; the
-    operator has none (a daemon drives each rollout from what it reads; deletion is its only changing handler, and
-    Kopf finds deletions by ``deletionTimestamp``), so keeping it served nothing and cost a PATCH and a watch event
-    per new rollout, and a copy of the spec in every answer about a rollout. Every event is then a "creation" with
-    no handlers, which Kopf skips. tests/unit/test_diffbase.py fails if a changing handler other than deletion is
-    added."""
+        return cast(kopf.BodyEssence, {})
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         return None
@@ -109,9 +95,7 @@ class OperatorConfig:
     def apply(self, settings: kopf.OperatorSettings) -> None:
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = NoDiffBase(
-            prefix=GROUP, key=DIFF_BASE_ANNOTATION.removeprefix(f"{GROUP}/")
-        )
+        settings.persistence.diffbase_storage = NoDiffBase()
         settings.watching.server_timeout = self.watch_server_timeout
         settings.watching.client_timeout = self.watch_client_timeout
         settings.watching.connect_timeout = 10
