@@ -113,6 +113,7 @@ async def drive(
                 await _wait(wake, delay)
     finally:
         runtime.wakers.pop(uid, None)
+        runtime.reconciler.forget(namespace, name)
 
 
 async def _adoption(meta: kopf.Meta, wake: asyncio.Event, seconds: float = ADOPTION_SECONDS) -> None:

@@ -113,7 +113,7 @@ class Reconciler:
     async def _turn(self, namespace: str, name: str) -> Turn | None:
         body = await self._kube.get_rollout(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            self._written.pop((namespace, name), None)
+            self.forget(namespace, name)
             return None
         meta = body["metadata"]
         generation = meta.get("generation")
@@ -165,6 +165,10 @@ class Reconciler:
         assert result is not None
         metrics.observe_status(namespace, name, result.status)
         return Turn(result.status.phase.value, result.requeue_after)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The rollout's daemon has stopped (it is gone, or the operator stops): drop what is kept about it."""
+        self._written.pop((namespace, name), None)
 
     def _progress_wait(self, namespace: str, name: str, before: TorghutRolloutStatus, result: Plan) -> float:
         """Seconds to hold back a status write that changes nothing but the message, with nothing to act on or
