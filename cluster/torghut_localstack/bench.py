@@ -381,6 +381,13 @@ def analyse(recorder: Recorder, namespace: str, applied_at: float, verify_wait: 
     first_patch = job_created if job_created is not None else patched
     if first_patch is not None:
         parts["apply → first write to the cluster"] = first_patch - applied_at
+        # ... of which: Kopf's own first write (its finalizer), then the daemon's first turn to its status write.
+        adopted = _first(rollout, lambda obj: bool(obj["metadata"].get("finalizers")))
+        first_status = _first(rollout, lambda obj: bool(obj.get("status")))
+        if adopted is not None:
+            parts["apply → finalizer (Kopf)"] = adopted - applied_at
+            if first_status is not None:
+                parts["finalizer → first status write"] = first_status - adopted
     if job_done is not None and patched is not None:
         parts["Job Complete → image patched"] = patched - job_done
     if available is not None and verifying is not None:
