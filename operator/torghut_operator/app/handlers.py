@@ -141,27 +141,6 @@ async def finalize(*, namespace: str | None, name: str, memo: Any, **_: Any) -> 
         raise kopf.TemporaryError("restoring the target before the rollout goes", delay=3.0)
 
 
-TargetIndex = kopf.Index[tuple[str, str, str], str]
-"""(namespace, target kind, target name) -> uids of the rollouts driving that target."""
-
-
-@kopf.index(GROUP, VERSION, PLURAL)
-def rollouts_by_target(
-    *, namespace: str | None, uid: str, spec: kopf.Spec, **_: Any
-) -> dict[tuple[str, str, str], str]:
-    """Kopf keeps this index current as rollouts come, change their target and go (no map of our own to go stale);
-    every handler receives it as the keyword argument ``rollouts_by_target``."""
-    return {target_key(namespace or "", spec): uid}
-
-
-def _wake_target(memo: Any, kwargs: dict[str, Any], key: tuple[str, str, str]) -> None:
-    """Wake the daemons of the rollouts driving ``key`` (Kopf passes the index in the handler's ``kwargs``)."""
-    index: TargetIndex = kwargs["rollouts_by_target"]
-    runtime = _runtime(memo)
-    for uid in index.get(key, []):
-        runtime.wake(uid)
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def rollout_changed(
     *,
@@ -171,17 +150,22 @@ async def rollout_changed(
     name: str,
     namespace: str | None,
     memo: Any,
-    **kwargs: Any,
+    **_: Any,
 ) -> None:
     runtime = _runtime(memo)
     runtime.freshness.saw(uid, body.metadata.get("resourceVersion"))
+    key = target_key(namespace or "", body.spec)
     if type == "DELETED":
         runtime.freshness.forget(uid)
         metrics.forget(namespace or "", name)
         metrics.forget_route(uid)
-    # Any change to one rollout may unblock another on the same target.
+        before = runtime.targets.forget(uid)
+    else:
+        before = runtime.targets.saw(uid, key)
+    # Any change to one rollout may unblock another on the same target (or on the one it left).
     runtime.wake(uid)
-    _wake_target(memo, kwargs, target_key(namespace or "", body.spec))
+    runtime.wake_target(key)
+    runtime.wake_target(before)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=route_interval(), initial_delay=1.0)
@@ -244,13 +228,13 @@ async def job_changed(*, body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments")
-async def deployment_changed(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    _wake_target(memo, kwargs, (namespace or "", "Deployment", name))
+async def deployment_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    _runtime(memo).wake_target((namespace or "", "Deployment", name))
 
 
 @kopf.on.event("serving.knative.dev", "v1", "services")
-async def knative_service_changed(*, namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    _wake_target(memo, kwargs, (namespace or "", "Service", name))
+async def knative_service_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    _runtime(memo).wake_target((namespace or "", "Service", name))
 
 
 # A probe that fails answers at once (Kopf would otherwise retry it inside the liveness request, after its

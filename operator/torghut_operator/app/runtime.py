@@ -13,6 +13,52 @@ from torghut_operator.core.api.spec import TorghutRolloutSpec
 from torghut_operator.core.route_stats import RouteStats
 from torghut_operator.shell.reconciler import Reconciler
 
+TargetKey = tuple[str, str, str]
+"""(namespace, target kind, target name): two rollouts with the same key drive the same workload."""
+
+
+@dataclass
+class Targets:
+    """Which rollouts drive which target, kept from the rollout watch's events (every one, the first listing's too).
+
+    Kopf's own index (``@kopf.index``) would keep the same, but Kopf holds back every handler of every object until
+    each watched namespace's first listing of an indexed resource has finished, and a namespace deleted before its
+    listing finished holds them back for good (Kopf 1.45.2: ``orchestration.terminate_redundancies`` stops the
+    namespace's watcher without dropping its index toggle). An operator restarted while a namespace it watches is
+    going would then drive nothing until its liveness probe restarts it (seen once in CI);
+    tests/unit/test_target_map.py pins both."""
+
+    _of: dict[str, TargetKey] = field(default_factory=dict)
+    _by: dict[TargetKey, set[str]] = field(default_factory=dict)
+
+    def saw(self, uid: str, key: TargetKey) -> TargetKey | None:
+        """Rollout ``uid`` drives ``key`` now; returns the target it drove before if that was another one."""
+        before = self._of.get(uid)
+        if before == key:
+            return None
+        if before is not None:
+            self._drop(uid, before)
+        self._of[uid] = key
+        self._by.setdefault(key, set()).add(uid)
+        return before
+
+    def forget(self, uid: str) -> TargetKey | None:
+        """Rollout ``uid`` is gone; returns the target it drove."""
+        before = self._of.pop(uid, None)
+        if before is not None:
+            self._drop(uid, before)
+        return before
+
+    def uids(self, key: TargetKey) -> frozenset[str]:
+        return frozenset(self._by.get(key, ()))
+
+    def _drop(self, uid: str, key: TargetKey) -> None:
+        uids = self._by.get(key)
+        if uids is not None:
+            uids.discard(uid)
+            if not uids:
+                del self._by[key]
+
 
 @dataclass
 class Runtime:
@@ -22,6 +68,7 @@ class Runtime:
     config: OperatorConfig
     freshness: WatchFreshness
     wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+    targets: Targets = field(default_factory=Targets)
     route_reader: Callable[[TorghutRolloutSpec, str], RouteStats] | None = None
     """Reads a rollout's target database's route statistics (blocking); None: route metrics off."""
     api: KubeApi | None = None
@@ -34,3 +81,8 @@ class Runtime:
         event = self.wakers.get(uid)
         if event is not None:
             event.set()
+
+    def wake_target(self, key: TargetKey | None) -> None:
+        """Wake the daemons of the rollouts driving ``key``."""
+        for uid in self.targets.uids(key) if key is not None else ():
+            self.wake(uid)
