@@ -25,7 +25,7 @@ class Targets:
     each watched namespace's first listing of an indexed resource has finished, and a namespace deleted before its
     listing finished holds them back for good (Kopf 1.45.2: ``orchestration.terminate_redundancies`` stops the
     namespace's watcher without dropping its index toggle). An operator restarted while a namespace it watches is
-    going would then drive nothing until its liveness probe restarts it (seen once in CI);
+    going would then drive nothing until its liveness probe restarts it (the likely cause of one CI failure);
     tests/unit/test_target_map.py pins both."""
 
     _of: dict[str, TargetKey] = field(default_factory=dict)
