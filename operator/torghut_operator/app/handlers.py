@@ -17,6 +17,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from torghut_operator.app import kopf_fixes
 from torghut_operator.app.runtime import Runtime
 from torghut_operator.app.settings import OperatorConfig, adopted, report_refresh_interval, route_interval
 from torghut_operator.core.api.spec import GROUP, PLURAL, VERSION, TorghutRolloutSpec, target_key
@@ -27,6 +28,7 @@ from torghut_operator.shell import metrics
 from torghut_operator.shell.reconciler import describe_error, is_transient
 
 log = logging.getLogger(__name__)
+kopf_fixes.serve_listed_namespaces()
 TURN_TIMEOUT = 180.0
 """The longest one reconcile turn may take (a SQL migration file may take a while)."""
 ADOPTION_SECONDS = 5.0
