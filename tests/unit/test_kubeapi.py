@@ -69,6 +69,17 @@ def test_a_missing_object_is_none_and_a_forbidden_one_an_error_that_does_not_fix
         _serve(_answer(503), lambda k: k.get_target("ns", TARGET), [])
 
 
+def test_a_refusal_carries_the_api_servers_reason_on_one_line_and_bounded() -> None:
+    quota = '{"kind":"Status","message":"jobs.batch \\"m\\" is forbidden:\\n exceeded quota: no-jobs"}'
+    with pytest.raises(PermanentError, match=r'403 Forbidden: jobs\.batch "m" is forbidden: exceeded quota: no-jobs$'):
+        _serve(_answer(403, quota), lambda k: k.get_rollout("ns", "r"), [])
+    with pytest.raises(PermanentError) as long:
+        _serve(_answer(422, '{"message": "%s"}' % ("x" * 1000)), lambda k: k.get_rollout("ns", "r"), [])
+    assert len(str(long.value)) < 400
+    with pytest.raises(TemporaryError, match=r"503 Service Unavailable$"):  # no Status: just the status line
+        _serve(_answer(503, "<html>down</html>"), lambda k: k.get_target("ns", TARGET), [])
+
+
 def test_an_answer_that_is_not_json_or_not_an_object_never_passes_as_one() -> None:
     with pytest.raises(TemporaryError, match="not JSON"):
         _serve(_answer(200, "<html>proxy error</html>"), lambda k: k.get_rollout("ns", "r"), [])

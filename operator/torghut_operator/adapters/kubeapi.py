@@ -57,18 +57,38 @@ def _host(host: str) -> str:
         return host
 
 
-class ApiError(Exception):
-    """An answer of the API server other than 2xx."""
+MESSAGE_CHARS = 300
+"""The most of the API server's own explanation (its Status ``message``) an error carries."""
 
-    def __init__(self, status: int, reason: str, what: str) -> None:
-        super().__init__(f"{what}: {status} {reason}")
+
+class ApiError(Exception):
+    """An answer of the API server other than 2xx; ``message``: the API server's Status message, if it gave one
+    (why: "exceeded quota: …", "namespace … is being terminated", the field a validation refused)."""
+
+    def __init__(self, status: int, reason: str, what: str, message: str = "") -> None:
+        super().__init__(f"{what}: {status} {reason}" + (f": {message}" if message else ""))
         self.status = status
         self.reason = reason
+        self.message = message
+
+
+def status_message(raw: bytes) -> str:
+    """The ``message`` of a Status answer, on one line and at most MESSAGE_CHARS long; "" if there is none."""
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        return ""
+    message = answer.get("message") if isinstance(answer, dict) else None
+    if not isinstance(message, str):
+        return ""
+    message = " ".join(message.split())
+    return message if len(message) <= MESSAGE_CHARS else message[: MESSAGE_CHARS - 1] + "…"
 
 
 def api_error(what: str, exc: ApiError) -> Exception:
-    """Our error for a failed call: what was asked and the status; 400/403/422 do not fix themselves."""
-    reason = f"{what}: {exc.status} {exc.reason}"
+    """Our error for a failed call: what was asked, the status and the API server's reason; 400/403/422 do not fix
+    themselves."""
+    reason = f"{what}: {exc.status} {exc.reason}" + (f": {exc.message}" if exc.message else "")
     if exc.status in (400, 403, 422):
         return PermanentError(reason)
     return TemporaryError(reason)
@@ -152,7 +172,7 @@ class KubeApi:
                 continue
             break
         if status >= 400:
-            raise ApiError(status, reason, what)
+            raise ApiError(status, reason, what, status_message(raw))
         if text:
             return raw.decode("utf-8", errors="replace")
         try:
