@@ -4,6 +4,7 @@ Prometheus. Each test names the behaviour an on-call engineer would see."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -105,6 +106,36 @@ def test_failed_migration_job_fails_the_rollout_and_leaves_the_target_untouched(
     assert obj["status"]["failedStage"] == "migrate"
     assert world.deployment_image() == OLD_IMAGE
     assert world.kubectl.get("job", obj["status"]["migration"]["jobName"], namespace=world.namespace) is not None
+
+
+def test_a_turn_the_api_server_keeps_refusing_backs_off_and_says_why(world: World) -> None:
+    """The namespace allows no Job (a ResourceQuota of zero): every turn fails the same way. The rollout says why in
+    status and stays where it is, and the operator retries after 2 s, 4 s, 8 s… — before, each turn's own error
+    report came back through the watch and woke it at once (195 turns in 5 s in one CI run)."""
+    world.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "no-jobs"},
+            "spec": {"hard": {"count/jobs.batch": "0"}},
+        }
+    )
+    world.apply(
+        rollout_manifest("refused", world, migrate={"job": MIGRATE_JOB}, verify={"checks": healthy_checks(world)})
+    )
+
+    def three_failed_turns() -> list[dict[str, Any]] | None:
+        failed = [e for e in world.events("refused") if e.get("reason") == "ReconcileError"]
+        return failed if len(failed) >= 3 else None
+
+    failed = wait_for(three_failed_turns, timeout=60, what="three failed turns of the refused rollout")
+    stamps = sorted(datetime.fromisoformat(e.get("eventTime") or e["firstTimestamp"]) for e in failed)
+    assert (stamps[2] - stamps[0]).total_seconds() >= 4, f"three failed turns within {stamps[2] - stamps[0]}"
+    obj = world.rollout("refused")
+    assert obj["status"]["phase"] == "Migrating"
+    assert condition(obj, "Ready")["reason"] == "ReconcileError"
+    assert "exceeded quota" in condition(obj, "Ready")["message"]
+    assert world.deployment_image() == OLD_IMAGE
 
 
 def test_postgres_check_over_its_threshold_rolls_back_to_the_previous_image(world: World) -> None:

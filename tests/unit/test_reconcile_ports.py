@@ -14,7 +14,7 @@ import pytest
 
 from torghut_operator.core.api.spec import Check, Target, TorghutRolloutSpec
 from torghut_operator.core.api.status import Measurement, TorghutRolloutStatus, Verdict
-from torghut_operator.core.errors import TemporaryError
+from torghut_operator.core.errors import PermanentError, TemporaryError
 from torghut_operator.core.manifests import ACTION_ANNOTATION
 from torghut_operator.core.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
 from torghut_operator.core.planner import CheckPromotionEvidence, Event
@@ -304,3 +304,55 @@ def test_a_target_changed_mid_rollout_starts_over_on_the_new_target_only() -> No
     assert set(kube.targets_read) == {"torghut-b"}  # the old target is no longer observed
     assert kube.images == [("torghut", NEW), ("torghut-b", NEW)]
     assert kube.rollout["status"]["phase"] == "Verifying"
+
+
+def test_the_versions_a_turn_read_or_wrote_are_known_and_no_others() -> None:
+    """What lets the rollout's own status writes not wake its daemon (see handlers.rollout_changed)."""
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
+    reconciler = shell(kube, FakeGates(), [])
+    asyncio.run(reconciler.reconcile("trading", "release"))
+    written = kube.rollout["metadata"]["resourceVersion"]
+    assert kube.status_writes
+    assert written != "1"
+    assert reconciler.knows("trading", "release", "1")  # what the turn read
+    assert reconciler.knows("trading", "release", written)  # what it wrote
+    assert not reconciler.knows("trading", "release", str(int(written) + 1))  # a change it has not seen
+    assert not reconciler.knows("trading", "other", written)
+    assert not reconciler.knows("trading", "release", None)
+    reconciler.forget("trading", "release")
+    assert not reconciler.knows("trading", "release", written)
+
+
+class RefusingKube(FakeKube):
+    """Every read of the target is refused (a turn that fails after reading the rollout)."""
+
+    async def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
+        raise PermanentError("deployments.apps is forbidden")
+
+
+@pytest.mark.parametrize("someone_else_wrote", [False, True])
+def test_a_failed_turns_error_report_is_known_unless_someone_else_wrote_in_between(someone_else_wrote: bool) -> None:
+    """The report's echo must not end the daemon's backoff; but if someone else changed the rollout after the
+    failed turn read it, the report is written on a version no turn read, and its event must wake the daemon."""
+    kube = RefusingKube(rollout(), {"torghut": deployment(OLD)})
+    reconciler = shell(kube, FakeGates(), [])
+    with pytest.raises(PermanentError) as failed:
+        asyncio.run(reconciler.reconcile("trading", "release"))
+    if someone_else_wrote:
+        kube._bump()
+    asyncio.run(reconciler.report_stuck("trading", "release", failed.value))
+    assert kube.status_writes[-1]["message"] == "reconcile failed: deployments.apps is forbidden"
+    assert reconciler.knows("trading", "release", kube.rollout["metadata"]["resourceVersion"]) is not someone_else_wrote
+
+
+def test_after_clearing_a_verb_the_turn_knows_no_version_it_did_not_read() -> None:
+    """Clearing the action annotation takes the rollout's new version without reading it: a change someone made
+    meanwhile is in it, so its event (and the echo of any later write on it) must still wake the daemon."""
+    action = f"pause:{format_time(NOW)}"
+    verifying = {"phase": "Verifying", "stage": "verify", "image": NEW, "previousImage": OLD, "attempt": 1}
+    kube = FakeKube(rollout(status=verifying, action=action), {"torghut": deployment(NEW)})
+    reconciler = shell(kube, FakeGates(), [])
+    asyncio.run(reconciler.reconcile("trading", "release"))
+    assert kube.cleared == [action]
+    assert reconciler.knows("trading", "release", "2")  # the Paused status, written on the version it read
+    assert not reconciler.knows("trading", "release", kube.rollout["metadata"]["resourceVersion"])

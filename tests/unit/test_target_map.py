@@ -48,9 +48,11 @@ def test_the_map_names_exactly_the_rollouts_whose_last_event_named_that_target(
         assert targets.uids(key) == {uid for uid, k in last.items() if k == key}
 
 
-def _runtime(*uids: str) -> Runtime:
+def _runtime(*uids: str, known: frozenset[tuple[str, str]] = frozenset()) -> Runtime:
+    """``known``: (rollout name, resourceVersion) pairs its own turns read or wrote."""
     freshness = SimpleNamespace(saw=lambda *_: None, forget=lambda *_: None)
-    runtime = Runtime(reconciler=cast(Any, None), config=cast(Any, None), freshness=cast(Any, freshness))
+    reconciler = SimpleNamespace(knows=lambda _namespace, name, version: (name, version) in known)
+    runtime = Runtime(reconciler=cast(Any, reconciler), config=cast(Any, None), freshness=cast(Any, freshness))
     for uid in uids:
         runtime.wakers[uid] = asyncio.Event()
     return runtime
@@ -63,9 +65,9 @@ def _woken(runtime: Runtime) -> list[str]:
     return woken
 
 
-def _rollout_event(runtime: Runtime, uid: str, target: str, type: str = "MODIFIED") -> None:
+def _rollout_event(runtime: Runtime, uid: str, target: str, type: str = "MODIFIED", version: str = "1") -> None:
     body = kopf.Body(
-        cast(kopf.RawBody, {"metadata": {"uid": uid, "resourceVersion": "1"}, "spec": {"target": {"name": target}}})
+        cast(kopf.RawBody, {"metadata": {"uid": uid, "resourceVersion": version}, "spec": {"target": {"name": target}}})
     )
     memo = SimpleNamespace(runtime=runtime)
     asyncio.run(rollout_changed(type=type, body=body, uid=uid, name=uid, namespace="trading", memo=memo))
@@ -96,6 +98,21 @@ def test_a_rollout_that_changes_its_target_wakes_both_and_is_woken_by_the_new_on
     assert _woken(runtime) == ["u1", "u3"]
     asyncio.run(deployment_changed(namespace="trading", name="other", memo=SimpleNamespace(runtime=runtime)))
     assert _woken(runtime) == ["u1"]
+
+
+def test_the_echo_of_a_rollouts_own_write_wakes_its_peers_but_not_itself() -> None:
+    """A failed turn's error report must not end its own backoff (CI once saw 195 turns in 5 s this way), and a
+    status write must not cost its rollout a second, idle turn; the peers on its target may be unblocked by it."""
+    runtime = _runtime("u1", "u2", "u3", known=frozenset({("u1", "7")}))
+    for uid, target in (("u1", "torghut"), ("u2", "torghut"), ("u3", "other")):
+        _rollout_event(runtime, uid, target, type=cast(str, None))
+    _woken(runtime)
+    _rollout_event(runtime, "u1", "torghut", version="7")  # u1's own write
+    assert _woken(runtime) == ["u2"]
+    _rollout_event(runtime, "u1", "torghut", version="8")  # someone else's change
+    assert _woken(runtime) == ["u1", "u2"]
+    _rollout_event(runtime, "u1", "torghut", type="DELETED", version="7")  # gone: always news
+    assert _woken(runtime) == ["u1", "u2"]
 
 
 def test_the_operator_registers_no_kopf_index() -> None:

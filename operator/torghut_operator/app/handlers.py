@@ -155,7 +155,8 @@ async def rollout_changed(
     **_: Any,
 ) -> None:
     runtime = _runtime(memo)
-    runtime.freshness.saw(uid, body.metadata.get("resourceVersion"))
+    version = body.metadata.get("resourceVersion")
+    runtime.freshness.saw(uid, version)
     key = target_key(namespace or "", body.spec)
     if type == "DELETED":
         runtime.freshness.forget(uid)
@@ -164,10 +165,14 @@ async def rollout_changed(
         before = runtime.targets.forget(uid)
     else:
         before = runtime.targets.saw(uid, key)
+    # A version its own turn read or wrote (the echo of its status write) is no news to the rollout's daemon: waking
+    # it would cost a turn, and after a failed turn its error report would end the backoff at once (a retry storm).
+    echo = type != "DELETED" and runtime.reconciler.knows(namespace or "", name, version)
+    if not echo:
+        runtime.wake(uid)
     # Any change to one rollout may unblock another on the same target (or on the one it left).
-    runtime.wake(uid)
-    runtime.wake_target(key)
-    runtime.wake_target(before)
+    runtime.wake_target(key, sparing=uid if echo else None)
+    runtime.wake_target(before, sparing=uid if echo else None)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=route_interval(), initial_delay=1.0)

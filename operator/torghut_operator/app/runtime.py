@@ -25,8 +25,8 @@ class Targets:
     each watched namespace's first listing of an indexed resource has finished, and a namespace deleted before its
     listing finished holds them back for good (Kopf 1.45.2: ``orchestration.terminate_redundancies`` stops the
     namespace's watcher without dropping its index toggle). An operator restarted while a namespace it watches is
-    going would then drive nothing until its liveness probe restarts it (the likely cause of one CI failure);
-    tests/unit/test_target_map.py pins both."""
+    going would then drive nothing until its liveness probe restarts it; tests/unit/test_target_map.py pins
+    both."""
 
     _of: dict[str, TargetKey] = field(default_factory=dict)
     _by: dict[TargetKey, set[str]] = field(default_factory=dict)
@@ -82,7 +82,8 @@ class Runtime:
         if event is not None:
             event.set()
 
-    def wake_target(self, key: TargetKey | None) -> None:
-        """Wake the daemons of the rollouts driving ``key``."""
+    def wake_target(self, key: TargetKey | None, *, sparing: str | None = None) -> None:
+        """Wake the daemons of the rollouts driving ``key`` (but the one of ``sparing``)."""
         for uid in self.targets.uids(key) if key is not None else ():
-            self.wake(uid)
+            if uid != sparing:
+                self.wake(uid)

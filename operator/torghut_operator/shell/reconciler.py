@@ -12,6 +12,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -70,6 +71,8 @@ MAX_STEPS = 8
 PROGRESS_SECONDS = 2.0
 """A status write that would change only the message (e.g. "waiting for …: 1/3 updated" on every Deployment status
 change) waits until this long after the rollout's last status write; the turn comes back then to write it."""
+KNOWN_VERSIONS = 8
+"""How many of a rollout's own recent resourceVersions (read or written by its turns) are remembered per rollout."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class Reconciler:
         self._monotonic = monotonic
         self._written: dict[tuple[str, str], float] = {}
         """(namespace, name) -> monotonic time of the rollout's last status write from this process"""
+        self._known: dict[tuple[str, str], deque[str]] = {}
+        """(namespace, name) -> the last resourceVersions of the rollout this process read or wrote itself"""
 
     async def reconcile(self, namespace: str, name: str) -> Turn | None:
         started = time.monotonic()
@@ -110,12 +115,22 @@ class Reconciler:
         metrics.RECONCILES.labels(result="ok").inc()
         return turn
 
+    def knows(self, namespace: str, name: str, resource_version: str | None) -> bool:
+        """Whether this version of the rollout is one a turn of this process read or wrote itself: its watch event
+        (the echo of a status write, or a change the turn already decided on) tells the rollout's daemon nothing
+        new, and waking it for one would cost a whole turn, or cut short the backoff after a failed turn."""
+        return resource_version is not None and resource_version in self._known.get((namespace, name), ())
+
+    def _saw(self, namespace: str, name: str, resource_version: str) -> None:
+        self._known.setdefault((namespace, name), deque(maxlen=KNOWN_VERSIONS)).append(resource_version)
+
     async def _turn(self, namespace: str, name: str) -> Turn | None:
         body = await self._kube.get_rollout(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.forget(namespace, name)
             return None
         meta = body["metadata"]
+        self._saw(namespace, name, meta["resourceVersion"])
         generation = meta.get("generation")
         try:
             spec = TorghutRolloutSpec.model_validate(body.get("spec") or {})
@@ -128,6 +143,7 @@ class Reconciler:
         verb = parse_action(verb_value)[0] if verb_value else None
         obs = await self._observe(body, spec, status, namespace, name, verb)
         resource_version = meta["resourceVersion"]
+        read_all = True  # every version this turn writes on is one whose content it read
         result: Plan | None = None
         for _ in range(MAX_STEPS):
             result = plan(spec, checks, status, obs, name=name, generation=generation)
@@ -147,6 +163,8 @@ class Reconciler:
                 if written is None:  # someone else changed the object: start the turn over soon
                     return Turn(status.phase.value, 0.5)
                 resource_version = written
+                if read_all:
+                    self._saw(namespace, name, written)
                 await self._evidence(body, spec, namespace, status, result)
             if result.verb_handled and verb_value is not None:
                 await self._kube.clear_action(namespace, name, verb_value)
@@ -154,7 +172,10 @@ class Reconciler:
                 fresh = await self._kube.get_rollout(namespace, name)
                 if fresh is None:
                     return None
+                # Only its version is taken: a change someone made meanwhile is not read, so a write on it is no
+                # echo, and its watch event must still wake the daemon.
                 resource_version = fresh["metadata"]["resourceVersion"]
+                read_all = False
             for event in result.events:
                 self._emit(body, event)
             status = result.status
@@ -169,6 +190,7 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         """The rollout's daemon has stopped (it is gone, or the operator stops): drop what is kept about it."""
         self._written.pop((namespace, name), None)
+        self._known.pop((namespace, name), None)
 
     def _progress_wait(self, namespace: str, name: str, before: TorghutRolloutStatus, result: Plan) -> float:
         """Seconds to hold back a status write that changes nothing but the message, with nothing to act on or
@@ -228,7 +250,10 @@ class Reconciler:
         }
         others = [c for c in conditions if c.get("type") != "Ready"]
         patch = {"message": text, "conditions": [new_ready, *others]}
-        await self._kube.patch_rollout_status(namespace, name, patch, body["metadata"]["resourceVersion"])
+        version = body["metadata"]["resourceVersion"]
+        written = await self._kube.patch_rollout_status(namespace, name, patch, version)
+        if written is not None and self.knows(namespace, name, version):  # nobody else wrote since the turn
+            self._saw(namespace, name, written)
         self._emit(body, Event("Warning", "ReconcileError", text))
 
     async def finalize(self, namespace: str, name: str) -> bool:
@@ -304,12 +329,14 @@ class Reconciler:
         status = status.model_copy(
             update={"phase": Phase.FAILED, "message": message, "observed_generation": meta.get("generation")}
         )
-        await self._kube.patch_rollout_status(
+        written = await self._kube.patch_rollout_status(
             meta["namespace"],
             meta["name"],
             _dump_status(status),
             meta["resourceVersion"],
         )
+        if written is not None:
+            self._saw(meta["namespace"], meta["name"], written)
         self._emit(body, Event("Warning", "InvalidSpec", message))
 
     async def _observe(
