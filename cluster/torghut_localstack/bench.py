@@ -71,6 +71,7 @@ ROLLOUT: Final = "bench"
 SEQUENTIAL_TIMEOUT: Final = 120.0
 PARALLEL_TIMEOUT: Final = 300.0
 REQUEST_TIMEOUT: Final = (5.0, 30.0)
+FLOOR_ANNOTATION: Final = "bench.torghut.proompteng.ai/floor"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,6 +277,31 @@ class Cluster:
             GROUP, VERSION, namespace, PLURAL, manifest, _request_timeout=REQUEST_TIMEOUT
         )
         return time.time()
+
+    def writes_seen(self, recorder: Recorder, namespace: str, count: int = 30) -> list[float]:
+        """Seconds from sending a write (an annotation of the target Deployment) to the benchmark's own watch
+        delivering it: the floor of a stage advance, which needs at least this (the operator's status write, seen
+        through a watch) plus the watch delivering the stage's completion to the operator."""
+        out = []
+        for i in range(count):
+            mark = f"{i}-{time.time_ns()}"
+
+            def marked(obj: Mapping[str, Any] | None, mark: str = mark) -> bool:
+                return ((obj or {}).get("metadata", {}).get("annotations") or {}).get(FLOOR_ANNOTATION) == mark
+
+            started = time.time()
+            self.apps.patch_namespaced_deployment(
+                TARGET,
+                namespace,
+                {"metadata": {"annotations": {FLOOR_ANNOTATION: mark}}},
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+            recorder.wait(
+                lambda: marked(recorder.latest("deployment", namespace, TARGET)), timeout=30, what="a write seen"
+            )
+            seen = next(at for at, obj in recorder.history("deployment", namespace, TARGET) if marked(obj))
+            out.append(seen - started)
+        return out
 
     def round_trips(self, namespace: str, count: int = 30) -> list[float]:
         """Seconds of `count` GETs of the app Secret: the machine's API latency, as a yardstick."""
@@ -618,7 +644,7 @@ def run_phase(
 
 def run_workload(
     workload: Workload, sequential: int, scales: Sequence[int], profile_at: int, out_dir: Path, console: Console
-) -> tuple[list[Phase], list[float], int | None]:
+) -> tuple[list[Phase], list[float], list[float], int | None]:
     """One operator (its own world) through `sequential` rollouts one at a time, then each scale at once."""
     console.print(f"[bold]{workload.name}[/]: a fresh world and operator ...")
     log = lambda line: console.print(f"  [dim]{line}[/]", highlight=False)  # noqa: E731
@@ -632,6 +658,7 @@ def run_workload(
             console.print(f"  {sequential} rollouts one after another ...")
             phases.append(run_phase(world, cluster, recorder, workload, seq, at_once=False, console=console))
             rtt = cluster.round_trips(seq[0])
+            floor = cluster.writes_seen(recorder, seq[0])
             for scale in scales:
                 names = [f"bench-{workload.name}-x{scale}-{i:03d}" for i in range(scale)]
                 console.print(f"  {scale} rollouts at once ...")
@@ -645,7 +672,7 @@ def run_workload(
             cluster.close()
         for error in recorder.errors:
             console.print(f"[yellow]note:[/] {error}")
-    return phases, rtt, idle
+    return phases, rtt, floor, idle
 
 
 # --------------------------------------------------------------------------------------------------
@@ -882,11 +909,13 @@ def run(
     console.print(f"[bold]Torghut rollout operator benchmark[/] ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})")
     phases: list[Phase] = []
     rtts: list[float] = []
+    floors: list[float] = []
     idle: dict[str, int | None] = {}
     for name in workloads:
-        found, rtt, idle[name] = run_workload(WORKLOADS[name], sequential, scales, profile_at, out_dir, console)
+        found, rtt, floor, idle[name] = run_workload(WORKLOADS[name], sequential, scales, profile_at, out_dir, console)
         phases += found
         rtts += rtt
+        floors += floor
     rtt50 = statistics.median(rtts)
     console.print(phase_table(phases, rtt50))
     facts = Table(show_header=False, box=None)
@@ -894,6 +923,11 @@ def run(
     facts.add_column(justify="right")
     facts.add_row(
         "API GET round trip p50 / p99 (the yardstick)", f"{rtt50 * 1000:.1f} / {percentile(rtts, 99) * 1000:.1f} ms"
+    )
+    floor50, floor99 = statistics.median(floors), percentile(floors, 99)
+    facts.add_row(
+        "a write seen through a watch p50 / p99 (the floor of a stage advance)",
+        f"{floor50 * 1000:.1f} / {floor99 * 1000:.1f} ms ({floor50 / rtt50:.1f}x / {floor99 / rtt50:.1f}x RTT)",
     )
     for name, kib in idle.items():
         if kib is not None:

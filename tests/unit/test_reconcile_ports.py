@@ -356,3 +356,15 @@ def test_after_clearing_a_verb_the_turn_knows_no_version_it_did_not_read() -> No
     assert kube.cleared == [action]
     assert reconciler.knows("trading", "release", "2")  # the Paused status, written on the version it read
     assert not reconciler.knows("trading", "release", kube.rollout["metadata"]["resourceVersion"])
+
+
+def test_a_turn_that_enters_a_phase_without_a_next_step_comes_back_at_once() -> None:
+    """Entering Migrating writes the status and leaves creating the Job to the next turn, which must come at once:
+    the write's own echo no longer wakes the daemon (measured before this: apply -> Job created took 30 s)."""
+    body = rollout()
+    body["spec"]["migrate"] = {"job": {"image": "busybox:1.36.1", "command": ["true"]}}
+    kube = FakeKube(body, {"torghut": deployment(OLD)})
+    result = asyncio.run(shell(kube, FakeGates(), []).reconcile("trading", "release"))
+    assert result is not None
+    assert kube.rollout["status"]["phase"] == "Migrating"
+    assert result.requeue_after == 0

@@ -144,6 +144,7 @@ class Reconciler:
         obs = await self._observe(body, spec, status, namespace, name, verb)
         resource_version = meta["resourceVersion"]
         read_all = True  # every version this turn writes on is one whose content it read
+        wrote = False
         result: Plan | None = None
         for _ in range(MAX_STEPS):
             result = plan(spec, checks, status, obs, name=name, generation=generation)
@@ -163,6 +164,7 @@ class Reconciler:
                 if written is None:  # someone else changed the object: start the turn over soon
                     return Turn(status.phase.value, 0.5)
                 resource_version = written
+                wrote = True
                 if read_all:
                     self._saw(namespace, name, written)
                 await self._evidence(body, spec, namespace, status, result)
@@ -185,7 +187,11 @@ class Reconciler:
             obs = with_outcomes(obs, **outcomes)
         assert result is not None
         metrics.observe_status(namespace, name, result.status)
-        return Turn(result.status.phase.value, result.requeue_after)
+        # A step that wrote the status without saying when to come back (entering a phase, e.g. Pending ->
+        # Migrating) leaves the next phase's first step to the next turn, at once: the echo of the write, which
+        # used to start it, no longer wakes the daemon (see `knows`).
+        requeue = 0.0 if wrote and result.requeue_after is None else result.requeue_after
+        return Turn(result.status.phase.value, requeue)
 
     def forget(self, namespace: str, name: str) -> None:
         """The rollout's daemon has stopped (it is gone, or the operator stops): drop what is kept about it."""
