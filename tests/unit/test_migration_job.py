@@ -70,6 +70,20 @@ def test_placement_fields_at_their_defaults_keep_the_spec_hash() -> None:
     assert TorghutRolloutSpec.model_validate(raw).spec_hash() == spec.spec_hash()
 
 
+def test_the_remembered_spec_hash_is_never_that_of_another_spec() -> None:
+    """spec_hash() is computed once per parsed spec; a copy with changes hashes what it now holds."""
+    spec = make_spec()
+    first = spec.spec_hash()
+    assert spec.spec_hash() == first
+    moved = spec.model_copy(
+        update={"target": spec.target.model_copy(update={"image": "registry/torghut@sha256:other"})}
+    )
+    raw: dict[str, Any] = moved.model_dump(mode="json", by_alias=True)
+    assert moved.spec_hash() == TorghutRolloutSpec.model_validate(raw).spec_hash() != first
+    assert spec.model_copy(update={"paused": True}).spec_hash() == first  # pausing is the same run
+    assert spec.model_copy().spec_hash() == first
+
+
 @pytest.mark.parametrize(
     ("line", "hidden", "kept"),
     [

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from torghut_operator.core.api.durations import Duration
 from torghut_operator.core.cel import compile_condition
@@ -623,8 +623,22 @@ class TorghutRolloutSpec(ApiModel):
                 raise ValueError(f"{where} names must be unique: {', '.join(duplicates)}")
         return self
 
+    _hash: str | None = PrivateAttr(default=None)
+    """`spec_hash()` once computed (the model is frozen; `model_copy` forgets it)."""
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._hash = None
+        return copy
+
     def spec_hash(self) -> str:
-        """Identity of one run of this rollout: changes when anything but `paused` or `onDelete` changes."""
+        """Identity of one run of this rollout: changes when anything but `paused` or `onDelete` changes. Computed
+        once per parsed spec: a turn's planner asks for it at every step."""
+        if self._hash is None:
+            self._hash = self._compute_hash()
+        return self._hash
+
+    def _compute_hash(self) -> str:
         data: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude={"paused", "on_delete"})
         sql = (data.get("migrate") or {}).get("sql")
         if sql is not None:
