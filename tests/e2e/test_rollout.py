@@ -131,9 +131,14 @@ def test_a_turn_the_api_server_keeps_refusing_backs_off_and_says_why(world: Worl
     failed = wait_for(three_failed_turns, timeout=60, what="three failed turns of the refused rollout")
     stamps = sorted(datetime.fromisoformat(e.get("eventTime") or e["firstTimestamp"]) for e in failed)
     assert (stamps[2] - stamps[0]).total_seconds() >= 4, f"three failed turns within {stamps[2] - stamps[0]}"
-    obj = world.rollout("refused")
+
+    def reported() -> dict[str, Any] | None:  # each failed turn first writes its plan, then the error: wait for it
+        obj = world.rollout("refused")
+        ready = condition(obj, "Ready") or {}
+        return obj if ready.get("reason") == "ReconcileError" else None
+
+    obj = wait_for(reported, timeout=30, what="the refused rollout's ReconcileError in status")
     assert obj["status"]["phase"] == "Migrating"
-    assert condition(obj, "Ready")["reason"] == "ReconcileError"
     assert "exceeded quota" in condition(obj, "Ready")["message"]
     assert world.deployment_image() == OLD_IMAGE
 

@@ -156,3 +156,26 @@ def test_kopf_holds_back_an_indexed_operator_for_good_when_a_namespace_goes_befo
         return ensemble.operator_indexed.is_on()
 
     assert asyncio.run(scenario()) is False
+
+
+def test_a_failed_turns_backoff_ends_early_only_for_a_change_of_the_rollout_nobody_of_its_own_made() -> None:
+    """Target changes (pods becoming ready, several a second) and the rollout's own writes wake the daemon, but
+    a failed turn's backoff goes on; a change someone else made to the rollout ends it (CI once saw five failed
+    turns in a second, one per Deployment status change)."""
+    backoff: Any = handlers._backoff
+
+    async def scenario(versions: list[str], known: set[str]) -> float:
+        wake, meta = asyncio.Event(), {"resourceVersion": "1"}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiting = asyncio.create_task(backoff(wake, meta, 1.0, lambda v: v in known))
+        for version in versions:
+            await asyncio.sleep(0)
+            meta["resourceVersion"] = version
+            wake.set()
+        await asyncio.wait_for(waiting, 5)
+        return loop.time() - started
+
+    assert asyncio.run(scenario(["1", "1", "1"], set())) >= 1.0  # target wakes: the rollout did not change
+    assert asyncio.run(scenario(["2", "3"], {"2", "3"})) >= 1.0  # its own writes' echoes
+    assert asyncio.run(scenario(["2", "4"], {"2"})) < 1.0  # someone else's change

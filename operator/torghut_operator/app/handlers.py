@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -104,7 +105,7 @@ async def drive(
                     log.error("TorghutRollout %s/%s: %s", namespace, name, describe_error(exc))
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(runtime.reconciler.report_stuck(namespace, name, exc), TURN_TIMEOUT)
-                await _wait(wake, backoff)
+                await _backoff(wake, meta, backoff, lambda v: runtime.reconciler.knows(namespace, name, v))
                 continue
             if turn is None:  # deleted: nothing of it may stay exported
                 metrics.forget(namespace, name)
@@ -127,6 +128,22 @@ async def _adoption(meta: kopf.Meta, wake: asyncio.Event, seconds: float = ADOPT
     while not adopted(meta) and loop.time() < deadline:
         await _wait(wake, deadline - loop.time())
         wake.clear()
+
+
+async def _backoff(wake: asyncio.Event, meta: kopf.Meta, seconds: float, known: Callable[[str | None], bool]) -> None:
+    """Wait out a failed turn's backoff. Only a change of the rollout itself that its own turns did not make
+    (``meta`` is Kopf's live view; ``known``: a version a turn read or wrote) ends it early: its target's changes
+    (pods becoming ready, several a second) do not fix a refused request, and waking on each ran a failed turn
+    for each."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    version = meta.get("resourceVersion")
+    while (left := deadline - loop.time()) > 0:
+        await _wait(wake, left)
+        wake.clear()
+        now = meta.get("resourceVersion")
+        if now != version and not known(now):
+            return
 
 
 async def _wait(wake: asyncio.Event, seconds: float) -> None:
