@@ -82,6 +82,7 @@ def _observe(cluster: ClusterHandle, kubectl: Kubectl, prefix: str, monkeypatch:
         finally:
             observer.cancel()
             await asyncio.gather(observer, return_exceptions=True)
+            await vault.close()  # the API sessions Kopf cached in it
 
     result = asyncio.run(scenario())
     assert listings == 2, f"Kopf listed the namespaces {listings} times: the scenario no longer fits Kopf"

@@ -39,7 +39,7 @@ def test_a_failed_migration_jobs_log_is_in_status_and_in_the_plugin(world: World
     assert "ERROR: relation executions does not exist" in logs
     assert "connecting to postgresql://" in logs
     assert APP_PASSWORD not in logs, "the DSN's password reached status"
-    assert "last log line: ERROR: relation executions does not exist" in failed["status"]["message"]
+    assert "last error line: ERROR: relation executions does not exist" in failed["status"]["message"]
     # The pod is kept after the failure, so its whole log can still be read.
     pods = world.kubectl("get", "pods", "-n", world.namespace, "-l", f"job-name={migration['jobName']}", "-o", "name")
     assert pods.strip(), "the failed Job's pod was not kept"

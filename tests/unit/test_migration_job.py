@@ -16,7 +16,7 @@ from torghut_operator.core.api.spec import TorghutRolloutSpec
 from torghut_operator.core.api.status import Phase
 from torghut_operator.core.manifests import migration_job
 from torghut_operator.core.observations import JobState
-from torghut_operator.core.text import redact_log
+from torghut_operator.core.text import redact_log, telling_log_line
 from torghut_operator.shell.ports import Gates
 from torghut_operator.shell.reconciler import Reconciler, _dump_status
 
@@ -30,16 +30,47 @@ def test_a_failed_job_puts_its_last_log_line_in_the_message_and_the_log_in_statu
     failed = JobState(name="j", exists=True, failed=True, reason="BackoffLimitExceeded", message="limit", logs=LOG)
     p = run(spec, started(spec, Phase.MIGRATING), job=failed)
     assert p.status.phase is Phase.FAILED
-    assert "last log line: psycopg.errors.UndefinedTable: executions" in p.status.message
+    assert "last error line: psycopg.errors.UndefinedTable: executions" in p.status.message
     assert p.status.migration is not None
     assert p.status.migration.job_logs == LOG
+
+
+def test_the_error_line_is_quoted_even_when_a_stdout_line_landed_after_it() -> None:
+    """stdout and stderr reach a container's log through two pipes: CI saw an error printed last to stderr sit
+    above a line printed before it to stdout, and the message quoted the harmless line."""
+    spec = make_spec()
+    logs = "connecting to postgresql://app:***@db/torghut\nERROR: relation executions does not exist\nrunning upgrade\n"
+    failed = JobState(name="j", exists=True, failed=True, reason="BackoffLimitExceeded", message="limit", logs=logs)
+    p = run(spec, started(spec, Phase.MIGRATING), job=failed)
+    assert "last error line: ERROR: relation executions does not exist" in p.status.message
+
+
+def test_a_log_without_an_error_line_is_quoted_by_its_last_line() -> None:
+    spec = make_spec()
+    logs = "running upgrade 0006 -> 0007\nKilled\n"
+    failed = JobState(name="j", exists=True, failed=True, reason="BackoffLimitExceeded", message="limit", logs=logs)
+    p = run(spec, started(spec, Phase.MIGRATING), job=failed)
+    assert "last log line: Killed" in p.status.message
+
+
+@given(st.lists(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40), max_size=8))
+def test_the_quoted_line_is_always_a_line_of_the_log(lines: list[str]) -> None:
+    logs = "\n".join(lines)
+    telling = telling_log_line(logs)
+    stripped = [line.strip() for line in logs.splitlines() if line.strip()]
+    if not stripped:
+        assert telling is None
+    else:
+        assert telling is not None
+        assert telling[1] in stripped
+        assert telling[0] in {"last error line", "last log line"}
 
 
 def test_a_failed_job_without_a_log_fails_as_before() -> None:
     spec = make_spec()
     failed = JobState(name="j", exists=True, failed=True, reason="DeadlineExceeded", message="too long")
     p = run(spec, started(spec, Phase.MIGRATING), job=failed)
-    assert "last log line" not in p.status.message
+    assert "line:" not in p.status.message
     assert p.status.migration is None or p.status.migration.job_logs is None
 
 

@@ -32,6 +32,7 @@ from torghut_operator.core.api.status import (
 )
 from torghut_operator.core.observations import Observations, SqlOutcome, TargetState
 from torghut_operator.core.ownership import FIELD_MANAGER
+from torghut_operator.core.text import telling_log_line
 from torghut_operator.core.timefmt import format_time, parse_time
 from torghut_operator.core.verbs import verb_applies
 
@@ -436,9 +437,9 @@ def _migrating(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
             return
         if state.failed:
             text = f"migration Job {job} failed: {state.reason or 'Failed'}: {state.message}".rstrip(": ")
-            last = [line for line in state.logs.splitlines() if line.strip()]
-            if last:
-                text += f"; last log line: {last[-1].strip()[:300]} (status.migration.jobLogs has more)"
+            telling = telling_log_line(state.logs)
+            if telling is not None:
+                text += f"; {telling[0]}: {telling[1][:300]} (status.migration.jobLogs has more)"
                 b.update(migration=(b.status.migration or migration).model_copy(update={"job_logs": state.logs}))
             _fail(b, spec, "migrate", "MigrationFailed", text, condition="Migrated")
             return

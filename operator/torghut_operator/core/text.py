@@ -90,3 +90,20 @@ def redact_log(text: str) -> str:
     text = _URL_PASSWORD.sub(r"\1***@", text)
     text = _KEY_PASSWORD.sub(r"\1***", text)
     return "".join(ch for ch in text if ch in "\n\t" or ch.isprintable())
+
+
+_ERROR_LINE = re.compile(r"error|fatal|exception|traceback|panic", re.IGNORECASE)
+
+
+def telling_log_line(text: str) -> tuple[str, str] | None:
+    """The line of a container log that says why it failed, and what it is: the last line that looks like an error
+    (``"last error line"``), else the last line (``"last log line"``); None for an empty log. A container's stdout
+    and stderr reach its log through two pipes, so a log's order across them is not guaranteed: an error printed to
+    stderr last can sit above a line printed to stdout before it."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return None
+    for line in reversed(lines):
+        if _ERROR_LINE.search(line):
+            return "last error line", line
+    return "last log line", lines[-1]
