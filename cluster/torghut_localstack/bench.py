@@ -471,6 +471,7 @@ class Row:
 
 
 WRITE_VERBS: Final = frozenset({"PATCH", "APPLY", "PUT", "UPDATE"})
+READ_RESOURCES: Final = frozenset({PLURAL, "deployments"})
 
 
 def api_writes(world: World) -> Counter[str]:
@@ -481,7 +482,8 @@ def api_writes(world: World) -> Counter[str]:
 
 def count_writes(metrics: str) -> Counter[str]:
     """`apiserver_request_total` series of a write verb in /metrics text, per `resource[/subresource] verb code`,
-    leaving out the status writes of built-in workloads (kwok's and the controllers', never the operator's)."""
+    leaving out the status writes of built-in workloads (kwok's and the controllers', never the operator's); and the
+    GETs of rollouts and Deployments (only the operator GETs them here: the others list and watch)."""
     found: Counter[str] = Counter()
     for line in metrics.splitlines():
         if not line.startswith("apiserver_request_total{"):
@@ -490,7 +492,10 @@ def count_writes(metrics: str) -> Counter[str]:
         labels = dict(part.split("=", 1) for part in body.replace('"', "").split(",") if "=" in part)
         if labels.get("subresource") == "status" and labels.get("resource") != PLURAL:
             continue
-        if labels.get("verb") in WRITE_VERBS:
+        read = (
+            labels.get("verb") == "GET" and labels.get("resource") in READ_RESOURCES and not labels.get("subresource")
+        )
+        if labels.get("verb") in WRITE_VERBS or read:
             resource = labels.get("resource", "?") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
             found[f"{resource} {labels['verb']} {labels.get('code')}"] += int(float(line.rsplit(" ", 1)[1]))
     return found
@@ -584,6 +589,13 @@ class Phase:
     @property
     def status_writes_per_rollout(self) -> float:
         done = sum(n for key, n in self.writes.items() if key.startswith(f"{PLURAL}/status ") and key.endswith(" 200"))
+        return done / max(len(self.figures), 1)
+
+    @property
+    def gets_per_rollout(self) -> float:
+        """GETs of a rollout or a Deployment (its target) per rollout: what the turns did not read from the watch."""
+        reads = {f"{resource} GET" for resource in READ_RESOURCES}
+        done = sum(n for key, n in self.writes.items() if key.rsplit(" ", 1)[0] in reads)
         return done / max(len(self.figures), 1)
 
     @property
@@ -845,7 +857,7 @@ def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
     table = Table(title="per workload and scale", title_justify="left", header_style="bold")
     heads = (
         "workload", "at once", "done", "advance p50 ms (xRTT)", "advance p99 ms (xRTT)", "overhead p50 s",
-        "overhead p99 s", "CPU/rollout s", "peak RSS MiB", "makespan s", "status writes/rollout", "write conflicts",
+        "overhead p99 s", "CPU/rollout s", "peak RSS MiB", "makespan s", "status writes/rollout", "GETs/rollout", "write conflicts",
     )  # fmt: skip
     for head in heads:
         table.add_column(head, justify="left" if head == "workload" else "right")
@@ -864,6 +876,7 @@ def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
             "—" if p.peak_rss_kib is None else f"{p.peak_rss_kib / 1024:.0f}",
             f"{p.makespan:.1f}",
             f"{p.status_writes_per_rollout:.1f}",
+            f"{p.gets_per_rollout:.1f}",
             str(p.conflicts.total()),
         )
     return table

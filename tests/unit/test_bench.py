@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
-from torghut_localstack.bench import WORKLOADS, conflicts, count_writes, top_functions
+from torghut_localstack.bench import WORKLOADS, Phase, conflicts, count_writes, top_functions
 
 pytestmark = pytest.mark.unit
 
@@ -43,6 +45,23 @@ def test_only_conflicting_writes_of_what_the_operator_writes_count_as_conflicts(
         "torghutrollouts PATCH 422": 2,
         "torghutrollouts/status PATCH 409": 1,
     }  # not: a create of an existing object, kwok's status
+
+
+def test_gets_per_rollout_count_the_operators_gets_of_rollouts_and_deployments_only() -> None:
+    metrics = "\n".join(
+        [
+            'apiserver_request_total{code="200",resource="torghutrollouts",verb="GET"} 30',
+            'apiserver_request_total{code="404",resource="deployments",verb="GET"} 2',
+            'apiserver_request_total{code="200",resource="deployments",verb="GET"} 18',
+            'apiserver_request_total{code="200",resource="deployments",verb="LIST"} 5',
+            'apiserver_request_total{code="200",resource="secrets",verb="GET"} 90',
+            'apiserver_request_total{code="200",resource="deployments",subresource="scale",verb="GET"} 4',
+        ]
+    )
+    phase = Phase("peer", 10, [cast(Any, None)] * 10, None, None, 1.0, count_writes(metrics))
+    assert phase.gets_per_rollout == 5.0
+    assert phase.status_writes_per_rollout == 0
+    assert not phase.conflicts
 
 
 def test_the_peer_workload_waits_two_seconds_in_verify_and_runs_no_migration() -> None:

@@ -73,14 +73,20 @@ def _rollout_event(runtime: Runtime, uid: str, target: str, type: str = "MODIFIE
     asyncio.run(rollout_changed(type=type, body=body, uid=uid, name=uid, namespace="trading", memo=memo))
 
 
+def _deployment_event(runtime: Runtime, name: str, type: str = "MODIFIED", generation: int = 1) -> None:
+    body = kopf.Body(cast(kopf.RawBody, {"metadata": {"name": name, "namespace": "trading", "generation": generation}}))
+    memo = SimpleNamespace(runtime=runtime)
+    asyncio.run(deployment_changed(type=type, body=body, namespace="trading", name=name, memo=memo))
+
+
 def test_a_target_event_wakes_exactly_the_daemons_driving_it() -> None:
     runtime = _runtime("u1", "u2", "u3")
     for uid, target in (("u1", "torghut"), ("u2", "torghut"), ("u3", "other")):
         _rollout_event(runtime, uid, target, type=cast(str, None))  # the first listing
     _woken(runtime)
-    asyncio.run(deployment_changed(namespace="trading", name="torghut", memo=SimpleNamespace(runtime=runtime)))
+    _deployment_event(runtime, "torghut")
     assert _woken(runtime) == ["u1", "u2"]
-    asyncio.run(deployment_changed(namespace="trading", name="nobody", memo=SimpleNamespace(runtime=runtime)))
+    _deployment_event(runtime, "nobody")
     assert _woken(runtime) == []
 
 
@@ -92,11 +98,11 @@ def test_a_rollout_that_changes_its_target_wakes_both_and_is_woken_by_the_new_on
     _woken(runtime)
     _rollout_event(runtime, "u1", "other")  # u2 may have waited for u1: it is woken too
     assert _woken(runtime) == ["u1", "u2", "u3"]
-    asyncio.run(deployment_changed(namespace="trading", name="torghut", memo=SimpleNamespace(runtime=runtime)))
+    _deployment_event(runtime, "torghut")
     assert _woken(runtime) == ["u2"]
     _rollout_event(runtime, "u3", "other", type="DELETED")
     assert _woken(runtime) == ["u1", "u3"]
-    asyncio.run(deployment_changed(namespace="trading", name="other", memo=SimpleNamespace(runtime=runtime)))
+    _deployment_event(runtime, "other")
     assert _woken(runtime) == ["u1"]
 
 
@@ -113,6 +119,32 @@ def test_the_echo_of_a_rollouts_own_write_wakes_its_peers_but_not_itself() -> No
     assert _woken(runtime) == ["u1", "u2"]
     _rollout_event(runtime, "u1", "torghut", type="DELETED", version="7")  # gone: always news
     assert _woken(runtime) == ["u1", "u2"]
+
+
+def test_the_watch_keeps_a_copy_of_exactly_the_targets_rollouts_drive() -> None:
+    """Turns read a target from the watch's copy where that is safe; the operator keeps no copy of the cluster's
+    other Deployments, drops a deleted one, and drops a target's copy when its last rollout goes."""
+    runtime = _runtime("u1", "u2")
+    _rollout_event(runtime, "u1", "torghut")
+    _rollout_event(runtime, "u2", "torghut")
+    _deployment_event(runtime, "torghut", generation=3)
+    _deployment_event(runtime, "nobody")
+    copy = runtime.target_copies.get(("trading", "Deployment", "torghut"))
+    assert copy is not None
+    assert copy["metadata"]["generation"] == 3
+    assert runtime.target_copies.get(("trading", "Deployment", "nobody")) is None
+    _deployment_event(runtime, "torghut", generation=4)
+    copy = runtime.target_copies.get(("trading", "Deployment", "torghut"))
+    assert copy is not None
+    assert copy["metadata"]["generation"] == 4
+    _rollout_event(runtime, "u1", "torghut", type="DELETED")
+    assert runtime.target_copies.get(("trading", "Deployment", "torghut")) is not None, "u2 still drives it"
+    _rollout_event(runtime, "u2", "torghut", type="DELETED")
+    assert runtime.target_copies.get(("trading", "Deployment", "torghut")) is None
+    _rollout_event(runtime, "u1", "torghut")
+    _deployment_event(runtime, "torghut", generation=5)
+    _deployment_event(runtime, "torghut", type="DELETED", generation=5)
+    assert runtime.target_copies.get(("trading", "Deployment", "torghut")) is None
 
 
 def test_the_operator_registers_no_kopf_index() -> None:

@@ -78,6 +78,7 @@ async def drive(
     name: str,
     uid: str,
     meta: kopf.Meta,
+    body: kopf.Body,
     memo: Any,
     **_: Any,
 ) -> None:
@@ -93,7 +94,8 @@ async def drive(
             try:
                 # A turn that hangs (a library ignoring its timeout) is abandoned, never waited on forever:
                 # the next turn starts again from the persisted status.
-                turn = await asyncio.wait_for(runtime.reconciler.reconcile(namespace, name), TURN_TIMEOUT)
+                # ``body`` is Kopf's live view: the rollout as the watch last delivered it.
+                turn = await asyncio.wait_for(runtime.reconciler.reconcile(namespace, name, body), TURN_TIMEOUT)
                 backoff = 1.0
             except Exception as exc:  # noqa: BLE001 (the next turn starts again from the persisted status)
                 backoff = min(backoff * 2, IDLE_SECONDS)
@@ -180,6 +182,8 @@ async def rollout_changed(
         metrics.forget(namespace or "", name)
         metrics.forget_route(uid)
         before = runtime.targets.forget(uid)
+        if before is not None and not runtime.targets.uids(before):
+            runtime.target_copies.saw(before, None, driven=False)
     else:
         before = runtime.targets.saw(uid, key)
     # A version its own turn read or wrote (the echo of its status write) is no news to the rollout's daemon: waking
@@ -252,13 +256,25 @@ async def job_changed(*, body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments")
-async def deployment_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    _runtime(memo).wake_target((namespace or "", "Deployment", name))
+async def deployment_changed(
+    *, type: str, body: kopf.Body, namespace: str | None, name: str, memo: Any, **_: Any
+) -> None:
+    _target_changed(_runtime(memo), (namespace or "", "Deployment", name), type, body)
 
 
 @kopf.on.event("serving.knative.dev", "v1", "services")
-async def knative_service_changed(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    _runtime(memo).wake_target((namespace or "", "Service", name))
+async def knative_service_changed(
+    *, type: str, body: kopf.Body, namespace: str | None, name: str, memo: Any, **_: Any
+) -> None:
+    _target_changed(_runtime(memo), (namespace or "", "Service", name), type, body)
+
+
+def _target_changed(runtime: Runtime, key: tuple[str, str, str], type_: str, body: kopf.Body) -> None:
+    """Keep the watch's copy of a target some rollout drives (turns read it instead of a GET where safe), then wake
+    the rollouts driving it."""
+    driven = bool(runtime.targets.uids(key))
+    runtime.target_copies.saw(key, None if type_ == "DELETED" else dict(body), driven=driven)
+    runtime.wake_target(key)
 
 
 # A probe that fails answers at once (Kopf would otherwise retry it inside the liveness request, after its

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from torghut_operator.adapters.kubeapi import KubeApi
 from torghut_operator.app.health import WatchFreshness
@@ -61,6 +62,25 @@ class Targets:
 
 
 @dataclass
+class TargetCopies:
+    """The latest copy the operator's watch delivered of each target some rollout drives (``shell.ports.WatchCopies``):
+    the reconciler reads a target from it instead of a GET where that is safe (see ``shell.reconciler``). Only
+    targets of rollouts are kept, so a cluster's other Deployments cost no memory."""
+
+    _copies: dict[TargetKey, Mapping[str, Any]] = field(default_factory=dict)
+
+    def get(self, key: TargetKey) -> Mapping[str, Any] | None:
+        return self._copies.get(key)
+
+    def saw(self, key: TargetKey, body: Mapping[str, Any] | None, *, driven: bool) -> None:
+        """The watch delivered ``body`` (None: deleted) of ``key``; ``driven``: some rollout drives it."""
+        if body is None or not driven:
+            self._copies.pop(key, None)
+        else:
+            self._copies[key] = body
+
+
+@dataclass
 class Runtime:
     """Everything the handlers share; built once at startup and kept in Kopf's memo."""
 
@@ -73,6 +93,7 @@ class Runtime:
     """Reads a rollout's target database's route statistics (blocking); None: route metrics off."""
     api: KubeApi | None = None
     """The operator's API session (closed at cleanup)."""
+    target_copies: TargetCopies = field(default_factory=TargetCopies)
     reports_done: set[tuple[str, str, int]] = field(default_factory=set)
     """(uid, spec hash, attempt) of finished runs whose report needs no more refreshing (in memory: after a restart
     a report is refreshed once more, which is harmless)."""

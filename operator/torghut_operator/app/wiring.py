@@ -13,7 +13,7 @@ from torghut_operator.adapters.kube import BlockingReads, KubeGateway
 from torghut_operator.adapters.kubeapi import KubeApi
 from torghut_operator.adapters.live import LiveGates
 from torghut_operator.app.health import Listed, WatchFreshness, served_versions
-from torghut_operator.app.runtime import Runtime
+from torghut_operator.app.runtime import Runtime, TargetCopies
 from torghut_operator.app.settings import OperatorConfig
 from torghut_operator.shell.reconciler import Reconciler
 
@@ -44,11 +44,13 @@ def build_runtime(cfg: OperatorConfig, namespace_patterns: tuple[str, ...] = ())
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
     gates = LiveGates(BlockingReads(kube, asyncio.get_running_loop()), denied_functions=cfg.gate_sql_denylist)
-    reconciler = Reconciler(kube, gates, post_event)
+    copies = TargetCopies()
+    reconciler = Reconciler(kube, gates, post_event, copies=copies.get)
     return Runtime(
         reconciler=reconciler,
         route_reader=gates.route_stats,
         config=cfg,
         freshness=WatchFreshness(list_versions, grace_seconds=cfg.freshness_grace_seconds),
         api=api,
+        target_copies=copies,
     )

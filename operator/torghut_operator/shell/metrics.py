@@ -24,6 +24,12 @@ RECONCILE_SECONDS = Histogram(
     "Duration of one reconcile turn.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+READS = Counter(
+    "torghut_rollout_object_reads_total",
+    "Reads of a rollout or its target by reconcile turns, by object and source: api (a GET) or watch (the copy the "
+    "operator's own watch delivered, used only when it is provably no older than what the operator knows).",
+    ["object", "source"],
+)
 PHASE = Gauge(
     "torghut_rollout_phase",
     "1 for the phase each TorghutRollout is in, 0 for the others.",

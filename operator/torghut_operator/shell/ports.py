@@ -7,6 +7,7 @@ pass fakes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from torghut_operator.core.api.spec import Check, Target, TorghutRolloutSpec
@@ -42,6 +43,14 @@ class KubernetesPort(Protocol):
     async def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None: ...
 
     async def publish_report(self, namespace: str, rollout: str, uid: str, report: str) -> None: ...
+
+
+class WatchCopies(Protocol):
+    """The latest copy of a target the operator's own watch delivered: (namespace, kind, name) -> the object as the
+    watch sent it, or None when the watch holds none (not yet seen, deleted, or driven by no rollout). Never
+    written to: the reconciler only reads it, and only where its guard proves it no older than what it knows."""
+
+    def __call__(self, key: tuple[str, str, str]) -> Mapping[str, Any] | None: ...
 
 
 class EventSink(Protocol):

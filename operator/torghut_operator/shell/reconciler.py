@@ -1,9 +1,16 @@
 """The imperative shell around the planner: observe, plan, persist, act.
 
-One call of :meth:`Reconciler.reconcile` is one turn for one TorghutRollout. It reads the object fresh from the API
-server, gathers what the current phase needs, asks the planner, writes the status *before* acting (with optimistic
-concurrency, so two writers never interleave), then acts. Measuring actions (SQL migration, expectations,
-measurements) return outcomes that go straight back into the planner within the same turn.
+One call of :meth:`Reconciler.reconcile` is one turn for one TorghutRollout. It reads the object (see below), gathers
+what the current phase needs, asks the planner, writes the status *before* acting (with optimistic concurrency, so two
+writers never interleave), then acts. Measuring actions (SQL migration, expectations, measurements) return outcomes
+that go straight back into the planner within the same turn.
+
+Reads come from the operator's own watch where that copy is provably no older than what this process knows, and from
+the API server otherwise: the rollout's copy only when its resourceVersion is the newest one this process read or
+wrote itself (so it is exactly that version; a write on it is still guarded by that resourceVersion); the target's
+only while the rollout deploys, verifies or rolls back, and only when its generation is at least the one a GET saw
+after the operator's last write to it. Where a restore point is taken (pending, migrating, promoting), for a verb,
+and after a measurement (drift is never evidence), the target is always a GET.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -62,7 +69,7 @@ from torghut_operator.core.timefmt import format_time, parse_time, utcnow
 from torghut_operator.core.verbs import parse_action
 from torghut_operator.evidence.facts import LANE_RUNS, REFRESH_HOURS
 from torghut_operator.shell import metrics
-from torghut_operator.shell.ports import EventSink, Gates, KubernetesPort
+from torghut_operator.shell.ports import EventSink, Gates, KubernetesPort, WatchCopies
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +98,31 @@ class Reconciler:
         events: EventSink,
         clock: Callable[[], Any] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        copies: WatchCopies | None = None,
     ) -> None:
         self._kube = kube
         self._gates = gates
         self._events = events
         self._clock = clock
         self._monotonic = monotonic
+        self._copies = copies
+        self._newest: dict[tuple[str, str], str | None] = {}
+        """(namespace, name) -> the resourceVersion of the rollout this process read or wrote last (None: it wrote
+        one whose version it does not know, e.g. clearing a verb): the one version its watch copy may be used at"""
+        self._target_floor: dict[tuple[str, str, str], int] = {}
+        """target key -> the generation a GET saw after this process last wrote the target (none: the next read
+        GETs): a watch copy of the target below it predates the operator's own change"""
         self._written: dict[tuple[str, str], float] = {}
         """(namespace, name) -> monotonic time of the rollout's last status write from this process"""
         self._known: dict[tuple[str, str], deque[str]] = {}
         """(namespace, name) -> the last resourceVersions of the rollout this process read or wrote itself"""
 
-    async def reconcile(self, namespace: str, name: str) -> Turn | None:
+    async def reconcile(self, namespace: str, name: str, live: Mapping[str, Any] | None = None) -> Turn | None:
+        """One turn. ``live``: the rollout as the operator's watch last delivered it (Kopf's live body), read instead
+        of a GET when it is the newest version this process knows."""
         started = time.monotonic()
         try:
-            turn = await self._turn(namespace, name)
+            turn = await self._turn(namespace, name, live)
         except Exception as exc:
             metrics.RECONCILES.labels(result="error").inc()
             metrics.ERRORS.labels(kind=type(exc).__name__).inc()
@@ -124,8 +141,28 @@ class Reconciler:
     def _saw(self, namespace: str, name: str, resource_version: str) -> None:
         self._known.setdefault((namespace, name), deque(maxlen=KNOWN_VERSIONS)).append(resource_version)
 
-    async def _turn(self, namespace: str, name: str) -> Turn | None:
+    def _live_copy(self, namespace: str, name: str, live: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The watch's copy of the rollout if it is the newest version this process read or wrote, else None."""
+        if live is None:
+            return None
+        newest = self._newest.get((namespace, name))
+        meta = live.get("metadata") or {}
+        if newest is None or meta.get("resourceVersion") != newest:
+            return None
+        return dict(live)
+
+    async def _get_rollout(self, namespace: str, name: str) -> dict[str, Any] | None:
         body = await self._kube.get_rollout(namespace, name)
+        metrics.READS.labels(object="rollout", source="api").inc()
+        self._newest[(namespace, name)] = None if body is None else body["metadata"]["resourceVersion"]
+        return body
+
+    async def _turn(self, namespace: str, name: str, live: Mapping[str, Any] | None = None) -> Turn | None:
+        body = self._live_copy(namespace, name, live)
+        if body is not None:
+            metrics.READS.labels(object="rollout", source="watch").inc()
+        else:
+            body = await self._get_rollout(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.forget(namespace, name)
             return None
@@ -161,17 +198,20 @@ class Reconciler:
                     _dump_status(result.status),
                     resource_version,
                 )
-                if written is None:  # someone else changed the object: start the turn over soon
+                if written is None:  # someone else changed the object: start the turn over soon, from a GET
+                    self._newest[(namespace, name)] = None
                     return Turn(status.phase.value, 0.5)
                 resource_version = written
+                self._newest[(namespace, name)] = written
                 wrote = True
                 if read_all:
                     self._saw(namespace, name, written)
                 await self._evidence(body, spec, namespace, status, result)
             if result.verb_handled and verb_value is not None:
+                self._newest[(namespace, name)] = None  # a version this process does not know, until read
                 await self._kube.clear_action(namespace, name, verb_value)
                 verb_value = None
-                fresh = await self._kube.get_rollout(namespace, name)
+                fresh = await self._get_rollout(namespace, name)
                 if fresh is None:
                     return None
                 # Only its version is taken: a change someone made meanwhile is not read, so a write on it is no
@@ -197,6 +237,7 @@ class Reconciler:
         """The rollout's daemon has stopped (it is gone, or the operator stops): drop what is kept about it."""
         self._written.pop((namespace, name), None)
         self._known.pop((namespace, name), None)
+        self._newest.pop((namespace, name), None)
 
     def _progress_wait(self, namespace: str, name: str, before: TorghutRolloutStatus, result: Plan) -> float:
         """Seconds to hold back a status write that changes nothing but the message, with nothing to act on or
@@ -234,7 +275,7 @@ class Reconciler:
         """A turn failed for a reason that retrying alone will not fix (a bug, a forbidden request, a status that
         does not parse): say so in status (Ready=False, reason ReconcileError) and in an event, once per message.
         The daemon keeps retrying with backoff; nothing else in status changes, so no decision is lost."""
-        body = await self._kube.get_rollout(namespace, name)
+        body = await self._get_rollout(namespace, name)
         if body is None:
             return
         text = f"reconcile failed: {describe_error(exc)}"
@@ -258,6 +299,8 @@ class Reconciler:
         patch = {"message": text, "conditions": [new_ready, *others]}
         version = body["metadata"]["resourceVersion"]
         written = await self._kube.patch_rollout_status(namespace, name, patch, version)
+        if written is not None:
+            self._newest[(namespace, name)] = written
         if written is not None and self.knows(namespace, name, version):  # nobody else wrote since the turn
             self._saw(namespace, name, written)
         self._emit(body, Event("Warning", "ReconcileError", text))
@@ -293,6 +336,8 @@ class Reconciler:
             if result.actions:
                 self._emit(body, Event("Normal", "RestoringOnDelete", f"deleted: {result.status.message}"))
             for action in result.actions:
+                if isinstance(action, SetTargetImage | SetTargetEnv):
+                    self._wrote_target(namespace, spec)
                 if isinstance(action, SetTargetImage):
                     await self._kube.set_target_image(namespace, spec.target, action.image)
                 elif isinstance(action, SetTargetEnv):
@@ -343,6 +388,7 @@ class Reconciler:
         )
         if written is not None:
             self._saw(meta["namespace"], meta["name"], written)
+            self._newest[(meta["namespace"], meta["name"])] = written
         self._emit(body, Event("Warning", "InvalidSpec", message))
 
     async def _observe(
@@ -372,7 +418,10 @@ class Reconciler:
             Phase.ROLLING_BACK,
         )
         if phase in watched or verb in ("retry", "abort"):
-            target = await self._read_target(namespace, spec)
+            # Where a restore point is taken from the target (a new rollout's first look, the turn that ends its
+            # migration and patches the image, a promotion step's trading env) and for a verb: always a GET.
+            fresh = phase in (Phase.PENDING, Phase.MIGRATING, Phase.PROMOTING) or verb is not None
+            target = await self._read_target(namespace, spec, fresh=fresh)
         if phase is Phase.MIGRATING and spec.migrate is not None and spec.migrate.job is not None:
             jname = job_name(name, status.spec_hash or "", status.attempt)
             job = job_state(jname, await self._kube.get_job(namespace, jname))
@@ -389,10 +438,28 @@ class Reconciler:
             return f"(the pod's log could not be read: {describe_error(exc)})"
         return redact_log(text).strip() or "(the pod wrote no log)"
 
-    async def _read_target(self, namespace: str, spec: TorghutRolloutSpec) -> TargetState:
-        raw = await self._kube.get_target(namespace, spec.target)
+    async def _read_target(self, namespace: str, spec: TorghutRolloutSpec, *, fresh: bool) -> TargetState:
+        """The target, from the watch's copy when allowed (not ``fresh``) and no older than the floor, else a GET
+        (which sets the floor)."""
         reader = deployment_state if spec.target.kind is TargetKind.DEPLOYMENT else knative_state
+        key = target_key(namespace, spec)
+        floor = self._target_floor.get(key)
+        if not fresh and floor is not None and self._copies is not None:
+            copy = self._copies(key)
+            if copy is not None and _generation(copy) >= floor:
+                metrics.READS.labels(object="target", source="watch").inc()
+                return reader(dict(copy), spec.target.container)
+        raw = await self._kube.get_target(namespace, spec.target)
+        metrics.READS.labels(object="target", source="api").inc()
+        if raw is None:
+            self._target_floor.pop(key, None)
+        else:
+            self._target_floor[key] = _generation(raw)
         return reader(raw, spec.target.container)
+
+    def _wrote_target(self, namespace: str, spec: TorghutRolloutSpec) -> None:
+        """The operator changed the target: no watch copy counts until a GET has seen the change's generation."""
+        self._target_floor.pop(target_key(namespace, spec), None)
 
     async def _peers(self, namespace: str, spec: TorghutRolloutSpec) -> tuple[Peer, ...]:
         items = await self._kube.list_rollouts(namespace)
@@ -425,8 +492,10 @@ class Reconciler:
                 )
                 await self._kube.create_job(namespace, manifest)
             elif isinstance(action, SetTargetImage):
+                self._wrote_target(namespace, spec)
                 await self._kube.set_target_image(namespace, spec.target, action.image)
             elif isinstance(action, SetTargetEnv):
+                self._wrote_target(namespace, spec)
                 await self._kube.set_target_env(namespace, spec.target, action.env)
             elif isinstance(action, CheckPromotionEvidence):
                 outcomes["promotion_evidence"] = await asyncio.to_thread(
@@ -444,7 +513,7 @@ class Reconciler:
                 outcomes["measurements"] = await self._measure(spec, stage, status, namespace, action.checks)
                 # Read the target again after measuring: the planner judges the measurements only if the target
                 # still runs what this rollout set (drift during a measurement is never evidence).
-                outcomes["target"] = await self._read_target(namespace, spec)
+                outcomes["target"] = await self._read_target(namespace, spec, fresh=True)
         if not any(isinstance(a, OUTCOME_ACTIONS) for a in result.actions):
             return None
         return outcomes
@@ -518,6 +587,11 @@ def _left_behind(spec: TorghutRolloutSpec, restore: RestorePoint) -> str:
 def _secret_free(exc: Exception) -> str:
     """Our own errors are written secret-free; anything else is named by type only."""
     return str(exc) if isinstance(exc, OperatorError) else type(exc).__name__
+
+
+def _generation(obj: Mapping[str, Any]) -> int:
+    value = (obj.get("metadata") or {}).get("generation")
+    return value if isinstance(value, int) else 0
 
 
 def _parse_status(raw: dict[str, Any] | None) -> TorghutRolloutStatus:
