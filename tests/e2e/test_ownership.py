@@ -250,3 +250,28 @@ def test_on_drift_wait_pauses_the_evidence_until_the_target_is_back(world: World
     # The evidence that passed was all taken after the target came back: the checks started over.
     (state,) = done["status"]["checks"]
     assert state["successful"] == 4
+
+
+def test_a_write_from_a_stale_base_reads_again_and_keeps_the_change_made_since(
+    cluster: ClusterHandle, kubectl: Kubectl, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn's image patch starts from the target it read (no second GET); when someone changed the Deployment
+    since, the real API server refuses the stale base (its resourceVersion) and the write reads again."""
+    _apply_as(kubectl, GIT, namespace, _deployment(OLD_IMAGE, {"TRADING_MODE": "paper"}))
+    workloads.wait_for_rollout(kubectl, "torghut", namespace=namespace)
+    api = _api(cluster, monkeypatch)
+    gateway = _RacedGateway(api, kubectl, races=0)
+    stale = kubectl.get("deployment", "torghut", namespace=namespace)
+    assert stale is not None
+    kubectl("annotate", "--overwrite", "deployment/torghut", "since=1", "-n", namespace)
+    _run(api, gateway.set_target_image(namespace, TARGET, NEW_IMAGE, stale))
+    obj, container = _container(kubectl, namespace)
+    assert container["image"] == NEW_IMAGE
+    assert obj["metadata"]["annotations"]["since"] == "1"
+    assert gateway.reads == 1, "the stale base was refused, then the write read the Deployment once"
+    # A current base: no read at all.
+    current = kubectl.get("deployment", "torghut", namespace=namespace)
+    _run(api, gateway.set_target_image(namespace, TARGET, OLD_IMAGE, current))
+    _, container = _container(kubectl, namespace)
+    assert container["image"] == OLD_IMAGE
+    assert gateway.reads == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,11 +96,15 @@ class FakeKube:
         self.targets_read.append(target.name)
         return copy.deepcopy(self.targets.get(target.name))
 
-    async def set_target_image(self, namespace: str, target: Target, image: str) -> None:
+    async def set_target_image(
+        self, namespace: str, target: Target, image: str, current: Mapping[str, Any] | None = None
+    ) -> None:
         self.images.append((target.name, image))
         self.targets[target.name] = deployment(image)
 
-    async def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None:
+    async def set_target_env(
+        self, namespace: str, target: Target, env: dict[str, str | None], current: Mapping[str, Any] | None = None
+    ) -> None:
         raise AssertionError("no trading env in these rollouts")
 
     async def publish_report(self, namespace: str, rollout: str, uid: str, report: str) -> None:

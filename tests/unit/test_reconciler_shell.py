@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -70,10 +71,14 @@ class FakeKube:
     async def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
         return copy.deepcopy(self.target)
 
-    async def set_target_image(self, namespace: str, target: Target, image: str) -> None:
+    async def set_target_image(
+        self, namespace: str, target: Target, image: str, current: Mapping[str, Any] | None = None
+    ) -> None:
         self.image_patches.append(image)
 
-    async def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None:
+    async def set_target_env(
+        self, namespace: str, target: Target, env: dict[str, str | None], current: Mapping[str, Any] | None = None
+    ) -> None:
         self.env_patches.append(env)
 
 

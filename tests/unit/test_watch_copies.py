@@ -49,7 +49,9 @@ class WatchedKube(FakeKube):
         self.rollout_gets += 1
         return await super().get_rollout(namespace, name)
 
-    async def set_target_image(self, namespace: str, target_: Target, image: str) -> None:
+    async def set_target_image(
+        self, namespace: str, target_: Target, image: str, current: Mapping[str, Any] | None = None
+    ) -> None:
         self.images.append((target_.name, image))
         generation = self.targets[target_.name]["metadata"]["generation"] + 1
         self.targets[target_.name] = target(image, generation, observed=generation - 1)
@@ -77,13 +79,56 @@ def test_the_rollout_is_read_from_the_watch_only_at_the_version_the_operator_las
     kube = WatchedKube(rollout(), target(OLD, 1))
     reconciler = _shell(kube, Watch())
     delivered = copy.deepcopy(kube.rollout)
-    _turn(reconciler, delivered)  # nothing known yet: a GET (then Pending -> Deploying, a status write)
-    assert kube.rollout_gets == 1
+    _turn(reconciler, delivered)  # the daemon's first turn: the copy just delivered (Pending -> Deploying, written)
+    assert kube.rollout_gets == 0
     assert kube.rollout["status"]["phase"] == "Deploying"
     _turn(reconciler, delivered)  # the echo of that write is not delivered yet: the copy is older, a GET
-    assert kube.rollout_gets == 2
+    assert kube.rollout_gets == 1
     _turn(reconciler, copy.deepcopy(kube.rollout))  # the watch caught up with the newest version it knows
-    assert kube.rollout_gets == 2
+    assert kube.rollout_gets == 1
+
+
+def test_nothing_changes_on_a_copy_that_no_write_of_the_turn_proved_current() -> None:
+    """Rolling back, someone put the new image back: the turn would patch the old one again without writing its
+    status. On a copy (a daemon's first turn) it reads the rollout first, then acts."""
+    kube = WatchedKube(rollout(), target(OLD, 1))
+    reconciler = _shell(kube, Watch())
+    _turn(reconciler)  # Deploying, NEW patched
+    kube.targets["torghut"] = target(NEW, 2, failed=True)
+    _turn(reconciler)  # RollingBack, OLD patched
+    while kube.rollout["status"]["phase"] == "RollingBack" and kube.images[-1] != ("torghut", OLD):
+        _turn(reconciler)
+    assert kube.rollout["status"]["phase"] == "RollingBack"
+    kube.targets["torghut"] = target(NEW, 4, observed=3)  # someone put NEW back
+    restarted = _shell(kube, Watch())  # a new daemon (or operator): its first turn reads the watch's copy
+    images, gets = len(kube.images), kube.rollout_gets
+    result = asyncio.run(restarted.reconcile("trading", "release", copy.deepcopy(kube.rollout)))
+    assert result is not None
+    assert result.requeue_after == 0.0
+    assert len(kube.images) == images, "no patch on an unproven copy"
+    assert kube.rollout_gets == gets
+    _turn(restarted, kube.rollout)
+    assert kube.rollout_gets == gets + 1, "read first"
+    assert kube.images[-1] == ("torghut", OLD), "then acted"
+
+
+def test_a_target_write_starts_from_the_turns_own_read_of_the_target() -> None:
+    """The image patch of a new rollout's first turn starts from the target the turn just read (no second GET);
+    its resourceVersion precondition would turn a stale base into a conflict and a fresh read."""
+    kube = WatchedKube(rollout(), target(OLD, 1))
+    bases: list[Mapping[str, Any] | None] = []
+    original = kube.set_target_image
+
+    async def recording(namespace: str, target_: Target, image: str, current: Mapping[str, Any] | None = None) -> None:
+        bases.append(current)
+        await original(namespace, target_, image, current)
+
+    kube.set_target_image = recording  # type: ignore[method-assign]
+    _turn(_shell(kube, Watch()))
+    assert kube.targets_read == ["torghut"]
+    assert len(bases) == 1
+    assert bases[0] is not None
+    assert bases[0]["spec"]["template"]["spec"]["containers"][0]["image"] == OLD
 
 
 def test_a_change_someone_else_made_is_never_lost_to_a_copy() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 from torghut_operator.adapters.kubeapi import CONNECT_TIMEOUT, READ_TIMEOUT, ApiError, KubeApi, api_error, path
@@ -160,29 +160,48 @@ class KubeGateway:
     async def get_target(self, namespace: str, target: Target) -> dict[str, Any] | None:
         return await self._get(_target(namespace, target), f"get {target.kind.value} {namespace}/{target.name}")
 
-    async def set_target_image(self, namespace: str, target: Target, image: str) -> None:
-        await self._write_container(namespace, target, image=image)
+    async def set_target_image(
+        self, namespace: str, target: Target, image: str, current: Mapping[str, Any] | None = None
+    ) -> None:
+        """``current``: the target as the caller last read it, the first attempt's base (its resourceVersion is the
+        write's precondition, so a stale one costs a conflict and a fresh read, never a lost change)."""
+        await self._write_container(namespace, target, image=image, current=current)
 
-    async def set_target_env(self, namespace: str, target: Target, env: dict[str, str | None]) -> None:
+    async def set_target_env(
+        self, namespace: str, target: Target, env: dict[str, str | None], current: Mapping[str, Any] | None = None
+    ) -> None:
         """Set (value) or remove (None) plain environment variables of the target container."""
-        await self._write_container(namespace, target, env=env)
+        await self._write_container(namespace, target, env=env, current=current)
 
     async def _write_container(
-        self, namespace: str, target: Target, *, image: str | None = None, env: dict[str, str | None] | None = None
+        self,
+        namespace: str,
+        target: Target,
+        *,
+        image: str | None = None,
+        env: dict[str, str | None] | None = None,
+        current: Mapping[str, Any] | None = None,
     ) -> None:
         """Write the container's image or env, re-reading and retrying when the object changed between the read and
         the write (the Deployment controller writes its status all the time); after CONFLICT_ATTEMPTS the conflict
-        is a TemporaryError and the next turn tries again."""
+        is a TemporaryError and the next turn tries again. The first attempt starts from ``current`` if given."""
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
-                await self._write_container_once(namespace, target, image=image, env=env)
+                base = current if attempt == 1 else None
+                await self._write_container_once(namespace, target, image=image, env=env, current=base)
                 return
             except _Conflict as exc:
                 if attempt == CONFLICT_ATTEMPTS:
                     raise TemporaryError(str(exc)) from None
 
     async def _write_container_once(
-        self, namespace: str, target: Target, *, image: str | None = None, env: dict[str, str | None] | None = None
+        self,
+        namespace: str,
+        target: Target,
+        *,
+        image: str | None = None,
+        env: dict[str, str | None] | None = None,
+        current: Mapping[str, Any] | None = None,
     ) -> None:
         """Write the container's image or env under the operator's field manager, only to the version read (a
         concurrent writer is never overwritten: a conflict re-reads).
@@ -193,7 +212,7 @@ class KubeGateway:
         replace the whole list: it gets a JSON patch under the same field manager instead."""
         field = "image" if image is not None else "env"
         what = f"set {field} of {target.kind.value} {namespace}/{target.name}"
-        obj = await self.get_target(namespace, target)
+        obj = dict(current) if current is not None else await self.get_target(namespace, target)
         if obj is None:
             raise TemporaryError(f"{what}: not found")
         if target.kind is TargetKind.DEPLOYMENT:

@@ -6,8 +6,9 @@ writers never interleave), then acts. Measuring actions (SQL migration, expectat
 that go straight back into the planner within the same turn.
 
 Reads come from the operator's own watch where that copy is provably no older than what this process knows, and from
-the API server otherwise: the rollout's copy only when its resourceVersion is the newest one this process read or
-wrote itself (so it is exactly that version; a write on it is still guarded by that resourceVersion); the target's
+the API server otherwise: the rollout's copy when its resourceVersion is the newest one this process read or wrote
+itself (so it is exactly that version), or in its daemon's first turn (then nothing changes before a status write
+has proven it current); a write on a copy is still guarded by its resourceVersion. The target's
 only while the rollout deploys, verifies or rolls back, and only when its generation is at least the one a GET saw
 after the operator's last write to it. Where a restore point is taken (pending, migrating, promoting), for a verb,
 and after a measurement (drift is never evidence), the target is always a GET.
@@ -78,6 +79,8 @@ MAX_STEPS = 8
 PROGRESS_SECONDS = 2.0
 """A status write that would change only the message (e.g. "waiting for …: 1/3 updated" on every Deployment status
 change) waits until this long after the rollout's last status write; the turn comes back then to write it."""
+CHANGING_ACTIONS = (CreateMigrationJob, ApplySqlMigrations, SetTargetImage, SetTargetEnv)
+"""Actions that change something outside the rollout's status (the others only read)."""
 KNOWN_VERSIONS = 8
 """How many of a rollout's own recent resourceVersions (read or written by its turns) are remembered per rollout."""
 
@@ -109,6 +112,9 @@ class Reconciler:
         self._newest: dict[tuple[str, str], str | None] = {}
         """(namespace, name) -> the resourceVersion of the rollout this process read or wrote last (None: it wrote
         one whose version it does not know, e.g. clearing a verb): the one version its watch copy may be used at"""
+        self._target_seen: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        """target key -> the target as this process last read it (GET or copy): the base of its next write, whose
+        resourceVersion precondition turns a stale base into a conflict and a fresh read"""
         self._target_floor: dict[tuple[str, str, str], int] = {}
         """target key -> the generation a GET saw after this process last wrote the target (none: the next read
         GETs): a watch copy of the target below it predates the operator's own change"""
@@ -142,12 +148,15 @@ class Reconciler:
         self._known.setdefault((namespace, name), deque(maxlen=KNOWN_VERSIONS)).append(resource_version)
 
     def _live_copy(self, namespace: str, name: str, live: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        """The watch's copy of the rollout if it is the newest version this process read or wrote, else None."""
+        """The watch's copy of the rollout if it is the newest version this process read or wrote, or if this
+        process holds nothing of the rollout yet (its daemon's first turn: the copy is what the watch just
+        delivered; such a turn writes its status before any action that changes something, or reads the rollout
+        again first: see ``_turn``); else None."""
         if live is None:
             return None
-        newest = self._newest.get((namespace, name))
+        key = (namespace, name)
         meta = live.get("metadata") or {}
-        if newest is None or meta.get("resourceVersion") != newest:
+        if key in self._newest and (self._newest[key] is None or meta.get("resourceVersion") != self._newest[key]):
             return None
         return dict(live)
 
@@ -158,9 +167,14 @@ class Reconciler:
         return body
 
     async def _turn(self, namespace: str, name: str, live: Mapping[str, Any] | None = None) -> Turn | None:
+        # A copy at the newest version this process read or wrote is that version; a daemon's first copy is only
+        # what the watch delivered: nothing changes on it before a status write has proven it current.
+        unproven = (namespace, name) not in self._newest
         body = self._live_copy(namespace, name, live)
+        unproven = unproven and body is not None
         if body is not None:
             metrics.READS.labels(object="rollout", source="watch").inc()
+            self._newest[(namespace, name)] = body["metadata"]["resourceVersion"]
         else:
             body = await self._get_rollout(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
@@ -207,6 +221,10 @@ class Reconciler:
                 if read_all:
                     self._saw(namespace, name, written)
                 await self._evidence(body, spec, namespace, status, result)
+            if unproven and not wrote and any(isinstance(a, CHANGING_ACTIONS) for a in result.actions):
+                # Nothing changes on a copy no write of this turn has proven current: read the rollout first.
+                self._newest[(namespace, name)] = None
+                return Turn(status.phase.value, 0.0)
             if result.verb_handled and verb_value is not None:
                 self._newest[(namespace, name)] = None  # a version this process does not know, until read
                 await self._kube.clear_action(namespace, name, verb_value)
@@ -226,6 +244,7 @@ class Reconciler:
                 break
             obs = with_outcomes(obs, **outcomes)
         assert result is not None
+        self._target_seen.pop(target_key(namespace, spec), None)  # a write's base is this turn's read only
         metrics.observe_status(namespace, name, result.status)
         # A step that wrote the status without saying when to come back (entering a phase, e.g. Pending ->
         # Migrating) leaves the next phase's first step to the next turn, at once: the echo of the write, which
@@ -335,13 +354,16 @@ class Reconciler:
         if result.status.phase is Phase.ROLLING_BACK:
             if result.actions:
                 self._emit(body, Event("Normal", "RestoringOnDelete", f"deleted: {result.status.message}"))
+            base = raw  # read just now: the first write's base (the next one's is stale by then, so it reads again)
             for action in result.actions:
                 if isinstance(action, SetTargetImage | SetTargetEnv):
                     self._wrote_target(namespace, spec)
                 if isinstance(action, SetTargetImage):
-                    await self._kube.set_target_image(namespace, spec.target, action.image)
+                    await self._kube.set_target_image(namespace, spec.target, action.image, base)
+                    base = None
                 elif isinstance(action, SetTargetEnv):
-                    await self._kube.set_target_env(namespace, spec.target, action.env)
+                    await self._kube.set_target_env(namespace, spec.target, action.env, base)
+                    base = None
             return False
         if result.status.phase is Phase.ABORTED:
             self._emit(body, Event("Normal", "RestoredOnDelete", f"deleted after {result.status.message}"))
@@ -448,18 +470,24 @@ class Reconciler:
             copy = self._copies(key)
             if copy is not None and _generation(copy) >= floor:
                 metrics.READS.labels(object="target", source="watch").inc()
+                self._target_seen[key] = copy
                 return reader(dict(copy), spec.target.container)
         raw = await self._kube.get_target(namespace, spec.target)
         metrics.READS.labels(object="target", source="api").inc()
         if raw is None:
             self._target_floor.pop(key, None)
+            self._target_seen.pop(key, None)
         else:
             self._target_floor[key] = _generation(raw)
+            self._target_seen[key] = raw
         return reader(raw, spec.target.container)
 
-    def _wrote_target(self, namespace: str, spec: TorghutRolloutSpec) -> None:
-        """The operator changed the target: no watch copy counts until a GET has seen the change's generation."""
-        self._target_floor.pop(target_key(namespace, spec), None)
+    def _wrote_target(self, namespace: str, spec: TorghutRolloutSpec) -> Mapping[str, Any] | None:
+        """The operator is changing the target: no watch copy counts until a GET has seen the change's generation.
+        Returns the target as last read, the write's base (used once)."""
+        key = target_key(namespace, spec)
+        self._target_floor.pop(key, None)
+        return self._target_seen.pop(key, None)
 
     async def _peers(self, namespace: str, spec: TorghutRolloutSpec) -> tuple[Peer, ...]:
         items = await self._kube.list_rollouts(namespace)
@@ -492,11 +520,11 @@ class Reconciler:
                 )
                 await self._kube.create_job(namespace, manifest)
             elif isinstance(action, SetTargetImage):
-                self._wrote_target(namespace, spec)
-                await self._kube.set_target_image(namespace, spec.target, action.image)
+                base = self._wrote_target(namespace, spec)
+                await self._kube.set_target_image(namespace, spec.target, action.image, base)
             elif isinstance(action, SetTargetEnv):
-                self._wrote_target(namespace, spec)
-                await self._kube.set_target_env(namespace, spec.target, action.env)
+                base = self._wrote_target(namespace, spec)
+                await self._kube.set_target_env(namespace, spec.target, action.env, base)
             elif isinstance(action, CheckPromotionEvidence):
                 outcomes["promotion_evidence"] = await asyncio.to_thread(
                     self._gates.promotion_evidence, spec, namespace, action
