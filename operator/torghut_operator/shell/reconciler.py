@@ -116,6 +116,8 @@ class Reconciler:
         """target key -> the target as this process last read it (GET or copy): the base of its next write, whose
         resourceVersion precondition turns a stale base into a conflict and a fresh read"""
         self._target_floor: dict[tuple[str, str, str], int] = {}
+        self._target_of: dict[tuple[str, str], tuple[str, str, str]] = {}
+        """(namespace, name) -> the rollout's target key, so what is kept of a target goes with its last rollout"""
         """target key -> the generation a GET saw after this process last wrote the target (none: the next read
         GETs): a watch copy of the target below it predates the operator's own change"""
         self._written: dict[tuple[str, str], float] = {}
@@ -189,6 +191,7 @@ class Reconciler:
         except (ValidationError, ValueError) as exc:
             await self._invalid_spec(body, exc)
             return Turn(Phase.FAILED.value, None)
+        self._target_of[(namespace, name)] = target_key(namespace, spec)
         status = _parse_status(body.get("status"))
         verb_value = (meta.get("annotations") or {}).get(ACTION_ANNOTATION)
         verb = parse_action(verb_value)[0] if verb_value else None
@@ -257,6 +260,10 @@ class Reconciler:
         self._written.pop((namespace, name), None)
         self._known.pop((namespace, name), None)
         self._newest.pop((namespace, name), None)
+        key = self._target_of.pop((namespace, name), None)
+        if key is not None and key not in self._target_of.values():
+            self._target_floor.pop(key, None)
+            self._target_seen.pop(key, None)
 
     def _progress_wait(self, namespace: str, name: str, before: TorghutRolloutStatus, result: Plan) -> float:
         """Seconds to hold back a status write that changes nothing but the message, with nothing to act on or
