@@ -17,6 +17,8 @@ from torghut_operator.core.errors import PermanentError, TemporaryError
 from torghut_operator.core.manifests import ACTION_ANNOTATION, MANAGED_BY, ROLLOUT_LABEL, owner_reference, report_name
 from torghut_operator.core.ownership import FIELD_MANAGER, container_apply
 
+_Env = dict[str, str | None] | None
+"""Plain environment variables to set (a value) or remove (None)."""
 CONFLICT_ATTEMPTS = 5
 """Read-modify-write attempts of one target write before the turn gives up (as client-go's RetryOnConflict): a
 Deployment rolling out gets several status writes from its controller within a second, each a new version."""
@@ -186,25 +188,19 @@ class KubeGateway:
         the write (the Deployment controller writes its status all the time); after CONFLICT_ATTEMPTS the conflict
         is a TemporaryError and the next turn tries again. The first attempt starts from ``current`` if given."""
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            obj = dict(current) if attempt == 1 and current is not None else await self.get_target(namespace, target)
             try:
-                base = current if attempt == 1 else None
-                await self._write_container_once(namespace, target, image=image, env=env, current=base)
+                await self._write_container_once(namespace, target, obj, image=image, env=env)
                 return
             except _Conflict as exc:
                 if attempt == CONFLICT_ATTEMPTS:
                     raise TemporaryError(str(exc)) from None
 
     async def _write_container_once(
-        self,
-        namespace: str,
-        target: Target,
-        *,
-        image: str | None = None,
-        env: dict[str, str | None] | None = None,
-        current: Mapping[str, Any] | None = None,
+        self, namespace: str, target: Target, obj: dict[str, Any] | None, *, image: str | None, env: _Env
     ) -> None:
-        """Write the container's image or env under the operator's field manager, only to the version read (a
-        concurrent writer is never overwritten: a conflict re-reads).
+        """Write the container's image or env on ``obj``, the target as read, under the operator's field manager,
+        only to the version read (a concurrent writer is never overwritten: a conflict re-reads).
 
         A Deployment gets a server-side apply (force: the operator takes these fields from whoever owned them,
         e.g. Argo CD, which can then ignore them by manager) that re-states everything the operator already
@@ -212,7 +208,6 @@ class KubeGateway:
         replace the whole list: it gets a JSON patch under the same field manager instead."""
         field = "image" if image is not None else "env"
         what = f"set {field} of {target.kind.value} {namespace}/{target.name}"
-        obj = dict(current) if current is not None else await self.get_target(namespace, target)
         if obj is None:
             raise TemporaryError(f"{what}: not found")
         if target.kind is TargetKind.DEPLOYMENT:
