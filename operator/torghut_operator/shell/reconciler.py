@@ -116,10 +116,10 @@ class Reconciler:
         """target key -> the target as this process last read it (GET or copy): the base of its next write, whose
         resourceVersion precondition turns a stale base into a conflict and a fresh read"""
         self._target_floor: dict[tuple[str, str, str], int] = {}
-        self._target_of: dict[tuple[str, str], tuple[str, str, str]] = {}
-        """(namespace, name) -> the rollout's target key, so what is kept of a target goes with its last rollout"""
         """target key -> the generation a GET saw after this process last wrote the target (none: the next read
         GETs): a watch copy of the target below it predates the operator's own change"""
+        self._target_of: dict[tuple[str, str], tuple[str, str, str]] = {}
+        """(namespace, name) -> the rollout's target key, so what is kept of a target goes with its last rollout"""
         self._written: dict[tuple[str, str], float] = {}
         """(namespace, name) -> monotonic time of the rollout's last status write from this process"""
         self._known: dict[tuple[str, str], deque[str]] = {}
@@ -127,7 +127,7 @@ class Reconciler:
 
     async def reconcile(self, namespace: str, name: str, live: Mapping[str, Any] | None = None) -> Turn | None:
         """One turn. ``live``: the rollout as the operator's watch last delivered it (Kopf's live body), read instead
-        of a GET when it is the newest version this process knows."""
+        of a GET where ``_live_copy`` allows."""
         started = time.monotonic()
         try:
             turn = await self._turn(namespace, name, live)
@@ -171,9 +171,9 @@ class Reconciler:
     async def _turn(self, namespace: str, name: str, live: Mapping[str, Any] | None = None) -> Turn | None:
         # A copy at the newest version this process read or wrote is that version; a daemon's first copy is only
         # what the watch delivered: nothing changes on it before a status write has proven it current.
-        unproven = (namespace, name) not in self._newest
+        first_look = (namespace, name) not in self._newest
         body = self._live_copy(namespace, name, live)
-        unproven = unproven and body is not None
+        unproven = first_look and body is not None
         if body is not None:
             metrics.READS.labels(object="rollout", source="watch").inc()
             self._newest[(namespace, name)] = body["metadata"]["resourceVersion"]
