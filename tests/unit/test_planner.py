@@ -568,6 +568,31 @@ def test_verify_succeeds_only_after_count_successful_measurements() -> None:
     assert condition(second, "Verified")[0] == "True"
 
 
+def test_measurements_keep_their_schedule_when_each_is_judged_a_little_late() -> None:
+    """count 3 every 10 s: each measurement judged 0.4 s after it was due; the last one is still due 20 s after
+    the first (the time a turn takes is not added to every later measurement)."""
+    spec = make_spec(verify={**make_spec().verify.model_dump(by_alias=True, exclude_none=True), "count": 3})
+    ok = {"null-rate": measured(Verdict.SUCCESSFUL), "fallback": measured(Verdict.SUCCESSFUL)}
+    status = verifying(spec)
+    lateness = timedelta(seconds=0.4)
+    due = T0
+    for _ in range(2):
+        status = run(spec, status, at=due + lateness, target=target(NEW), measurements=ok).status
+        assert status.next_measurement_at == format_time(due + timedelta(seconds=10))
+        due += timedelta(seconds=10)
+    assert due == T0 + timedelta(seconds=20)
+    last = run(spec, status, at=due + lateness, target=target(NEW), measurements=ok)
+    assert last.status.phase is Phase.SUCCEEDED
+
+
+def test_a_measurement_judged_more_than_half_an_interval_late_starts_the_schedule_over() -> None:
+    spec = make_spec()
+    ok = {"null-rate": measured(Verdict.SUCCESSFUL), "fallback": measured(Verdict.SUCCESSFUL)}
+    late = run(spec, verifying(spec), at=T0 + timedelta(seconds=6), target=target(NEW), measurements=ok)
+    assert late.status.next_measurement_at == format_time(T0 + timedelta(seconds=16))
+    assert late.requeue_after == 10
+
+
 def test_a_failed_measurement_over_the_limit_rolls_back_with_value_and_query() -> None:
     spec = make_spec()
     msg = "null-rate: value 0.12 above max 0 (postgres: SELECT 0)"

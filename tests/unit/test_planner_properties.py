@@ -30,6 +30,7 @@ from torghut_operator.core.planner import (
     SetTargetEnv,
     SetTargetImage,
     job_name,
+    next_due,
     plan,
     with_outcomes,
 )
@@ -319,3 +320,23 @@ def test_abort_from_anywhere_restores_the_image_and_the_trading_env(steps: list[
     else:
         assert restored is not None, sim.log()
         assert restored.reason == "RestoreFailed", sim.log()
+
+
+@given(
+    due=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 1, 1), timezones=st.just(UTC)),
+    late=st.floats(min_value=0, max_value=7200, allow_nan=False),
+    interval=st.floats(min_value=0.001, max_value=3600, allow_nan=False),
+)
+def test_the_next_measurement_keeps_the_schedule_yet_never_comes_within_half_an_interval(
+    due: datetime, late: float, interval: float
+) -> None:
+    """Whatever the lateness: the next measurement is due no sooner than one interval after the last was due,
+    no sooner than half an interval after it was judged, and no later than one interval after that."""
+    now = due + timedelta(seconds=late)
+    step = timedelta(seconds=interval)
+    following = next_due(due, now, interval)
+    assert following >= due + step
+    assert following >= now + step / 2
+    assert following <= now + step
+    if late < interval / 2 - 1e-5:  # (timedelta keeps microseconds)
+        assert following == due + step

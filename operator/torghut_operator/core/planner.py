@@ -731,8 +731,8 @@ def _run_checks(
                 if after.phase in final and before.phase not in final:
                     kind = "Normal" if after.phase is Verdict.SUCCESSFUL else "Warning"
                     b.event(kind, f"Check{after.phase.value}", f"{check_name} {after.phase.value}: {after.message}")
-        interval = parse_duration(spec.verify.interval)
-        b.update(next_measurement_at=format_time(b.now + timedelta(seconds=interval)))
+        was_due = parse_time(b.status.next_measurement_at) if b.status.next_measurement_at else None
+        b.update(next_measurement_at=format_time(next_due(was_due, b.now, parse_duration(spec.verify.interval))))
     b.update(checks=[states[c.name] for c in checks])
 
     blocking = [s for s in states.values() if not s.dry_run]
@@ -773,6 +773,18 @@ def _run_checks(
         b.update(message=f"{stage}: {done}/{len(blocking)} checks passed")
     b.requeue(max(wait, 0.0) if wait > 0 else parse_duration(spec.verify.interval))
     return False
+
+
+def next_due(due: datetime | None, now: datetime, interval: float) -> datetime:
+    """When the measurement after the one due at ``due`` and judged at ``now`` is due: one ``interval`` after
+    ``due`` (a fixed schedule, as Flagger's analysis interval: the time a measurement and its turn take is not
+    added to every later one), unless that is less than half an interval away; then one interval from ``now`` (the
+    schedule starts over, so two measurements are never closer than half an interval: a late turn cannot bunch
+    the evidence)."""
+    step = timedelta(seconds=interval)
+    if due is not None and due + step - now >= step / 2:
+        return due + step
+    return now + step
 
 
 def _expected_env(spec: TorghutRolloutSpec, status: TorghutRolloutStatus) -> dict[str, str]:
