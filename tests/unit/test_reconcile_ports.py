@@ -372,3 +372,44 @@ def test_a_turn_that_enters_a_phase_without_a_next_step_comes_back_at_once() -> 
     assert result is not None
     assert kube.rollout["status"]["phase"] == "Migrating"
     assert result.requeue_after == 0
+
+
+def test_a_new_rollouts_first_turn_lists_its_peers_and_reads_its_target_at_the_same_time() -> None:
+    """Neither read waits for the other: each answers only once both are in flight (one round trip, not two)."""
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
+    in_flight: set[str] = set()
+    both = asyncio.Event()
+    list_rollouts, get_target = kube.list_rollouts, kube.get_target
+
+    async def together(what: str) -> None:
+        in_flight.add(what)
+        if in_flight == {"peers", "target"}:
+            both.set()
+        await asyncio.wait_for(both.wait(), timeout=5)
+
+    async def listed(namespace: str) -> list[dict[str, Any]]:
+        await together("peers")
+        return await list_rollouts(namespace)
+
+    async def read(namespace: str, target: Target) -> dict[str, Any] | None:
+        await together("target")
+        return await get_target(namespace, target)
+
+    kube.list_rollouts = listed  # type: ignore[method-assign]
+    kube.get_target = read  # type: ignore[method-assign]
+    turn(kube, FakeGates(), [])
+    assert kube.rollout["status"]["phase"] == "Deploying"
+    assert kube.images == [("torghut", NEW)]
+
+
+def test_a_read_that_fails_fails_the_turn_with_its_own_error_and_nothing_is_written() -> None:
+    """Reads go out together; the turn still reports the error itself (its retry and its message depend on it)."""
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
+
+    async def refused(namespace: str) -> list[dict[str, Any]]:
+        raise PermanentError("rollouts is forbidden: cannot list")
+
+    kube.list_rollouts = refused  # type: ignore[method-assign]
+    with pytest.raises(PermanentError, match="cannot list"):
+        turn(kube, FakeGates(), [])
+    assert (kube.status_writes, kube.images) == ([], [])

@@ -42,6 +42,7 @@ from torghut_operator.core.manifests import (
     report_name,
 )
 from torghut_operator.core.observations import (
+    JobState,
     Observations,
     Peer,
     TargetState,
@@ -432,11 +433,6 @@ class Reconciler:
         phase = status.phase if status.spec_hash == spec.spec_hash() else Phase.PENDING
         if phase is Phase.PAUSED and status.paused_from is not None:
             phase = status.paused_from
-        peers: tuple[Peer, ...] = ()
-        target: TargetState | None = None
-        job = None
-        if phase is Phase.PENDING or verb == "retry":
-            peers = await self._peers(namespace, spec)
         # Migrating too: the turn that sees the migration done deploys at once, in the same status write.
         watched = (
             Phase.PENDING,
@@ -446,17 +442,42 @@ class Reconciler:
             Phase.PROMOTING,
             Phase.ROLLING_BACK,
         )
-        if phase in watched or verb in ("retry", "abort"):
-            # Where a restore point is taken from the target (a new rollout's first look, the turn that ends its
-            # migration and patches the image, a promotion step's trading env) and for a verb: always a GET.
-            fresh = phase in (Phase.PENDING, Phase.MIGRATING, Phase.PROMOTING) or verb is not None
-            target = await self._read_target(namespace, spec, fresh=fresh)
-        if phase is Phase.MIGRATING and spec.migrate is not None and spec.migrate.job is not None:
-            jname = job_name(name, status.spec_hash or "", status.attempt)
-            job = job_state(jname, await self._kube.get_job(namespace, jname))
-            if job.failed:
-                job = replace(job, logs=await self._job_logs(namespace, jname))
-        return Observations(now=self._clock(), verb=verb, peers=peers, target=target, job=job)
+        # The reads a turn needs do not depend on each other: they go out together (a new rollout's first turn
+        # waited for its peers' listing before it read its target), and one that fails cancels the others and is
+        # raised as itself (what the turn reports and how it retries depend on the error, not on a group of them).
+        try:
+            async with asyncio.TaskGroup() as reads:
+                peers_read = (
+                    reads.create_task(self._peers(namespace, spec))
+                    if phase is Phase.PENDING or verb == "retry"
+                    else None
+                )
+                target_read = None
+                if phase in watched or verb in ("retry", "abort"):
+                    # Where a restore point is taken from the target (a new rollout's first look, the turn that ends
+                    # its migration and patches the image, a promotion step's trading env) and for a verb: always a GET.
+                    fresh = phase in (Phase.PENDING, Phase.MIGRATING, Phase.PROMOTING) or verb is not None
+                    target_read = reads.create_task(self._read_target(namespace, spec, fresh=fresh))
+                job_read = None
+                if phase is Phase.MIGRATING and spec.migrate is not None and spec.migrate.job is not None:
+                    job_read = reads.create_task(
+                        self._read_job(namespace, job_name(name, status.spec_hash or "", status.attempt))
+                    )
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return Observations(
+            now=self._clock(),
+            verb=verb,
+            peers=() if peers_read is None else peers_read.result(),
+            target=None if target_read is None else target_read.result(),
+            job=None if job_read is None else job_read.result(),
+        )
+
+    async def _read_job(self, namespace: str, name: str) -> JobState:
+        job = job_state(name, await self._kube.get_job(namespace, name))
+        if job.failed:
+            job = replace(job, logs=await self._job_logs(namespace, name))
+        return job
 
     async def _job_logs(self, namespace: str, job: str) -> str:
         """The failed Job's last log lines for status (kept pods; secrets removed). A log that can't be read is
