@@ -33,12 +33,16 @@ def run(
     sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     import kopf  # noqa: PLC0415 (keep --help fast)
 
-    from torghut_operator.app import handlers  # noqa: F401, PLC0415 (registers the handlers)
+    from torghut_operator.app import handlers  # noqa: PLC0415 (registers the handlers)
 
     formats = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
     if log_format not in formats:
         raise typer.BadParameter(f"--log-format must be one of {', '.join(formats)}")
     kopf.configure(verbose=verbose, log_format=formats[log_format])
+    if not verbose:
+        from torghut_operator.app.quiet import quiet_routine_successes  # noqa: PLC0415
+
+        quiet_routine_successes(handlers.ROUTINE_HANDLERS)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("celpy").setLevel(logging.WARNING)
     kopf.run(

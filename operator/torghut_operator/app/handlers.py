@@ -36,6 +36,16 @@ ADOPTION_SECONDS = 5.0
 """The longest a new rollout's first turn waits for Kopf's finalizer."""
 IDLE_SECONDS = 30.0
 """The longest a daemon sleeps without being woken; a safety net under the watches."""
+ROUTINE_HANDLERS = (
+    "rollout_changed",
+    "job_changed",
+    "deployment_changed",
+    "knative_service_changed",
+    "route_visibility",
+    "refresh_report",
+)
+"""The watch handlers and timers that run on every event or every interval: Kopf's line for each success is not
+logged (app.quiet) unless --verbose."""
 
 
 def _runtime(memo: Any) -> Runtime:
