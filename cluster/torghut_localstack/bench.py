@@ -573,6 +573,12 @@ class Phase:
     writes: Counter[str]
     top: list[tuple[str, float]] = field(default_factory=list)
     profile: Path | None = None
+    log_lines: int | None = None
+    """lines the operator logged during the phase (at its default level)"""
+
+    @property
+    def log_lines_per_rollout(self) -> float | None:
+        return None if self.log_lines is None else self.log_lines / max(len(self.figures), 1)
 
     @property
     def advances(self) -> list[float]:
@@ -619,7 +625,7 @@ def run_phase(
     cluster.create_targets(world, namespaces, recorder)
     console.print(f"  {len(namespaces)} targets Available in {time.monotonic() - started:.1f}s")
     operator = world.operator_process
-    cpu_before, writes_before = operator.cpu_seconds(), api_writes(world)
+    cpu_before, writes_before, lines_before = operator.cpu_seconds(), api_writes(world), _lines(operator.log_path)
     label = f"{workload.name}-{len(namespaces)}"
     profiler = Profiler(operator.pid, profile_dir, label) if profile_dir is not None else None
     figures = []
@@ -651,7 +657,13 @@ def run_phase(
         api_writes(world) - writes_before,
         top,
         profiler.svg if profiler is not None else None,
+        _lines(operator.log_path) - lines_before,
     )
+
+
+def _lines(path: Path) -> int:
+    with path.open("rb") as log:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: log.read(1 << 16), b""))
 
 
 def run_workload(
@@ -858,6 +870,7 @@ def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
     heads = (
         "workload", "at once", "done", "advance p50 ms (xRTT)", "advance p99 ms (xRTT)", "overhead p50 s",
         "overhead p99 s", "CPU/rollout s", "peak RSS MiB", "makespan s", "status writes/rollout", "GETs/rollout", "write conflicts",
+        "log lines/rollout",
     )  # fmt: skip
     for head in heads:
         table.add_column(head, justify="left" if head == "workload" else "right")
@@ -878,6 +891,7 @@ def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
             f"{p.status_writes_per_rollout:.1f}",
             f"{p.gets_per_rollout:.1f}",
             str(p.conflicts.total()),
+            "—" if p.log_lines_per_rollout is None else f"{p.log_lines_per_rollout:.1f}",
         )
     return table
 
