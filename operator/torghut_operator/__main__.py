@@ -44,6 +44,8 @@ def run(
 
         quiet_routine_successes(handlers.ROUTINE_HANDLERS)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per HTTP and Prometheus measurement; status has it
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per liveness probe
     logging.getLogger("celpy").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,

@@ -100,5 +100,8 @@ def test_the_operator_quiets_routine_successes_unless_verbose(monkeypatch: pytes
         logger.filters[:] = []
         cli.run(namespace=None, liveness="http://127.0.0.1:0/healthz", log_format="plain", verbose=verbose)
         assert any(isinstance(f, RoutineSuccesses) for f in logger.filters) is not verbose
+        # No line per HTTP or Prometheus measurement (httpx logs each request, URL and all, at INFO).
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("aiohttp.access").isEnabledFor(logging.INFO)  # nor per liveness probe
     finally:
         logger.filters[:] = saved
