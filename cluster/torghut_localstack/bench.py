@@ -124,7 +124,7 @@ class Recorder:
         def run() -> None:
             api = kube_client(kubeconfig)
             try:
-                for event in watch(api, make_list(api), deadline=math.inf, **kwargs):
+                for event in watch(make_list(api), deadline=math.inf, **kwargs):
                     if self.stopping.is_set():
                         return
                     self.record(kind, event.at, event.obj)

@@ -246,7 +246,6 @@ def follow(world: World, api: Any, progress: Progress, name: str, *, timeout: fl
     custom = client.CustomObjectsApi(api)
     last: dict[str, Any] = {}
     for event in watch(
-        api,
         custom.list_namespaced_custom_object,
         GROUP,
         VERSION,
@@ -275,7 +274,6 @@ def evidence_report(world: World, api: Any, obj: dict[str, Any]) -> tuple[str, s
     core = client.CoreV1Api(api)
     if phase in TERMINAL:
         for event in watch(
-            api,
             core.list_namespaced_config_map,
             world.namespace,
             field_selector=f"metadata.name={report_name(name)}",

@@ -354,9 +354,7 @@ def kube_client(kubeconfig: Path) -> Any:
     return loader(config_file=str(kubeconfig))
 
 
-def watch(
-    api_client: Any, list_fn: Callable[..., Any], *args: Any, deadline: float, **kwargs: Any
-) -> Iterator[WatchEvent]:
+def watch(list_fn: Callable[..., Any], *args: Any, deadline: float, **kwargs: Any) -> Iterator[WatchEvent]:
     """List, then watch from that list's resourceVersion until `deadline` (`time.monotonic()`).
 
     `list_fn` is a list method of the `kubernetes` client (e.g. `CoreV1Api(c).list_namespaced_config_map`) and
