@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any, cast
 
 import kopf
 import pytest
 
-from torghut_operator.app.handlers import _adoption
+from torghut_operator.app.handlers import _adoption, drive
 from torghut_operator.app.settings import DIFF_BASE_ANNOTATION, FINALIZER, adopted
+from torghut_operator.shell.reconciler import Turn
 
 pytestmark = pytest.mark.unit
 
@@ -54,3 +57,71 @@ def test_without_kopf_s_writes_the_first_turn_still_starts_after_the_bound() -> 
         return time.monotonic() - started
 
     assert 0.19 <= asyncio.run(scenario()) < 2.0
+
+
+class _Stopped:
+    """Kopf's ``stopped`` flag as the daemon reads it: truthy once set."""
+
+    def __init__(self) -> None:
+        self.flag = False
+
+    def __bool__(self) -> bool:
+        return self.flag
+
+
+def _drive_once(meta: dict[str, Any], finalizer_after: float | None) -> list[tuple[str, bool]]:
+    """Run the rollout's daemon for one turn; Kopf's finalizer arrives after ``finalizer_after`` seconds (as Kopf's
+    watch delivers it: the live view changes, then the rollout's waker is set). Returns what it called, in order,
+    and whether the rollout was adopted at each call."""
+    calls: list[tuple[str, bool]] = []
+    stopped = _Stopped()
+    body: dict[str, Any] = {"metadata": meta, "spec": {}}
+
+    class Reconciler:
+        async def read_ahead(self, namespace: str, name: str, live: Any) -> None:
+            calls.append(("read ahead", adopted(live["metadata"])))
+
+        async def reconcile(self, namespace: str, name: str, live: Any) -> Turn:
+            calls.append(("turn", adopted(live["metadata"])))
+            stopped.flag = True
+            return Turn("Deploying", 0.0)
+
+        def knows(self, namespace: str, name: str, version: str | None) -> bool:
+            return False
+
+        def forget(self, namespace: str, name: str) -> None:
+            calls.append(("forget", adopted(meta)))
+
+    runtime = SimpleNamespace(wakers={}, reconciler=Reconciler())
+
+    async def scenario() -> None:
+        def kopf_writes() -> None:
+            meta["finalizers"] = [FINALIZER]
+            runtime.wakers["u1"].set()
+
+        if finalizer_after is not None:
+            asyncio.get_running_loop().call_later(finalizer_after, kopf_writes)
+        daemon = cast(Callable[..., Awaitable[None]], drive)  # Kopf types the decorated function as its DaemonFn
+        await daemon(
+            stopped=cast(kopf.DaemonStopped, stopped),
+            namespace="trading",
+            name="release",
+            uid="u1",
+            meta=cast(kopf.Meta, meta),
+            body=cast(kopf.Body, body),
+            memo=SimpleNamespace(runtime=runtime),
+        )
+
+    asyncio.run(scenario())
+    return calls
+
+
+def test_a_new_rollouts_first_reads_go_out_before_kopf_s_finalizer_and_its_first_turn_after() -> None:
+    calls = _drive_once({"name": "release", "namespace": "trading"}, finalizer_after=0.05)
+    assert calls == [("read ahead", False), ("turn", True), ("forget", True)]
+
+
+def test_a_rollout_kopf_already_adopted_reads_nothing_ahead() -> None:
+    """After a restart, or any later start of its daemon: its first turn comes at once and reads for itself."""
+    calls = _drive_once({"name": "release", "namespace": "trading", "finalizers": [FINALIZER]}, finalizer_after=None)
+    assert calls == [("turn", True), ("forget", True)]

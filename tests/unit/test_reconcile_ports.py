@@ -413,3 +413,88 @@ def test_a_read_that_fails_fails_the_turn_with_its_own_error_and_nothing_is_writ
     with pytest.raises(PermanentError, match="cannot list"):
         turn(kube, FakeGates(), [])
     assert (kube.status_writes, kube.images) == ([], [])
+
+
+def counting_lists(kube: FakeKube) -> list[str]:
+    listed: list[str] = []
+    list_rollouts = kube.list_rollouts
+
+    async def counted(namespace: str) -> list[dict[str, Any]]:
+        listed.append(namespace)
+        return await list_rollouts(namespace)
+
+    kube.list_rollouts = counted  # type: ignore[method-assign]
+    return listed
+
+
+def test_a_new_rollouts_first_turn_takes_the_reads_taken_while_kopf_s_finalizer_was_on_its_way() -> None:
+    """Its first turn goes straight to its status write and the image: no second listing, no second target read."""
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
+    listed = counting_lists(kube)
+    reconciler = shell(kube, FakeGates(), [])
+
+    async def scenario() -> None:
+        await reconciler.read_ahead("trading", "release", copy.deepcopy(kube.rollout))
+        assert (listed, kube.targets_read, kube.status_writes) == (["trading"], ["torghut"], [])
+        await reconciler.reconcile("trading", "release")
+
+    asyncio.run(scenario())
+    assert (listed, kube.targets_read) == (["trading"], ["torghut"])
+    assert kube.rollout["status"]["phase"] == "Deploying"
+    assert kube.rollout["status"]["restore"]["image"] == OLD
+    assert kube.images == [("torghut", NEW)]
+
+
+@pytest.mark.parametrize("change", ["too old", "spec changed", "target changed"])
+def test_reads_taken_ahead_for_another_spec_or_too_long_ago_are_read_again(change: str) -> None:
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD), "torghut-sim": deployment(OLD)})
+    listed = counting_lists(kube)
+    now = [100.0]
+    reconciler = Reconciler(kube, FakeGates(), lambda *a: None, clock=lambda: NOW, monotonic=lambda: now[0])
+
+    async def scenario() -> None:
+        await reconciler.read_ahead("trading", "release", copy.deepcopy(kube.rollout))
+        if change == "too old":
+            now[0] += 2.5
+        else:
+            kube.rollout["metadata"]["generation"] = 2
+            if change == "target changed":
+                kube.rollout["spec"]["target"]["name"] = "torghut-sim"
+        await reconciler.reconcile("trading", "release")
+
+    asyncio.run(scenario())
+    assert len(listed) == 2
+    second = "torghut-sim" if change == "target changed" else "torghut"
+    assert kube.targets_read == ["torghut", second]
+    assert kube.images == [(second, NEW)]
+
+
+@pytest.mark.parametrize("rollout_body", [rollout(status={"phase": "Verifying"}), rollout(action="abort")])
+def test_no_reads_are_taken_ahead_for_a_rollout_with_a_status_or_a_verb(rollout_body: dict[str, Any]) -> None:
+    kube = FakeKube(rollout_body, {"torghut": deployment(OLD)})
+    listed = counting_lists(kube)
+    asyncio.run(shell(kube, FakeGates(), []).read_ahead("trading", "release", copy.deepcopy(kube.rollout)))
+    assert (listed, kube.targets_read) == ([], [])
+
+
+def test_a_read_ahead_that_fails_raises_nothing_and_the_turn_reads_and_reports_for_itself() -> None:
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
+    refusals = [PermanentError("rollouts is forbidden: cannot list")]
+    list_rollouts = kube.list_rollouts
+
+    async def refused_once(namespace: str) -> list[dict[str, Any]]:
+        if refusals:
+            raise refusals.pop()
+        return await list_rollouts(namespace)
+
+    kube.list_rollouts = refused_once  # type: ignore[method-assign]
+    reconciler = shell(kube, FakeGates(), [])
+
+    async def scenario() -> None:
+        await reconciler.read_ahead("trading", "release", copy.deepcopy(kube.rollout))
+        await reconciler.reconcile("trading", "release")
+
+    asyncio.run(scenario())
+    assert not refusals, "the listing was refused once, ahead"
+    assert kube.rollout["status"]["phase"] == "Deploying", "the turn listed and read again"
+    assert kube.images == [("torghut", NEW)]

@@ -29,7 +29,7 @@ from typing import Any
 import urllib3
 from pydantic import ValidationError
 
-from torghut_operator.core.api.spec import Check, TargetKind, TorghutRolloutSpec, target_key
+from torghut_operator.core.api.spec import Check, Target, TargetKind, TorghutRolloutSpec, target_key
 from torghut_operator.core.api.status import Measurement, Phase, RestorePoint, TorghutRolloutStatus, Verdict
 from torghut_operator.core.errors import OperatorError, PermanentError, TemporaryError
 from torghut_operator.core.judge import last_value
@@ -84,6 +84,21 @@ CHANGING_ACTIONS = (CreateMigrationJob, ApplySqlMigrations, SetTargetImage, SetT
 """Actions that change something outside the rollout's status (the others only read)."""
 KNOWN_VERSIONS = 8
 """How many of a rollout's own recent resourceVersions (read or written by its turns) are remembered per rollout."""
+READ_AHEAD_SECONDS = 2.0
+"""How old a new rollout's first reads, taken while Kopf's finalizer was on its way (``read_ahead``), may be when its
+first turn starts; older ones are read again."""
+
+
+@dataclass(frozen=True)
+class _ReadAhead:
+    """A new rollout's first reads, taken before its first turn: for the spec they were read for only."""
+
+    at: float
+    """monotonic time the reads were answered"""
+    generation: int | None
+    target: Target
+    peers: tuple[Peer, ...]
+    state: TargetState
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,8 @@ class Reconciler:
         """(namespace, name) -> monotonic time of the rollout's last status write from this process"""
         self._known: dict[tuple[str, str], deque[str]] = {}
         """(namespace, name) -> the last resourceVersions of the rollout this process read or wrote itself"""
+        self._ahead: dict[tuple[str, str], _ReadAhead] = {}
+        """(namespace, name) -> a new rollout's first reads, until its first turn takes them (``read_ahead``)"""
 
     async def reconcile(self, namespace: str, name: str, live: Mapping[str, Any] | None = None) -> Turn | None:
         """One turn. ``live``: the rollout as the operator's watch last delivered it (Kopf's live body), read instead
@@ -140,6 +157,37 @@ class Reconciler:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
         metrics.RECONCILES.labels(result="ok").inc()
         return turn
+
+    async def read_ahead(self, namespace: str, name: str, live: Mapping[str, Any]) -> None:
+        """A new rollout's first reads (its peers' listing and its target), taken while Kopf's own first write (its
+        finalizer, which the first turn waits for) is on its way: the first turn then goes straight to its status
+        write, one round trip sooner. They are the reads that turn would take, a moment earlier and still after the
+        rollout was created (so a peer created at the same time sees it, or it sees the peer); the turn takes them
+        only for the same target and generation and within ``READ_AHEAD_SECONDS``. Never raises: anything that
+        fails here is read again, and reported, by the turn. ``live``: the rollout as the watch delivered it."""
+        meta = live.get("metadata") or {}
+        if live.get("status") or (meta.get("annotations") or {}).get(ACTION_ANNOTATION):
+            return  # not a new rollout, or a verb: the turn reads for itself
+        try:
+            spec = TorghutRolloutSpec.model_validate(live.get("spec") or {})
+            self._target_of[(namespace, name)] = target_key(namespace, spec)
+            async with asyncio.TaskGroup() as reads:
+                peers = reads.create_task(self._peers(namespace, spec))
+                state = reads.create_task(self._read_target(namespace, spec, fresh=True))
+        except Exception:  # noqa: BLE001 (the turn reads again and reports what fails)
+            log.debug("TorghutRollout %s/%s: reading ahead failed; the first turn reads", namespace, name)
+            return
+        self._ahead[(namespace, name)] = _ReadAhead(
+            self._monotonic(), meta.get("generation"), spec.target, peers.result(), state.result()
+        )
+
+    def _taken_ahead(
+        self, namespace: str, name: str, spec: TorghutRolloutSpec, generation: int | None
+    ) -> _ReadAhead | None:
+        ahead = self._ahead.pop((namespace, name), None)
+        if ahead is None or ahead.generation != generation or ahead.target != spec.target:
+            return None
+        return ahead if self._monotonic() - ahead.at <= READ_AHEAD_SECONDS else None
 
     def knows(self, namespace: str, name: str, resource_version: str | None) -> bool:
         """Whether this version of the rollout is one a turn of this process read or wrote itself: its watch event
@@ -261,6 +309,7 @@ class Reconciler:
         self._written.pop((namespace, name), None)
         self._known.pop((namespace, name), None)
         self._newest.pop((namespace, name), None)
+        self._ahead.pop((namespace, name), None)
         key = self._target_of.pop((namespace, name), None)
         if key is not None and key not in self._target_of.values():
             self._target_floor.pop(key, None)
@@ -442,6 +491,9 @@ class Reconciler:
             Phase.PROMOTING,
             Phase.ROLLING_BACK,
         )
+        ahead = self._taken_ahead(namespace, name, spec, (body.get("metadata") or {}).get("generation"))
+        if ahead is not None and phase is Phase.PENDING and verb is None:
+            return Observations(now=self._clock(), verb=None, peers=ahead.peers, target=ahead.state)
         # The reads a turn needs do not depend on each other: they go out together (a new rollout's first turn
         # waited for its peers' listing before it read its target), and one that fails cancels the others and is
         # raised as itself (what the turn reports and how it retries depend on the error, not on a group of them).
