@@ -4,6 +4,7 @@ precondition and costs a whole turn (make bench: one 409 per rollout before)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
@@ -125,3 +126,25 @@ def test_a_rollout_kopf_already_adopted_reads_nothing_ahead() -> None:
     """After a restart, or any later start of its daemon: its first turn comes at once and reads for itself."""
     calls = _drive_once({"name": "release", "namespace": "trading", "finalizers": [FINALIZER]}, finalizer_after=None)
     assert calls == [("turn", True), ("forget", True)]
+
+
+def test_cel_pythons_parser_is_built_at_startup_on_a_thread_not_in_the_first_rollouts_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Built on first use, it held the event loop (every rollout's turns and Kopf's watches) for 0.15-0.3 s."""
+    from torghut_operator.app import handlers, wiring  # noqa: PLC0415
+    from torghut_operator.core import cel  # noqa: PLC0415
+
+    built_on: list[int] = []
+    monkeypatch.setattr(wiring, "build_runtime", lambda *a: SimpleNamespace())
+    monkeypatch.setattr(cel, "warm_up", lambda: built_on.append(threading.get_ident()))
+
+    async def scenario() -> int:
+        await cast(Callable[..., Awaitable[None]], handlers.startup)(
+            settings=kopf.OperatorSettings(), memo=SimpleNamespace()
+        )
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert len(built_on) == 1
+    assert built_on[0] != loop_thread
