@@ -5,6 +5,7 @@ Measurements go through take_measurement, so what is asserted is what the operat
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import threading
@@ -417,6 +418,12 @@ class TorghutLike(BaseHTTPRequestHandler):
         elif path == "/slow":
             self.release.wait(10)  # a server that takes too long; released at teardown
             self.reply(200, {"late": True})
+        elif path == "/private/status":  # Basic auth, as a URL's user:password@ sends it
+            expected = "Basic " + base64.b64encode(b"ops:hunter2").decode()
+            if self.headers.get("Authorization") != expected:
+                self.reply(401, "unauthorized", content_type="text/plain")
+            else:
+                self.reply(200, {"mode": "paper", "signals_total": 7})
         elif path == "/api/v1/query":
             auth = self.headers.get("Authorization", "")
             self.seen_authorization.append(auth)
@@ -475,6 +482,21 @@ def test_http_json_path_passes_and_fails(web: str, http: HttpGateway) -> None:
     failed = measure(http_check(f"{web}/trading/status", "$['autonomy']['signals_total']", min=10), http)
     assert failed.phase is F
     assert "value 7 below min 10" in failed.message
+
+
+def test_http_credentials_in_the_url_authenticate_and_are_never_shown(web: str, http: HttpGateway) -> None:
+    """What a measurement says goes to status, events and the evidence: the URL there has no password."""
+    private = web.replace("http://", "http://ops:hunter2@") + "/private/status"
+    passed = measure(http_check(private, "$.signals_total", min=1), http)
+    assert passed.phase is S, passed.message
+    assert (
+        passed.message
+        == f"signals: value 7 at or above min 1 (http: {web.replace('http://', 'http://***@')}/private/status $.signals_total)"
+    )
+    refused = measure(http_check(private.replace("hunter2", "wrong-hunter3"), "$.signals_total", min=1), http)
+    assert refused.phase is F
+    assert "hunter" not in refused.message
+    assert "HTTP 401" in refused.message
 
 
 def test_http_whole_json_body_with_cel(web: str, http: HttpGateway) -> None:

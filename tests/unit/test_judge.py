@@ -444,3 +444,18 @@ def test_json_path_select(path: str, expected: Any) -> None:
 def test_json_path_rejects_what_it_does_not_support(path: str) -> None:
     with pytest.raises(ValueError, match="JSONPath"):
         parse_json_path(path)
+
+
+def test_an_http_checks_credentials_never_reach_what_is_shown() -> None:
+    """Status, events, the evidence and the CLI show ``query_text``: the URL's userinfo is ``***`` there."""
+    url = "https://ops:hunter2@torghut.trading/trading/status"
+    gate = Check.model_validate({"name": "mode", "http": {"url": url, "json_path": "$.mode"}, "min": 1})
+    assert gate.query_text == "https://***@torghut.trading/trading/status $.mode"
+    assert gate.http is not None
+    assert gate.http.url == url, "the request itself still carries them"
+    token_only = Check.model_validate({"name": "up", "http": {"url": "http://ghp_s3cr3t@torghut/healthz"}, "min": 1})
+    assert token_only.query_text == "http://***@torghut/healthz"
+    measurement = take_measurement(gate, FakeProvider(Reading(0)), previous=None, now=NOW)
+    assert measurement.phase is F
+    assert "hunter2" not in measurement.message
+    assert "https://***@torghut.trading/trading/status" in measurement.message

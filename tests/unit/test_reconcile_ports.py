@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -498,3 +499,18 @@ def test_a_read_ahead_that_fails_raises_nothing_and_the_turn_reads_and_reports_f
     assert not refusals, "the listing was refused once, ahead"
     assert kube.rollout["status"]["phase"] == "Deploying", "the turn listed and read again"
     assert kube.images == [("torghut", NEW)]
+
+
+def test_an_http_checks_password_reaches_neither_status_nor_events() -> None:
+    body = rollout()
+    body["spec"]["verify"]["checks"][0]["http"]["url"] = "http://ops:hunter2@torghut/trading/status"
+    kube = FakeKube(body, {"torghut": deployment(OLD)})
+    events: list[tuple[str, str, str]] = []
+    for _ in range(3):  # Pending -> Deploying -> Verifying, measured
+        kube.targets["torghut"] = deployment(kube.images[-1][1] if kube.images else OLD)
+        turn(kube, FakeGates(), events)
+    assert kube.rollout["status"]["phase"] == "Verifying"
+    assert kube.rollout["status"]["checks"][0]["measurements"]
+    assert kube.rollout["status"]["checks"][0]["query"] == "http://***@torghut/trading/status"
+    assert "hunter2" not in json.dumps(kube.rollout["status"])
+    assert "hunter2" not in json.dumps(events)

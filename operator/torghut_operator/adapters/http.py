@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import socket
 import threading
 from collections.abc import Mapping
@@ -42,7 +41,7 @@ from torghut_operator.core.api.spec import Check
 from torghut_operator.core.deadline import Deadline, DeadlineExceeded
 from torghut_operator.core.jsonpath import parse_json_path, select
 from torghut_operator.core.reading import ProviderError, Reading
-from torghut_operator.core.text import shorten
+from torghut_operator.core.text import hide_userinfo, shorten
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -238,5 +237,5 @@ class HttpGateway:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without user:password@ (should a user put credentials in it)."""
-    return re.sub(r"(?<=://)[^/@\s]*@", "", url)
+    """The URL as shown: its userinfo (should a user put credentials in it) written ``***@``."""
+    return hide_userinfo(url)

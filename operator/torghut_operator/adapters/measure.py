@@ -22,7 +22,6 @@ shortened to 256 characters); ``at`` is RFC 3339 UTC, when the measurement finis
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -34,12 +33,11 @@ from torghut_operator.core.api.status import Measurement, Verdict
 from torghut_operator.core.deadline import Deadline, DeadlineExceeded
 from torghut_operator.core.judge import judge, judgement_text, query_part
 from torghut_operator.core.reading import ProviderError, Reading
-from torghut_operator.core.text import shorten, value_text
+from torghut_operator.core.text import hide_userinfo, shorten, value_text
 from torghut_operator.core.timefmt import format_time
 
 NOTE_LIMIT = 400
 """A provider's note (e.g. the Postgres column ``detail``) is shortened to this many characters in a message."""
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 
 
 class Provider(Protocol):
@@ -123,7 +121,7 @@ def _error_message(check: Check, what: str) -> str:
 def _unexpected(error: BaseException) -> str:
     # Providers map their errors to secret-free ProviderErrors; anything else is shown short and without
     # URL credentials, in case a library put them in its message.
-    text = _USERINFO.sub("***@", str(error))
+    text = hide_userinfo(str(error))
     return shorten(f"unexpected {type(error).__name__}: {text}" if text else f"unexpected {type(error).__name__}", 300)
 
 

@@ -84,6 +84,15 @@ _KEY_PASSWORD = re.compile(
 )
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def hide_userinfo(text: str) -> str:
+    """Every URL in ``text`` with its userinfo (``user:password@``, or a token before ``@``) written ``***@``: how a
+    URL is shown in status, events, the evidence and logs. Only the request itself uses the URL as written."""
+    return _USERINFO.sub("***@", text)
+
+
 def redact_log(text: str) -> str:
     """A container log fit for status and events: URL passwords (``scheme://user:***@``) and ``password=...`` style
     values removed, control characters other than newlines and tabs dropped."""

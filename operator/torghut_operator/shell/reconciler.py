@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -66,7 +65,7 @@ from torghut_operator.core.planner import (
 )
 from torghut_operator.core.presets import effective_checks
 from torghut_operator.core.records import RolloutRef
-from torghut_operator.core.text import redact_log
+from torghut_operator.core.text import hide_userinfo, redact_log
 from torghut_operator.core.timefmt import format_time, parse_time, utcnow
 from torghut_operator.core.verbs import parse_action
 from torghut_operator.evidence.facts import LANE_RUNS, REFRESH_HOURS
@@ -659,15 +658,12 @@ class Reconciler:
             log.exception("could not post event %s", event.reason)
 
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
-
-
 def describe_error(exc: BaseException) -> str:
     """An error for status and events: our own errors as written (secret-free by contract); anything else by
     type and a short message with URL credentials removed."""
     if isinstance(exc, OperatorError):
         return str(exc)
-    text = _USERINFO.sub("***@", " ".join(str(exc).split()))[:300]
+    text = hide_userinfo(" ".join(str(exc).split()))[:300]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from torghut_operator.core.api.durations import Duration
 from torghut_operator.core.cel import compile_condition
 from torghut_operator.core.jsonpath import parse_json_path
+from torghut_operator.core.text import hide_userinfo
 
 TRADING_MODE = "TRADING_MODE"
 TRADING_MODES = ("paper", "live")
@@ -252,13 +253,14 @@ class Check(ApiModel):
 
     @property
     def query_text(self) -> str:
-        """What the check asks, as shown in verdicts and the evidence ledger."""
+        """What the check asks, as shown in verdicts, status, events and the evidence (an HTTP URL without its
+        userinfo: see ``hide_userinfo``)."""
         if self.postgres is not None:
             return self.postgres.query
         if self.prometheus is not None:
             return self.prometheus.query
         assert self.http is not None
-        return self.http.url + (f" {self.http.json_path}" if self.http.json_path else "")
+        return hide_userinfo(self.http.url) + (f" {self.http.json_path}" if self.http.json_path else "")
 
     @property
     def threshold_text(self) -> str:
