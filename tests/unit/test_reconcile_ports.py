@@ -514,3 +514,27 @@ def test_an_http_checks_password_reaches_neither_status_nor_events() -> None:
     assert kube.rollout["status"]["checks"][0]["query"] == "http://***@torghut/trading/status"
     assert "hunter2" not in json.dumps(kube.rollout["status"])
     assert "hunter2" not in json.dumps(events)
+
+
+def test_reads_taken_ahead_belong_to_the_generation_they_were_read_for_not_the_one_after_them() -> None:
+    """The watch's live body changes while the reads are out: a spec edited meanwhile is read again."""
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD)})
+    live = copy.deepcopy(kube.rollout)
+    list_rollouts = kube.list_rollouts
+
+    async def edited_meanwhile(namespace: str) -> list[dict[str, Any]]:
+        for body in (live, kube.rollout):  # the user edits a check while the listing is out
+            body["metadata"]["generation"] = 2
+            body["spec"]["verify"]["checks"][0]["min"] = 2
+        return await list_rollouts(namespace)
+
+    kube.list_rollouts = edited_meanwhile  # type: ignore[method-assign]
+    reconciler = shell(kube, FakeGates(), [])
+
+    async def scenario() -> None:
+        await reconciler.read_ahead("trading", "release", live)
+        await reconciler.reconcile("trading", "release", live)
+
+    asyncio.run(scenario())
+    assert kube.targets_read == ["torghut", "torghut"]
+    assert kube.images == [("torghut", NEW)]

@@ -167,6 +167,7 @@ class Reconciler:
         meta = live.get("metadata") or {}
         if live.get("status") or (meta.get("annotations") or {}).get(ACTION_ANNOTATION):
             return  # not a new rollout, or a verb: the turn reads for itself
+        generation = meta.get("generation")  # of the spec read here: ``live`` changes while the reads are out
         try:
             spec = TorghutRolloutSpec.model_validate(live.get("spec") or {})
             self._target_of[(namespace, name)] = target_key(namespace, spec)
@@ -177,7 +178,7 @@ class Reconciler:
             log.debug("TorghutRollout %s/%s: reading ahead failed; the first turn reads", namespace, name)
             return
         self._ahead[(namespace, name)] = _ReadAhead(
-            self._monotonic(), meta.get("generation"), spec.target, peers.result(), state.result()
+            self._monotonic(), generation, spec.target, peers.result(), state.result()
         )
 
     def _taken_ahead(
