@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,9 +12,11 @@ from typing import Any
 import kopf
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from torghut_operator.adapters.kube import KubeGateway
-from torghut_operator.adapters.kubeapi import KubeApi
+from torghut_operator.adapters.kubeapi import KubeApi, decode
 from torghut_operator.core.api.spec import Target
 from torghut_operator.core.errors import PermanentError, TemporaryError
 
@@ -125,3 +129,42 @@ def test_a_connection_dropped_mid_read_is_retried_once_but_a_dropped_write_is_no
     with pytest.raises(TemporaryError, match="patch status of TorghutRollout ns/r"):
         _serve(handler, lambda k: k.patch_rollout_status("ns", "r", {}, "7"), [])
     assert calls == ["PATCH"], "a write is never sent twice by the session"
+
+
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+"""The API server holds numbers as int64 or float64 (apimachinery's JSON); orjson reads a wider integer as a float."""
+JSON = st.recursive(
+    st.none() | st.booleans() | INT64 | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(JSON)
+def test_every_json_answer_reads_as_pythons_json_reads_it(value: Any) -> None:
+    raw = json.dumps(value, ensure_ascii=False).encode()
+    assert decode(raw, "get") == json.loads(raw)
+    assert decode(json.dumps(value).encode(), "get") == json.loads(raw)  # \\u escapes too
+
+
+def test_what_orjson_refuses_but_json_reads_is_still_read_and_nothing_is_none() -> None:
+    assert math.isnan(decode(b'{"replicas": NaN}', "get")["replicas"])  # json's reading, as before
+    assert decode(b"", "get") is None
+    for broken in (b'{"a": ', b"  ", b"\xff"):
+        with pytest.raises(TemporaryError, match="get: the API server's answer is not JSON"):
+            decode(broken, "get")
+
+
+def test_a_status_write_sends_the_patch_as_the_json_the_api_server_reads() -> None:
+    received: list[Any] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        received.append((request.content_type, json.loads(await request.read())))
+        return web.Response(text='{"metadata": {"resourceVersion": "8"}}', content_type="application/json")
+
+    patch = {"phase": "Verifying", "message": "waiting for 1/2 replicas — «é»", "checks": [{"n": 1.5}], "gone": None}
+    assert _serve(handler, lambda k: k.patch_rollout_status("ns", "r", patch, "7"), []) == "8"
+    content_type, sent = received[0]
+    assert content_type == "application/merge-patch+json"
+    assert sent["status"] == patch
+    assert sent["metadata"]["resourceVersion"] == "7"
