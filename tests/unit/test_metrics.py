@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from torghut_operator.core.api.status import (
@@ -198,3 +200,75 @@ def test_backfill_progress_is_exported_per_file_and_goes_with_the_run_and_the_ro
         assert _series(f"torghut_rollout_backfill_{metric}", namespace="bf", name="r") == []
     metrics.observe_status("bf", "r", _backfilling("0004_a.sql", 2, eta=10))  # a turn still in flight
     assert _series("torghut_rollout_backfill_rows", namespace="bf", name="r") == []
+
+
+def _exported(namespace: str, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float | str]:
+    """Every per-rollout sample of one rollout, its own labels left out (NaN as text: NaN is equal to nothing)."""
+    return {
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in ("namespace", "name")))): (
+            "NaN" if math.isnan(s.value) else s.value
+        )
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.labels.get("namespace") == namespace and s.labels.get("name") == name
+    }
+
+
+_verdicts = st.sampled_from(list(Verdict))
+_measurements = st.builds(
+    Measurement,
+    phase=_verdicts,
+    at=st.just("2026-12-04T00:00:00.000Z"),
+    value=st.sampled_from([None, "0", "1", "2.5", "NaN", "not a number"]),
+)
+_checks = st.builds(
+    CheckStatus,
+    name=st.sampled_from(["route-null-rate", "signal-throughput", "research-writes"]),
+    stage=st.just("verify"),
+    provider=st.just("postgres"),
+    query=st.just("q"),
+    threshold=st.just("t"),
+    phase=_verdicts,
+    approved=st.booleans(),
+    measurements=st.lists(_measurements, max_size=3),
+)
+_statuses = st.builds(
+    TorghutRolloutStatus,
+    phase=st.sampled_from(list(Phase)),
+    checks=st.lists(_checks, max_size=3, unique_by=lambda c: c.name),
+    conditions=st.lists(
+        st.builds(
+            lambda status, reason: Condition(type="Restored", status=status, last_transition_time="t", reason=reason),
+            st.sampled_from(["True", "False"]),
+            st.sampled_from(["Restored", "RestoreFailed"]),
+        ),
+        max_size=1,
+    ),
+    migration=st.one_of(
+        st.none(),
+        st.builds(
+            lambda file, done, eta: _backfilling(file, done, eta=eta).migration,
+            st.sampled_from(["0004_a.sql", "0005_b.sql"]),
+            st.integers(0, 1_000_000),
+            st.one_of(st.none(), st.integers(0, 100)),
+        ),
+    ),
+)
+
+
+@given(st.lists(_statuses, min_size=1, max_size=6))
+def test_whatever_a_rollout_exported_before_its_series_are_those_of_its_last_status(
+    statuses: list[TorghutRolloutStatus],
+) -> None:
+    """A turn sets only the series whose value changed and removes those it no longer sets: what an alert reads is
+    what exporting the last status alone would show."""
+    metrics.watching("prop", "seq")
+    metrics.watching("prop", "once")
+    for status in statuses:
+        metrics.observe_status("prop", "seq", status)
+    metrics.observe_status("prop", "once", statuses[-1])
+    try:
+        assert _exported("prop", "seq") == _exported("prop", "once")
+    finally:
+        metrics.forget("prop", "seq")
+        metrics.forget("prop", "once")

@@ -134,10 +134,12 @@ def observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> N
 
 Series = tuple[Gauge, tuple[str, ...]]
 """A gauge and the values of its labels, in the order the gauge declares them."""
-_series: dict[tuple[str, str], set[Series]] = {}
-"""Every per-rollout series each rollout exported at its last turn: what a turn no longer sets (a check of an earlier
-stage, another backfill file, an unknown ETA) is removed by difference, in time proportional to that rollout's own
-series, never by scanning the series of every rollout."""
+_series: dict[tuple[str, str], dict[Series, float]] = {}
+"""Every per-rollout series each rollout exported at its last turn, with the value it set: what a turn no longer sets
+(a check of an earlier stage, another backfill file, an unknown ETA) is removed by difference, in time proportional
+to that rollout's own series, never by scanning the series of every rollout; what a turn sets to the value it
+already has is not set again (most turns change one or two of a rollout's 15-30 series, and each ``labels()`` call
+checks and joins its label values under the metric's lock)."""
 
 
 def _observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> None:
@@ -173,20 +175,22 @@ def _observe_status(namespace: str, name: str, status: TorghutRolloutStatus) -> 
         eta = 0 if backfill.finished else backfill.eta_seconds
         if eta is not None:  # absent when unknown
             now[(BACKFILL_ETA, labels)] = eta
-    for (gauge, values), value in now.items():
-        gauge.labels(*values).set(value)
-    before = _series.get((namespace, name), set())
-    for gauge, values in before - now.keys():
+    before = _series.get((namespace, name), {})
+    for series, value in now.items():
+        if before.get(series) != value:  # new, changed, or NaN (never equal to itself): set
+            gauge, values = series
+            gauge.labels(*values).set(value)
+    for gauge, values in before.keys() - now.keys():
         with contextlib.suppress(KeyError):
             gauge.remove(*values)
-    _series[(namespace, name)] = set(now)
+    _series[(namespace, name)] = now
 
 
 def forget(namespace: str, name: str) -> None:
     """Drop every series of a deleted rollout (phase, verdicts, gate values, streaks, backfill progress)."""
     with _lock:
         _forgotten.add((namespace, name))
-        for gauge, values in _series.pop((namespace, name), set()):
+        for gauge, values in _series.pop((namespace, name), {}):
             with contextlib.suppress(KeyError):
                 gauge.remove(*values)
 
