@@ -12,6 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from torghut_operator.core.api.spec import Check, Target, TorghutRolloutSpec
 from torghut_operator.core.api.status import Measurement, TorghutRolloutStatus, Verdict
@@ -19,6 +22,7 @@ from torghut_operator.core.errors import PermanentError, TemporaryError
 from torghut_operator.core.manifests import ACTION_ANNOTATION
 from torghut_operator.core.observations import ExpectationOutcome, PromotionEvidence, SqlOutcome
 from torghut_operator.core.planner import CheckPromotionEvidence, Event
+from torghut_operator.core.presets import effective_checks
 from torghut_operator.core.records import RolloutRef
 from torghut_operator.core.timefmt import format_time
 from torghut_operator.shell.ports import Gates, KubernetesPort
@@ -538,3 +542,51 @@ def test_reads_taken_ahead_belong_to_the_generation_they_were_read_for_not_the_o
     asyncio.run(scenario())
     assert kube.targets_read == ["torghut", "torghut"]
     assert kube.images == [("torghut", NEW)]
+
+
+def test_a_turn_plans_with_the_spec_it_read_even_if_the_dict_parsed_before_was_changed_in_place() -> None:
+    """The shell keeps a rollout's parsed spec between turns (parsing is 4 % of its CPU at 50 rollouts at once) and
+    reuses it only for an equal raw spec: Kopf's live body, parsed by the read ahead, then edited where it lies."""
+    kube = FakeKube(rollout(), {"torghut": deployment(OLD), "torghut-b": deployment(OLD)})
+    live = copy.deepcopy(kube.rollout)
+    reconciler = shell(kube, FakeGates(), [])
+
+    async def scenario() -> None:
+        await reconciler.read_ahead("trading", "release", live)
+        for body in (live, kube.rollout):
+            body["spec"]["target"]["name"] = "torghut-b"
+        await reconciler.reconcile("trading", "release", live)
+
+    asyncio.run(scenario())
+    assert kube.images == [("torghut-b", NEW)]
+
+
+_SPECS = [
+    rollout()["spec"],
+    rollout(target="torghut-b")["spec"],
+    {**rollout()["spec"], "paused": True},
+    {**rollout()["spec"], "verify": {"checks": [{"name": "h", "http": {"url": "http://x"}, "min": 2}]}},
+    {**rollout()["spec"], "verify": {"checks": []}},  # invalid: no evidence
+    {**rollout()["spec"], "presets": ["torghut-completion"]},  # invalid without prometheus and serviceUrl
+    {"target": {"name": "t"}},  # invalid: no image, no checks
+]
+
+
+@given(st.lists(st.sampled_from(range(len(_SPECS))), min_size=1, max_size=12))
+def test_whatever_came_before_each_turn_gets_the_parse_of_the_spec_it_read(order: list[int]) -> None:
+    reconciler = shell(FakeKube(rollout(), {}), FakeGates(), [])
+    for i in order:
+        raw = copy.deepcopy(_SPECS[i])
+        try:
+            expected: tuple[TorghutRolloutSpec, list[Check]] | type[Exception] = (
+                TorghutRolloutSpec.model_validate(raw),
+                effective_checks(TorghutRolloutSpec.model_validate(raw)),
+            )
+        except (ValidationError, ValueError) as exc:
+            expected = type(exc)
+        if isinstance(expected, tuple):
+            spec, checks = reconciler._parse_spec("trading", "release", raw)
+            assert (spec, spec.spec_hash(), checks) == (expected[0], expected[0].spec_hash(), expected[1])
+        else:
+            with pytest.raises(expected):
+                reconciler._parse_spec("trading", "release", raw)

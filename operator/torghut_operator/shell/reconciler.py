@@ -17,6 +17,7 @@ and after a measurement (drift is never evidence), the target is always a GET.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections import deque
@@ -101,6 +102,15 @@ class _ReadAhead:
 
 
 @dataclass(frozen=True)
+class _Parsed:
+    """A rollout's spec as its last turn parsed it: reused while the raw spec is equal (see ``_parse_spec``)."""
+
+    raw: dict[str, Any]
+    spec: TorghutRolloutSpec
+    checks: tuple[Check, ...]
+
+
+@dataclass(frozen=True)
 class Turn:
     """What one turn did, for metrics and for the daemon's next wait."""
 
@@ -141,6 +151,8 @@ class Reconciler:
         """(namespace, name) -> the last resourceVersions of the rollout this process read or wrote itself"""
         self._ahead: dict[tuple[str, str], _ReadAhead] = {}
         """(namespace, name) -> a new rollout's first reads, until its first turn takes them (``read_ahead``)"""
+        self._parsed: dict[tuple[str, str], _Parsed] = {}
+        """(namespace, name) -> the spec its last turn parsed, its checks and the raw spec they came from"""
 
     async def reconcile(self, namespace: str, name: str, live: Mapping[str, Any] | None = None) -> Turn | None:
         """One turn. ``live``: the rollout as the operator's watch last delivered it (Kopf's live body), read instead
@@ -169,7 +181,7 @@ class Reconciler:
             return  # not a new rollout, or a verb: the turn reads for itself
         generation = meta.get("generation")  # of the spec read here: ``live`` changes while the reads are out
         try:
-            spec = TorghutRolloutSpec.model_validate(live.get("spec") or {})
+            spec = self._parse_spec(namespace, name, live.get("spec") or {})[0]  # the first turn's, if unchanged
             self._target_of[(namespace, name)] = target_key(namespace, spec)
             async with asyncio.TaskGroup() as reads:
                 peers = reads.create_task(self._peers(namespace, spec))
@@ -235,8 +247,7 @@ class Reconciler:
         self._saw(namespace, name, meta["resourceVersion"])
         generation = meta.get("generation")
         try:
-            spec = TorghutRolloutSpec.model_validate(body.get("spec") or {})
-            checks = effective_checks(spec)
+            spec, checks = self._parse_spec(namespace, name, body.get("spec") or {})
         except (ValidationError, ValueError) as exc:
             await self._invalid_spec(body, exc)
             return Turn(Phase.FAILED.value, None)
@@ -304,8 +315,24 @@ class Reconciler:
         requeue = 0.0 if wrote and result.requeue_after is None else result.requeue_after
         return Turn(result.status.phase.value, requeue)
 
+    def _parse_spec(self, namespace: str, name: str, raw: Mapping[str, Any]) -> tuple[TorghutRolloutSpec, list[Check]]:
+        """The rollout's spec and effective checks, parsed from ``raw`` (raising as the parse does), or the ones its
+        last turn parsed when ``raw`` is equal to what they were parsed from: parsing is a pure function of the raw
+        spec and the models are frozen, so the result is the parse's, without the validation and the spec hash
+        (together 4 % of the operator's CPU at 50 rollouts at once, on every turn of a spec that had not changed)."""
+        key = (namespace, name)
+        parsed = self._parsed.get(key)
+        if parsed is None or parsed.raw != raw:
+            spec = TorghutRolloutSpec.model_validate(raw)
+            checks = tuple(effective_checks(spec))
+            # a deep copy: the cache must not see a later change made in place to the dict it was parsed from
+            parsed = _Parsed(copy.deepcopy(dict(raw)), spec, checks)
+            self._parsed[key] = parsed
+        return parsed.spec, list(parsed.checks)
+
     def forget(self, namespace: str, name: str) -> None:
         """The rollout's daemon has stopped (it is gone, or the operator stops): drop what is kept about it."""
+        self._parsed.pop((namespace, name), None)
         self._written.pop((namespace, name), None)
         self._known.pop((namespace, name), None)
         self._newest.pop((namespace, name), None)
