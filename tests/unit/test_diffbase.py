@@ -1,5 +1,6 @@
-"""The operator keeps no Kopf diff base (settings.NoDiffBase): right only while deletion is its only changing
-handler; a handler that needs Kopf to tell a creation from an update must bring a diff base back."""
+"""What Kopf does with each rollout event. The operator keeps no Kopf diff base (settings.NoDiffBase): right only
+while deletion is its only changing handler; a handler that needs Kopf to tell a creation from an update must bring a
+diff base back. Deletion is handled only once asked, and the database timers run only for rollouts with a database."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def test_no_diff_base_is_built_read_or_written_even_for_a_rollout_that_carries_a
     assert not patch, "nothing is written to the rollout"
 
 
-def _causes(meta: dict[str, object]) -> tuple[ChangingCause, SpawningCause]:
-    """Kopf's changing and spawning causes of a MODIFIED event of a rollout with this metadata."""
+def _causes(meta: dict[str, object], spec: dict[str, object] | None = None) -> tuple[ChangingCause, SpawningCause]:
+    """Kopf's changing and spawning causes of a MODIFIED event of a rollout with this metadata (and spec)."""
     import logging  # noqa: PLC0415
 
     from kopf._cogs.structs import bodies, ephemera, patches, references  # noqa: PLC0415
@@ -45,6 +46,8 @@ def _causes(meta: dict[str, object]) -> tuple[ChangingCause, SpawningCause]:
     from torghut_operator.core.api.spec import GROUP, PLURAL, VERSION  # noqa: PLC0415
 
     raw = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TorghutRollout", "metadata": {"name": "r", **meta}}
+    if spec is not None:
+        raw["spec"] = spec
     body = bodies.Body(cast(bodies.RawBody, raw))
     resource = references.Resource(GROUP, VERSION, PLURAL, namespaced=True)
     common: dict[str, Any] = {
@@ -74,3 +77,18 @@ def test_kopf_skips_its_change_handling_of_a_rollout_until_deletion_is_asked_and
     assert registry._changing.prematch(cause=deleting)
     assert registry._changing.requires_finalizer(cause=deleting), "the deletion handler runs before the rollout goes"
     assert [h.id for h in registry._changing.get_handlers(cause=deleting)] == ["finalize"]
+
+
+def _spawned(spec: dict[str, object]) -> list[str]:
+    """The daemon and timers Kopf runs for a rollout with this spec."""
+    import torghut_operator.app.handlers  # noqa: F401, PLC0415 (registers the handlers)
+    from torghut_operator.app.settings import FINALIZER  # noqa: PLC0415
+
+    _, spawning = _causes({"finalizers": [FINALIZER], "resourceVersion": "2"}, spec)
+    return sorted(str(h.id) for h in kopf.get_default_registry()._spawning.get_handlers(cause=spawning))
+
+
+def test_a_rollout_without_a_database_gets_its_daemon_and_no_route_or_report_timer() -> None:
+    assert _spawned({"target": {"name": "web"}}) == ["drive"]
+    with_database = {"target": {"name": "torghut"}, "database": {"secretRef": {"name": "db", "key": "uri"}}}
+    assert _spawned(with_database) == ["drive", "refresh_report", "route_visibility"]

@@ -224,7 +224,14 @@ async def rollout_changed(
     runtime.wake_target(before, sparing=uid if echo else None)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=route_interval(), initial_delay=1.0)
+def _has_database(spec: kopf.Spec, **_: Any) -> bool:
+    """The rollout names a database. As the timers' filter: a rollout without one (a peer-shaped canary, an HTTP
+    check only) gets no route or report timer at all (Kopf spawns a timer only while its filter holds, and stops it
+    when it no longer does), instead of two tasks that woke to parse its spec and find nothing to read."""
+    return spec.get("database") is not None
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=route_interval(), initial_delay=1.0, when=_has_database)
 async def route_visibility(
     *, namespace: str | None, uid: str, spec: kopf.Spec, meta: kopf.Meta, memo: Any, **_: Any
 ) -> None:
@@ -247,7 +254,7 @@ async def route_visibility(
     metrics.observe_route(uid, namespace, parsed.target.name, stats)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=report_refresh_interval(), initial_delay=5.0)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=report_refresh_interval(), initial_delay=5.0, when=_has_database)
 async def refresh_report(
     *, namespace: str | None, name: str, uid: str, status: kopf.Status, memo: Any, **_: Any
 ) -> None:
