@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -480,6 +481,25 @@ def api_writes(world: World) -> Counter[str]:
     return count_writes(world.kubectl("get", "--raw", "/metrics", timeout=60))
 
 
+def operator_turns(world: World) -> int | None:
+    """Reconcile turns the operator took so far (``torghut_rollout_reconciles_total`` of its own /metrics, any
+    result); None when its metrics can't be read."""
+    try:
+        with urllib.request.urlopen(world.operator_process.metrics_url, timeout=10) as answer:  # noqa: S310 (loopback)
+            return count_turns(answer.read().decode())
+    except OSError:
+        return None
+
+
+def count_turns(metrics: str) -> int:
+    """The sum of ``torghut_rollout_reconciles_total`` over its results in /metrics text."""
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in metrics.splitlines()
+        if line.startswith("torghut_rollout_reconciles_total{")
+    )
+
+
 def count_writes(metrics: str) -> Counter[str]:
     """`apiserver_request_total` series of a write verb in /metrics text, per `resource[/subresource] verb code`,
     leaving out the status writes of built-in workloads (kwok's and the controllers', never the operator's); and the
@@ -575,6 +595,12 @@ class Phase:
     profile: Path | None = None
     log_lines: int | None = None
     """lines the operator logged during the phase (at its default level)"""
+    turns: int | None = None
+    """reconcile turns the operator took during the phase (its own metric)"""
+
+    @property
+    def turns_per_rollout(self) -> float | None:
+        return None if self.turns is None else self.turns / max(len(self.figures), 1)
 
     @property
     def log_lines_per_rollout(self) -> float | None:
@@ -626,6 +652,7 @@ def run_phase(
     console.print(f"  {len(namespaces)} targets Available in {time.monotonic() - started:.1f}s")
     operator = world.operator_process
     cpu_before, writes_before, lines_before = operator.cpu_seconds(), api_writes(world), _lines(operator.log_path)
+    turns_before = operator_turns(world)
     label = f"{workload.name}-{len(namespaces)}"
     profiler = Profiler(operator.pid, profile_dir, label) if profile_dir is not None else None
     figures = []
@@ -645,7 +672,7 @@ def run_phase(
             makespan = time.time() - first
     finally:
         top = profiler.stop() if profiler is not None else []
-    cpu_after = operator.cpu_seconds()
+    cpu_after, turns_after = operator.cpu_seconds(), operator_turns(world)
     cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return Phase(
         workload.name,
@@ -658,6 +685,7 @@ def run_phase(
         top,
         profiler.svg if profiler is not None else None,
         _lines(operator.log_path) - lines_before,
+        None if turns_before is None or turns_after is None else turns_after - turns_before,
     )
 
 
@@ -870,7 +898,7 @@ def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
     heads = (
         "workload", "at once", "done", "advance p50 ms (xRTT)", "advance p99 ms (xRTT)", "overhead p50 s",
         "overhead p99 s", "CPU/rollout s", "peak RSS MiB", "makespan s", "status writes/rollout", "GETs/rollout", "write conflicts",
-        "log lines/rollout",
+        "log lines/rollout", "turns/rollout",
     )  # fmt: skip
     for head in heads:
         table.add_column(head, justify="left" if head == "workload" else "right")
@@ -892,6 +920,7 @@ def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
             f"{p.gets_per_rollout:.1f}",
             str(p.conflicts.total()),
             "—" if p.log_lines_per_rollout is None else f"{p.log_lines_per_rollout:.1f}",
+            "—" if p.turns_per_rollout is None else f"{p.turns_per_rollout:.1f}",
         )
     return table
 

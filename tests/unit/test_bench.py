@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, cast
 
 import pytest
 
-from torghut_localstack.bench import WORKLOADS, Phase, conflicts, count_writes, top_functions
+from torghut_localstack.bench import WORKLOADS, Phase, conflicts, count_turns, count_writes, top_functions
 
 pytestmark = pytest.mark.unit
 
@@ -69,3 +70,18 @@ def test_the_peer_workload_waits_two_seconds_in_verify_and_runs_no_migration() -
     assert peer.verify_wait == 2.0
     assert not peer.migrate
     assert WORKLOADS["torghut"].verify_wait == 1.0
+
+
+def test_turns_per_rollout_sum_the_operators_reconciles_of_any_result() -> None:
+    metrics = "\n".join(
+        [
+            "# HELP torghut_rollout_reconciles_total Reconcile turns by result.",
+            'torghut_rollout_reconciles_total{result="ok"} 57.0',
+            'torghut_rollout_reconciles_total{result="error"} 3.0',
+            'torghut_rollout_reconciles_created{result="ok"} 1.7e+09',
+            'torghut_rollout_reconcile_errors_total{kind="TemporaryError"} 3.0',
+        ]
+    )
+    assert count_turns(metrics) == 60
+    phase = Phase("peer", 10, [cast(Any, None)] * 10, None, None, 1.0, Counter(), turns=60)
+    assert phase.turns_per_rollout == 6.0
