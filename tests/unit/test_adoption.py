@@ -13,7 +13,8 @@ from typing import Any, cast
 import kopf
 import pytest
 
-from torghut_operator.app.handlers import _adoption, drive
+from torghut_operator.app.handlers import _adoption, _idle, drive
+from torghut_operator.app.runtime import Waker
 from torghut_operator.app.settings import DIFF_BASE_ANNOTATION, FINALIZER, adopted
 from torghut_operator.shell.reconciler import Turn
 
@@ -30,7 +31,7 @@ def test_a_rollout_is_adopted_once_kopf_wrote_its_finalizer() -> None:
 def test_the_first_turn_starts_when_kopf_s_writes_arrive_not_before() -> None:
     async def scenario() -> float:
         meta: dict[str, Any] = {}
-        wake = asyncio.Event()
+        wake = Waker()
         loop = asyncio.get_running_loop()
 
         def kopf_writes(step: int) -> None:  # as Kopf's watch would: update the live view, then wake
@@ -54,7 +55,7 @@ def test_the_first_turn_starts_when_kopf_s_writes_arrive_not_before() -> None:
 def test_without_kopf_s_writes_the_first_turn_still_starts_after_the_bound() -> None:
     async def scenario() -> float:
         started = time.monotonic()
-        await _adoption(cast(kopf.Meta, {}), asyncio.Event(), seconds=0.2)
+        await _adoption(cast(kopf.Meta, {}), Waker(), seconds=0.2)
         return time.monotonic() - started
 
     assert 0.19 <= asyncio.run(scenario()) < 2.0
@@ -148,3 +149,15 @@ def test_cel_pythons_parser_is_built_at_startup_on_a_thread_not_in_the_first_rol
     loop_thread = asyncio.run(scenario())
     assert len(built_on) == 1
     assert built_on[0] != loop_thread
+
+
+def test_the_daemon_sleeps_through_the_late_echo_of_its_own_write_and_wakes_for_news() -> None:
+    async def idle(version: str, seconds: float) -> float:
+        wake = Waker()
+        asyncio.get_running_loop().call_later(0.02, wake.set, version)
+        started = time.monotonic()
+        await _idle(wake, seconds, lambda v: v == "5")  # 5: the version its own turn wrote
+        return time.monotonic() - started
+
+    assert 0.19 <= asyncio.run(idle("5", 0.2)) < 2.0, "the echo did not cost a turn"
+    assert asyncio.run(idle("6", 5.0)) < 2.0, "someone else's change did, at once"

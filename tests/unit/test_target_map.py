@@ -18,13 +18,14 @@ from kopf._cogs.structs import credentials, references
 from kopf._core.reactor import orchestration
 
 from torghut_operator.app import handlers
-from torghut_operator.app.runtime import Runtime, TargetKey, Targets
+from torghut_operator.app.runtime import Runtime, TargetKey, Targets, Waker
 
 pytestmark = pytest.mark.unit
 
 # Kopf types its decorated handlers as its callback protocols; the tests call them with what each one reads.
 rollout_changed: Any = handlers.rollout_changed
 deployment_changed: Any = handlers.deployment_changed
+job_changed: Any = handlers.job_changed
 
 KEYS = st.tuples(
     st.sampled_from(["trading", "research"]), st.sampled_from(["Deployment", "Service"]), st.sampled_from(["a", "b"])
@@ -54,7 +55,7 @@ def _runtime(*uids: str, known: frozenset[tuple[str, str]] = frozenset()) -> Run
     reconciler = SimpleNamespace(knows=lambda _namespace, name, version: (name, version) in known)
     runtime = Runtime(reconciler=cast(Any, reconciler), config=cast(Any, None), freshness=cast(Any, freshness))
     for uid in uids:
-        runtime.wakers[uid] = asyncio.Event()
+        runtime.wakers[uid] = Waker()
     return runtime
 
 
@@ -211,3 +212,54 @@ def test_a_failed_turns_backoff_ends_early_only_for_a_change_of_the_rollout_nobo
     assert asyncio.run(scenario(["1", "1", "1"], set())) >= 1.0  # target wakes: the rollout did not change
     assert asyncio.run(scenario(["2", "3"], {"2", "3"})) >= 1.0  # its own writes' echoes
     assert asyncio.run(scenario(["2", "4"], {"2"})) < 1.0  # someone else's change
+
+
+def test_an_echo_that_arrives_before_its_writes_answer_is_no_news_once_the_answer_is_in() -> None:
+    """The watch often delivers a status write's echo before the write's answer reaches the turn (make bench: about
+    one per rollout): its version is judged when the daemon looks, after the turn, not when the event arrives."""
+    runtime = _runtime("u1", "u2")
+    for uid in ("u1", "u2"):
+        _rollout_event(runtime, uid, "torghut", type=cast(str, None))
+    _woken(runtime)
+    _rollout_event(runtime, "u1", "torghut", version="9")  # not known yet: the write's answer is on its way
+    u1, u2 = runtime.wakers["u1"], runtime.wakers["u2"]
+    assert u1.is_set()
+    assert not u1.news(lambda version: version == "9"), "the turn knew 9 by the time the daemon looked"
+    assert u1.news(lambda version: False), "someone else's change is news"
+    assert u2.news(lambda version: version == "9"), "a peer on the same target may be unblocked by it"
+
+
+def test_a_settled_rollout_is_woken_by_its_own_changes_only() -> None:
+    """Succeeded, Failed, RolledBack, Aborted and Paused move only on a verb or a spec change (changes of the rollout
+    itself); its target's changes (the old ReplicaSet scaling down) and its Job's no longer cost it turns."""
+    runtime = _runtime("u1")
+    _rollout_event(runtime, "u1", "torghut", type=cast(str, None))
+    _woken(runtime)
+    runtime.wakers["u1"].settle(True)
+    _deployment_event(runtime, "torghut")
+    job = {"metadata": {"ownerReferences": [{"kind": "TorghutRollout", "uid": "u1"}]}}
+    asyncio.run(job_changed(body=kopf.Body(cast(kopf.RawBody, job)), memo=SimpleNamespace(runtime=runtime)))
+    assert _woken(runtime) == []
+    _rollout_event(runtime, "u1", "torghut", version="12")  # a verb or a spec change
+    assert _woken(runtime) == ["u1"]
+    runtime.wakers["u1"].settle(False)  # its next turn started a new run
+    _deployment_event(runtime, "torghut")
+    assert _woken(runtime) == ["u1"]
+
+
+def test_settling_drops_target_changes_seen_during_the_turn_but_never_a_change_of_the_rollout() -> None:
+    nudged = Waker()
+    nudged.nudge()
+    nudged.settle(True)
+    assert not nudged.is_set()
+    both = Waker()
+    both.nudge()
+    both.set("5")
+    both.settle(True)
+    assert both.is_set()
+    assert both.news(lambda version: False)
+    assert not both.news(lambda version: version == "5")
+    gone = Waker()
+    gone.set(None)  # deleted
+    gone.settle(True)
+    assert gone.news(lambda version: True)

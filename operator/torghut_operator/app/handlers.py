@@ -19,7 +19,7 @@ import kopf
 from pydantic import ValidationError
 
 from torghut_operator.app import kopf_fixes
-from torghut_operator.app.runtime import Runtime
+from torghut_operator.app.runtime import Runtime, Waker
 from torghut_operator.app.settings import OperatorConfig, adopted, report_refresh_interval, route_interval
 from torghut_operator.core import cel
 from torghut_operator.core.api.spec import GROUP, PLURAL, VERSION, TorghutRolloutSpec, target_key
@@ -47,6 +47,10 @@ ROUTINE_HANDLERS = (
 )
 """The watch handlers and timers that run on every event or every interval: Kopf's line for each success is not
 logged (app.quiet) unless --verbose."""
+SETTLED = frozenset({p.value for p in Phase if p.terminal} | {Phase.PAUSED.value})
+"""Phases only a verb or a spec change moves (the planner's ``_idle``): a rollout in one is not woken by changes of
+its target or Job (``Waker.nudge``), after Succeeded the old ReplicaSet's scale-down alone cost about five turns
+per rollout (``make bench``)."""
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -99,7 +103,8 @@ async def drive(
     assert namespace is not None  # the resource is namespaced
     runtime = _runtime(memo)
     metrics.watching(namespace, name)
-    wake = runtime.wakers.setdefault(uid, asyncio.Event())
+    wake = runtime.wakers.setdefault(uid, Waker())
+    known = lambda version: runtime.reconciler.knows(namespace, name, version)  # noqa: E731
     backoff = 1.0
     # A new rollout's first reads go out while Kopf's finalizer is on its way (see Reconciler.read_ahead).
     ahead = None if adopted(meta) else asyncio.create_task(runtime.reconciler.read_ahead(namespace, name, body))
@@ -110,6 +115,7 @@ async def drive(
                 await asyncio.wait_for(ahead, ADOPTION_SECONDS)
         while not stopped:
             wake.clear()
+            wake.settle(False)
             try:
                 # A turn that hangs (a library ignoring its timeout) is abandoned, never waited on forever:
                 # the next turn starts again from the persisted status.
@@ -126,15 +132,16 @@ async def drive(
                     log.error("TorghutRollout %s/%s: %s", namespace, name, describe_error(exc))
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(runtime.reconciler.report_stuck(namespace, name, exc), TURN_TIMEOUT)
-                await _backoff(wake, meta, backoff, lambda v: runtime.reconciler.knows(namespace, name, v))
+                await _backoff(wake, meta, backoff, known)
                 continue
             if turn is None:  # deleted: nothing of it may stay exported
                 metrics.forget(namespace, name)
                 metrics.forget_route(uid)
                 return
             delay = IDLE_SECONDS if turn.requeue_after is None else min(turn.requeue_after, IDLE_SECONDS)
+            wake.settle(turn.phase in SETTLED)
             if delay > 0:
-                await _wait(wake, delay)
+                await _idle(wake, delay, known)
     finally:
         if ahead is not None:
             ahead.cancel()
@@ -142,7 +149,7 @@ async def drive(
         runtime.reconciler.forget(namespace, name)
 
 
-async def _adoption(meta: kopf.Meta, wake: asyncio.Event, seconds: float = ADOPTION_SECONDS) -> None:
+async def _adoption(meta: kopf.Meta, wake: Waker, seconds: float = ADOPTION_SECONDS) -> None:
     """A new rollout's first turn waits (at most ``seconds``) for Kopf's own first write, which comes at once:
     a status write racing it fails its precondition and costs a whole turn. ``meta`` is Kopf's live view; every
     change of the rollout sets ``wake``."""
@@ -153,7 +160,7 @@ async def _adoption(meta: kopf.Meta, wake: asyncio.Event, seconds: float = ADOPT
         wake.clear()
 
 
-async def _backoff(wake: asyncio.Event, meta: kopf.Meta, seconds: float, known: Callable[[str | None], bool]) -> None:
+async def _backoff(wake: Waker, meta: kopf.Meta, seconds: float, known: Callable[[str | None], bool]) -> None:
     """Wait out a failed turn's backoff. Only a change of the rollout itself that its own turns did not make
     (``meta`` is Kopf's live view; ``known``: a version a turn read or wrote) ends it early: its target's changes
     (pods becoming ready, several a second) do not fix a refused request, and waking on each ran a failed turn
@@ -169,9 +176,21 @@ async def _backoff(wake: asyncio.Event, meta: kopf.Meta, seconds: float, known: 
             return
 
 
-async def _wait(wake: asyncio.Event, seconds: float) -> None:
+async def _wait(wake: Waker, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wake.wait(), timeout=seconds)
+
+
+async def _idle(wake: Waker, seconds: float, known: Callable[[str], bool]) -> None:
+    """Wait (at most ``seconds``) until something may have changed for the rollout: an echo of its own status write
+    that arrived before the write's answer (known by now) does not end the wait."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        await _wait(wake, left)
+        if not wake.is_set() or wake.news(known):
+            return
+        wake.clear()
 
 
 def _deleting(meta: kopf.Meta, **_: Any) -> bool:
@@ -218,10 +237,12 @@ async def rollout_changed(
     # it would cost a turn, and after a failed turn its error report would end the backoff at once (a retry storm).
     echo = type != "DELETED" and runtime.reconciler.knows(namespace or "", name, version)
     if not echo:
-        runtime.wake(uid)
-    # Any change to one rollout may unblock another on the same target (or on the one it left).
-    runtime.wake_target(key, sparing=uid if echo else None)
-    runtime.wake_target(before, sparing=uid if echo else None)
+        # a version not known yet may still be an echo whose write's answer is on its way: the daemon judges it
+        runtime.wake(uid, None if type == "DELETED" else version)
+    # Any change to one rollout may unblock another on the same target (or on the one it left); the rollout itself
+    # was woken above, with the version that tells an echo from news.
+    runtime.wake_target(key, sparing=uid)
+    runtime.wake_target(before, sparing=uid)
 
 
 def _has_database(spec: kopf.Spec, **_: Any) -> bool:
@@ -287,7 +308,7 @@ async def job_changed(*, body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     for ref in body.metadata.get("ownerReferences") or []:
         if ref.get("kind") == "TorghutRollout":
-            runtime.wake(ref.get("uid", ""))
+            runtime.nudge(ref.get("uid", ""))
 
 
 @kopf.on.event("apps", "v1", "deployments")

@@ -80,6 +80,63 @@ class TargetCopies:
             self._copies[key] = body
 
 
+class Waker:
+    """Wakes one rollout's daemon, and keeps what woke it until the daemon looks.
+
+    A change of the rollout itself carries its resourceVersion: one the rollout's own turn read or wrote is no news
+    (the echo of its status write). The watch often delivers that echo before the write's answer has reached the
+    turn (``make bench``: about one per rollout, one at a time or 200 at once), so the version is judged when the
+    daemon looks (``news``), not when the event arrives. A change of what the rollout watches (its target, its
+    Job) is ignored while the rollout is ``settled``: in a phase only a verb or a spec change moves (see
+    ``drive``), which arrive as changes of the rollout itself."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._versions: set[str] = set()
+        self._other = False
+        self._nudged = False
+        self._settled = False
+
+    def set(self, version: str | None = None) -> None:
+        """The rollout changed (to ``version``; None: unknown, e.g. deleted)."""
+        if version is None:
+            self._other = True
+        else:
+            self._versions.add(version)
+        self._event.set()
+
+    def nudge(self) -> None:
+        """Something the rollout watches changed: news unless the rollout is settled."""
+        if not self._settled:
+            self._nudged = True
+            self._event.set()
+
+    def settle(self, settled: bool) -> None:
+        """The daemon's last turn left the rollout settled (or not). Settling drops the nudges that came during
+        that turn: they matter no more than the ones that will come while it stays settled."""
+        self._settled = settled
+        if settled and self._nudged:
+            self._nudged = False
+            if not self._versions and not self._other:
+                self._event.clear()
+
+    def clear(self) -> None:
+        self._event.clear()
+        self._versions.clear()
+        self._other = self._nudged = False
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def news(self, known: Callable[[str], bool]) -> bool:
+        """Whether what woke it may change anything: anything but versions of the rollout its own turns knew
+        (``known``: a version a turn of this process read or wrote)."""
+        return self._other or self._nudged or any(not known(v) for v in self._versions)
+
+
 @dataclass
 class Runtime:
     """Everything the handlers share; built once at startup and kept in Kopf's memo."""
@@ -87,7 +144,7 @@ class Runtime:
     reconciler: Reconciler
     config: OperatorConfig
     freshness: WatchFreshness
-    wakers: dict[str, asyncio.Event] = field(default_factory=dict)
+    wakers: dict[str, Waker] = field(default_factory=dict)
     targets: Targets = field(default_factory=Targets)
     route_reader: Callable[[TorghutRolloutSpec, str], RouteStats] | None = None
     """Reads a rollout's target database's route statistics (blocking); None: route metrics off."""
@@ -98,13 +155,21 @@ class Runtime:
     """(uid, spec hash, attempt) of finished runs whose report needs no more refreshing (in memory: after a restart
     a report is refreshed once more, which is harmless)."""
 
-    def wake(self, uid: str) -> None:
-        event = self.wakers.get(uid)
-        if event is not None:
-            event.set()
+    def wake(self, uid: str, version: str | None = None) -> None:
+        """The rollout ``uid`` changed (to ``version``, when known)."""
+        waker = self.wakers.get(uid)
+        if waker is not None:
+            waker.set(version)
+
+    def nudge(self, uid: str) -> None:
+        """Something rollout ``uid`` watches changed (its Job)."""
+        waker = self.wakers.get(uid)
+        if waker is not None:
+            waker.nudge()
 
     def wake_target(self, key: TargetKey | None, *, sparing: str | None = None) -> None:
-        """Wake the daemons of the rollouts driving ``key`` (but the one of ``sparing``)."""
+        """Nudge the daemons of the rollouts driving ``key`` (but the one of ``sparing``): the target changed, or
+        a rollout on it did, which may unblock the others."""
         for uid in self.targets.uids(key) if key is not None else ():
             if uid != sparing:
-                self.wake(uid)
+                self.nudge(uid)
