@@ -532,6 +532,18 @@ def test_progress_deadline_fails_and_rolls_back() -> None:
     assert condition(p, "Deployed") == ("False", "ProgressDeadlineExceeded")
 
 
+def test_waiting_for_the_deployment_comes_back_at_the_progress_deadline_not_every_five_seconds() -> None:
+    """Each change of the target wakes the rollout (its watch); the planner's own wake-up is for the deadline only
+    (200 rollouts at once waiting on their Deployments took 11 idle turns each at one every 5 s)."""
+    spec = make_spec(deploy={"progressDeadline": "1m"})
+    status = started(spec, Phase.DEPLOYING)
+    waiting = run(spec, status, at=T0 + timedelta(seconds=20), target=target(NEW, rolled_out=False))
+    assert waiting.status.phase is Phase.DEPLOYING
+    assert waiting.requeue_after == 40.5  # the daemon still looks at least every 30 s
+    late = run(spec, status, at=T0 + timedelta(seconds=60, milliseconds=1), target=target(NEW, rolled_out=False))
+    assert late.status.phase is Phase.ROLLING_BACK
+
+
 def test_deployment_controller_deadline_fails_without_rollback_when_off() -> None:
     spec = make_spec(rollback={"onFailure": False})
     p = run(

@@ -38,6 +38,8 @@ from torghut_operator.core.verbs import verb_applies
 
 POLL_SECONDS = 5.0
 """How soon to look again while waiting on something a watch may not announce (a peer, a Job, a target)."""
+DEADLINE_SLACK_SECONDS = 0.5
+"""A turn that waits for a deadline comes back this long after it, so it finds the deadline passed."""
 BACKFILL_REQUEUE = 1.0
 """How soon the next slice of a running backfill starts after the last one returned."""
 
@@ -561,7 +563,9 @@ def _deploying(b: _Builder, spec: TorghutRolloutSpec, checks: list[Check], obs: 
         )
         return
     b.update(message=f"waiting for {spec.target.image}: {target.detail}")
-    b.requeue(POLL_SECONDS)
+    # Every change of the target wakes the rollout (its watch): the turn that finds it available comes then. Not
+    # polling every POLL_SECONDS: 200 rollouts at once waiting on their Deployments took 11 idle turns each.
+    b.requeue(max(deadline - _elapsed(_deploy_clock(b.status), b.now), 0.0) + DEADLINE_SLACK_SECONDS)
 
 
 def _caught_up(b: _Builder, spec: TorghutRolloutSpec, obs: Observations) -> bool:
