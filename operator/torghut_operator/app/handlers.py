@@ -153,11 +153,7 @@ async def _adoption(meta: kopf.Meta, wake: Waker, seconds: float = ADOPTION_SECO
     """A new rollout's first turn waits (at most ``seconds``) for Kopf's own first write, which comes at once:
     a status write racing it fails its precondition and costs a whole turn. ``meta`` is Kopf's live view; every
     change of the rollout sets ``wake``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not adopted(meta) and loop.time() < deadline:
-        await _wait(wake, deadline - loop.time())
-        wake.clear()
+    await _wait_until(wake, seconds, lambda: adopted(meta))
 
 
 async def _backoff(wake: Waker, meta: kopf.Meta, seconds: float, known: Callable[[str | None], bool]) -> None:
@@ -165,32 +161,29 @@ async def _backoff(wake: Waker, meta: kopf.Meta, seconds: float, known: Callable
     (``meta`` is Kopf's live view; ``known``: a version a turn read or wrote) ends it early: its target's changes
     (pods becoming ready, several a second) do not fix a refused request, and waking on each ran a failed turn
     for each."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
     version = meta.get("resourceVersion")
-    while (left := deadline - loop.time()) > 0:
-        await _wait(wake, left)
-        wake.clear()
+
+    def changed_by_others() -> bool:
         now = meta.get("resourceVersion")
-        if now != version and not known(now):
-            return
+        return now != version and not known(now)
 
-
-async def _wait(wake: Waker, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(wake.wait(), timeout=seconds)
+    await _wait_until(wake, seconds, changed_by_others)
 
 
 async def _idle(wake: Waker, seconds: float, known: Callable[[str], bool]) -> None:
     """Wait (at most ``seconds``) until something may have changed for the rollout: an echo of its own status write
     that arrived before the write's answer (known by now) does not end the wait."""
+    await _wait_until(wake, seconds, lambda: wake.is_set() and wake.news(known))
+
+
+async def _wait_until(wake: Waker, seconds: float, done: Callable[[], bool]) -> None:
+    """Wait until ``done()`` holds (looked at first, then each time ``wake`` is set) or ``seconds`` have passed."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    while (left := deadline - loop.time()) > 0:
-        await _wait(wake, left)
-        if not wake.is_set() or wake.news(known):
-            return
+    while not done() and (left := deadline - loop.time()) > 0:
         wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=left)
 
 
 def _deleting(meta: kopf.Meta, **_: Any) -> bool:
