@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,17 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
     # cel-python builds its parser on first use: here, on a thread, not inside the first rollout's turn, where it
     # held the event loop (every rollout's turns and Kopf's watches) for 0.15-0.3 s.
     await asyncio.to_thread(cel.warm_up)
+    _freeze_heap()
+
+
+def _freeze_heap() -> None:
+    """Move what start-up built (modules, classes, clients, the CEL parser: ~94,000 objects) out of the cyclic
+    collector's reach. A full collection walks every object it tracks: with those it held the event loop for
+    45-73 ms in the middle of rollouts (``make bench``, peer-shaped, 50 at once), the longest single pause a stage
+    advance could meet; without them it walks 10,000-31,000 objects, 7-34 ms (median 14 ms, three runs). What is
+    frozen lives as long as the process anyway; what is allocated later is collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 @kopf.on.login()
