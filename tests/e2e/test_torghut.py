@@ -460,6 +460,7 @@ def test_route_metrics_are_exported_while_a_rollout_watches_the_target_and_vanis
     assert series(text, "torghut_rollout_route_read_success", **target) == [1.0]
     assert series(text, "torghut_rollout_phase", **mine)
     assert series(text, "torghut_rollout_check_verdict", **mine)
+    assert series(text, "torghut_rollout_operator_loop_lag_seconds_count")[0] > 0, "the loop's lag is sampled"
 
     world.kubectl("delete", "torghutrollout", "routes", "-n", world.namespace, "--wait=true", timeout=60)
 

@@ -430,6 +430,7 @@ def test_dashboard_configmap_is_a_grafana_dashboard_of_the_operator() -> None:
         "Reconcile rate",
         "Reconcile errors",
         "Reconcile latency",
+        "Event loop lag",
     } <= titles
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
     for metric in (
@@ -439,6 +440,7 @@ def test_dashboard_configmap_is_a_grafana_dashboard_of_the_operator() -> None:
         "torghut_rollout_reconciles_total",
         "torghut_rollout_reconcile_errors_total",
         "torghut_rollout_reconcile_duration_seconds_bucket",
+        "torghut_rollout_operator_loop_lag_seconds_bucket",
     ):
         assert re.search(rf"\b{metric}\b", exprs), f"no panel shows {metric}"
     for panel in dashboard["panels"]:

@@ -4,6 +4,7 @@ precondition and costs a whole turn (make bench: one 409 per rollout before)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 import time
@@ -189,6 +190,27 @@ def test_what_startup_built_is_out_of_the_collectors_reach_and_later_garbage_is_
         assert gone() is None, "garbage made after start-up is collected"
     finally:
         gc.unfreeze()
+
+
+def test_the_loop_lag_sampler_runs_from_startup_to_cleanup(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torghut_operator.app import handlers, wiring  # noqa: PLC0415
+    from torghut_operator.core import cel  # noqa: PLC0415
+
+    monkeypatch.setattr(wiring, "build_runtime", lambda *a: SimpleNamespace(api=None))
+    monkeypatch.setattr(cel, "warm_up", lambda: None)
+    monkeypatch.setattr(handlers, "_freeze_heap", lambda: None)
+
+    async def scenario() -> tuple[bool, bool]:
+        memo = SimpleNamespace()
+        await cast(Callable[..., Awaitable[None]], handlers.startup)(settings=kopf.OperatorSettings(), memo=memo)
+        sampler: asyncio.Task[None] = memo.loop_lag
+        running = not sampler.done()
+        await cast(Callable[..., Awaitable[None]], handlers.cleanup)(memo=memo)
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        return running, sampler.cancelled()
+
+    assert asyncio.run(scenario()) == (True, True)
 
 
 def test_the_daemon_sleeps_through_the_late_echo_of_its_own_write_and_wakes_for_news() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 
 import pytest
 from hypothesis import given
@@ -272,3 +274,26 @@ def test_whatever_a_rollout_exported_before_its_series_are_those_of_its_last_sta
     finally:
         metrics.forget("prop", "seq")
         metrics.forget("prop", "once")
+
+
+def _lag(bucket: str | None = None) -> float:
+    name = "torghut_rollout_operator_loop_lag_seconds"
+    if bucket is None:
+        return REGISTRY.get_sample_value(f"{name}_count") or 0.0
+    return REGISTRY.get_sample_value(f"{name}_bucket", {"le": bucket}) or 0.0
+
+
+def test_the_loop_lag_histogram_sees_a_step_that_held_the_event_loop() -> None:
+    """What a stage advance waited behind on the operator's own loop: a step that held it for 0.15 s shows as a
+    look later than 0.1 s, and the sampler looks again and again until it is cancelled."""
+    looks_before, late_before = _lag(), _lag() - _lag("0.1")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, time.sleep, 0.15)  # a step that holds the loop: what the histogram is there to see
+        with pytest.raises(TimeoutError):  # wait_for cancels the sampler at the end of the window
+            await asyncio.wait_for(metrics.sample_loop_lag(0.01), timeout=0.5)
+
+    asyncio.run(scenario())
+    assert _lag() - _lag("0.1") - late_before >= 1
+    assert _lag() - looks_before >= 3

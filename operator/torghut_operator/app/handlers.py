@@ -72,6 +72,7 @@ async def startup(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> No
     # held the event loop (every rollout's turns and Kopf's watches) for 0.15-0.3 s.
     await asyncio.to_thread(cel.warm_up)
     _freeze_heap()
+    memo.loop_lag = asyncio.create_task(metrics.sample_loop_lag(), name="event loop lag")
 
 
 def _freeze_heap() -> None:
@@ -95,6 +96,9 @@ def login(*, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.cleanup()
 async def cleanup(*, memo: Any, **_: Any) -> None:
+    sampler: asyncio.Task[None] | None = getattr(memo, "loop_lag", None)
+    if sampler is not None:
+        sampler.cancel()
     runtime: Runtime | None = getattr(memo, "runtime", None)
     if runtime is not None and runtime.api is not None:
         await runtime.api.close()

@@ -8,6 +8,7 @@ So no alert ever fires on the stale value of something that is gone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import threading
@@ -23,6 +24,14 @@ RECONCILE_SECONDS = Histogram(
     "torghut_rollout_reconcile_duration_seconds",
     "Duration of one reconcile turn.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+LOOP_LAG_INTERVAL = 0.1
+"""Seconds between two looks of :func:`sample_loop_lag`."""
+LOOP_LAG = Histogram(
+    "torghut_rollout_operator_loop_lag_seconds",
+    "How late the operator's event loop ran a timer due every 0.1 s: what any watch event, turn or probe waited "
+    "then behind whatever held the loop (a long step, a garbage collection, the process not getting the CPU).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 READS = Counter(
     "torghut_rollout_object_reads_total",
@@ -239,3 +248,14 @@ def _number(text: str | None) -> float | None:
         return float(text) if text is not None else None
     except ValueError:
         return None
+
+
+async def sample_loop_lag(interval: float = LOOP_LAG_INTERVAL) -> None:
+    """Observe, until cancelled, how late a timer due every ``interval`` seconds runs (``LOOP_LAG``). Every stage
+    advance waits on the same loop: a lag near the advance's own time says the operator was the wait, a small one
+    that the wait was elsewhere (the API server, the watch)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        LOOP_LAG.observe(max(0.0, loop.time() - due))
