@@ -481,14 +481,38 @@ def api_writes(world: World) -> Counter[str]:
     return count_writes(world.kubectl("get", "--raw", "/metrics", timeout=60))
 
 
-def operator_turns(world: World) -> int | None:
-    """Reconcile turns the operator took so far (``torghut_rollout_reconciles_total`` of its own /metrics, any
-    result); None when its metrics can't be read."""
+def operator_metrics(world: World) -> str | None:
+    """The operator's own /metrics text; None when it can't be read."""
     try:
         with urllib.request.urlopen(world.operator_process.metrics_url, timeout=10) as answer:  # noqa: S310 (loopback)
-            return count_turns(answer.read().decode())
+            return str(answer.read().decode())
     except OSError:
         return None
+
+
+LOOP_LAG: Final = "torghut_rollout_operator_loop_lag_seconds"
+
+
+def loop_lag_buckets(metrics: str) -> dict[float, float]:
+    """The operator's event-loop lag histogram in /metrics text: upper bound (seconds; inf for +Inf) → cumulative
+    count of looks."""
+    found: dict[float, float] = {}
+    prefix = f'{LOOP_LAG}_bucket{{le="'
+    for line in metrics.splitlines():
+        if line.startswith(prefix):
+            bound, _, value = line[len(prefix) :].partition('"} ')
+            found[float(bound)] = float(value)
+    return found
+
+
+def bucket_quantile(before: Mapping[float, float], after: Mapping[float, float], q: float) -> float | None:
+    """The upper bound of the bucket holding the ``q`` quantile (0..1) of the looks between two readings of a
+    histogram (inf: beyond the last bound); None without looks."""
+    deltas = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
+    total = deltas[-1][1] if deltas else 0.0
+    if total <= 0:
+        return None
+    return next(bound for bound, cumulative in deltas if cumulative >= q * total)
 
 
 def count_turns(metrics: str) -> int:
@@ -524,6 +548,34 @@ def count_writes(metrics: str) -> Counter[str]:
 def conflicts(writes: Counter[str]) -> Counter[str]:
     """The writes answered 409 Conflict or 422 (a failed precondition or JSON-patch test)."""
     return Counter({key: n for key, n in writes.items() if key.endswith((" 409", " 422"))})
+
+
+class RoundTrips:
+    """GETs of the app Secret in one namespace every ``interval`` seconds, on a thread, while a phase runs: the API
+    round trip under that phase's own load (the yardstick is taken on a quiet cluster, after the sequential phase)."""
+
+    def __init__(self, cluster: Cluster, namespace: str, interval: float = 0.1) -> None:
+        self.samples: list[float] = []
+        self._cluster, self._namespace, self._interval = cluster, namespace, interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="round trips", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):  # the pace of the samples, not a synchronisation
+            started = time.perf_counter()
+            try:
+                self._cluster.core.read_namespaced_secret(
+                    APP_SECRET_NAME, self._namespace, _request_timeout=REQUEST_TIMEOUT
+                )
+            except Exception:  # noqa: BLE001, S112 (a failed GET is no round trip; the phase reports what failed)
+                continue
+            self.samples.append(time.perf_counter() - started)
+
+    def stop(self) -> list[float]:
+        self._stopping.set()
+        self._thread.join(timeout=sum(REQUEST_TIMEOUT) + 5)
+        return list(self.samples)
 
 
 class Profiler:
@@ -597,6 +649,11 @@ class Phase:
     """lines the operator logged during the phase (at its default level)"""
     turns: int | None = None
     """reconcile turns the operator took during the phase (its own metric)"""
+    loop_lag_p99: float | None = None
+    """upper bound (s) of the bucket holding the p99 of the operator's event-loop lag during the phase (its own
+    histogram: how late a timer due every 0.1 s ran)"""
+    round_trips: list[float] = field(default_factory=list)
+    """seconds of the GETs sampled every 0.1 s during the phase (``RoundTrips``): the API's latency under its load"""
 
     @property
     def turns_per_rollout(self) -> float | None:
@@ -652,9 +709,10 @@ def run_phase(
     console.print(f"  {len(namespaces)} targets Available in {time.monotonic() - started:.1f}s")
     operator = world.operator_process
     cpu_before, writes_before, lines_before = operator.cpu_seconds(), api_writes(world), _lines(operator.log_path)
-    turns_before = operator_turns(world)
+    metrics_before = operator_metrics(world)
     label = f"{workload.name}-{len(namespaces)}"
     profiler = Profiler(operator.pid, profile_dir, label) if profile_dir is not None else None
+    round_trips = RoundTrips(cluster, namespaces[0])
     figures = []
     try:
         if at_once:
@@ -672,8 +730,13 @@ def run_phase(
             makespan = time.time() - first
     finally:
         top = profiler.stop() if profiler is not None else []
-    cpu_after, turns_after = operator.cpu_seconds(), operator_turns(world)
+        rtts = round_trips.stop()
+    cpu_after, metrics_after = operator.cpu_seconds(), operator_metrics(world)
     cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    turns = lag99 = None
+    if metrics_before is not None and metrics_after is not None:
+        turns = count_turns(metrics_after) - count_turns(metrics_before)
+        lag99 = bucket_quantile(loop_lag_buckets(metrics_before), loop_lag_buckets(metrics_after), 0.99)
     return Phase(
         workload.name,
         len(namespaces) if at_once else 1,
@@ -685,7 +748,9 @@ def run_phase(
         top,
         profiler.svg if profiler is not None else None,
         _lines(operator.log_path) - lines_before,
-        None if turns_before is None or turns_after is None else turns_after - turns_before,
+        turns,
+        lag99,
+        rtts,
     )
 
 
@@ -893,12 +958,18 @@ def _ms(value: float | None, rtt50: float) -> str:
     return "—" if value is None else f"{value * 1000:.0f} ({value / rtt50:.0f}x)"
 
 
+def _upper_ms(bound: float | None) -> str:
+    if bound is None:
+        return "—"
+    return "> last bucket" if math.isinf(bound) else f"≤ {bound * 1000:g}"
+
+
 def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
     table = Table(title="per workload and scale", title_justify="left", header_style="bold")
     heads = (
         "workload", "at once", "done", "advance p50 ms (xRTT)", "advance p99 ms (xRTT)", "overhead p50 s",
         "overhead p99 s", "CPU/rollout s", "peak RSS MiB", "makespan s", "status writes/rollout", "GETs/rollout", "write conflicts",
-        "log lines/rollout", "turns/rollout",
+        "log lines/rollout", "turns/rollout", "loop lag p99 ms",
     )  # fmt: skip
     for head in heads:
         table.add_column(head, justify="left" if head == "workload" else "right")
@@ -921,6 +992,7 @@ def phase_table(phases: Sequence[Phase], rtt50: float) -> Table:
             str(p.conflicts.total()),
             "—" if p.log_lines_per_rollout is None else f"{p.log_lines_per_rollout:.1f}",
             "—" if p.turns_per_rollout is None else f"{p.turns_per_rollout:.1f}",
+            _upper_ms(p.loop_lag_p99),
         )
     return table
 
@@ -985,6 +1057,16 @@ def run(
         "a write seen through a watch p50 / p99 (the floor of a stage advance)",
         f"{floor50 * 1000:.1f} / {floor99 * 1000:.1f} ms ({floor50 / rtt50:.1f}x / {floor99 / rtt50:.1f}x RTT)",
     )
+    for p in phases:
+        if p.round_trips:
+            during50 = statistics.median(p.round_trips)
+            advance99 = _p(p.advances, 99)
+            facts.add_row(
+                f"{p.workload} x {p.scale}: API GET round trip during the phase p50 / p99"
+                + ("" if advance99 is None else " (advance p99 in these)"),
+                f"{during50 * 1000:.1f} / {percentile(p.round_trips, 99) * 1000:.1f} ms"
+                + ("" if advance99 is None else f" ({advance99 / during50:.0f}x)"),
+            )
     for name, kib in idle.items():
         if kib is not None:
             facts.add_row(f"{name}: operator peak RSS at idle (after start)", f"{kib / 1024:.0f} MiB")

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any, cast
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from torghut_localstack.bench import WORKLOADS, Phase, conflicts, count_turns, count_writes, top_functions
+from torghut_localstack.bench import (
+    LOOP_LAG,
+    WORKLOADS,
+    Phase,
+    bucket_quantile,
+    conflicts,
+    count_turns,
+    count_writes,
+    loop_lag_buckets,
+    top_functions,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -85,3 +97,25 @@ def test_turns_per_rollout_sum_the_operators_reconciles_of_any_result() -> None:
     assert count_turns(metrics) == 60
     phase = Phase("peer", 10, [cast(Any, None)] * 10, None, None, 1.0, Counter(), turns=60)
     assert phase.turns_per_rollout == 6.0
+
+
+def test_the_loop_lag_p99_is_read_from_the_operators_histogram_between_two_scrapes() -> None:
+    """The bench reads the operator's own histogram (prometheus_client's text) before and after a phase; what came
+    before the phase does not count."""
+    registry = CollectorRegistry()
+    lag = Histogram(LOOP_LAG, "lag", buckets=(0.001, 0.01, 0.1, 1), registry=registry)
+    for _ in range(50):
+        lag.observe(2.0)  # before the phase: a slow start must not count
+    before = loop_lag_buckets(generate_latest(registry).decode())
+    assert before[0.001] == 0
+    assert before[math.inf] == 50
+    for _ in range(98):
+        lag.observe(0.005)
+    lag.observe(0.05)
+    lag.observe(0.5)
+    after = loop_lag_buckets(generate_latest(registry).decode())
+    assert bucket_quantile(before, after, 0.5) == 0.01
+    assert bucket_quantile(before, after, 0.99) == 0.1, "99 of the phase's 100 looks were no later than 0.1 s"
+    assert bucket_quantile(before, after, 1.0) == 1.0
+    assert bucket_quantile(after, after, 0.99) is None, "no looks, no figure"
+    assert bucket_quantile({}, before, 0.99) == math.inf, "beyond the last bound"
