@@ -306,12 +306,13 @@ class Cluster:
 
     def round_trips(self, namespace: str, count: int = 30) -> list[float]:
         """Seconds of `count` GETs of the app Secret: the machine's API latency, as a yardstick."""
-        out = []
-        for _ in range(count):
-            started = time.perf_counter()
-            self.core.read_namespaced_secret(APP_SECRET_NAME, namespace, _request_timeout=REQUEST_TIMEOUT)
-            out.append(time.perf_counter() - started)
-        return out
+        return [self.round_trip(namespace) for _ in range(count)]
+
+    def round_trip(self, namespace: str) -> float:
+        """Seconds of one GET of the app Secret in `namespace`."""
+        started = time.perf_counter()
+        self.core.read_namespaced_secret(APP_SECRET_NAME, namespace, _request_timeout=REQUEST_TIMEOUT)
+        return time.perf_counter() - started
 
 
 def _available(obj: Mapping[str, Any] | None, image: str | None) -> bool:
@@ -563,14 +564,10 @@ class RoundTrips:
 
     def _run(self) -> None:
         while not self._stopping.wait(self._interval):  # the pace of the samples, not a synchronisation
-            started = time.perf_counter()
             try:
-                self._cluster.core.read_namespaced_secret(
-                    APP_SECRET_NAME, self._namespace, _request_timeout=REQUEST_TIMEOUT
-                )
+                self.samples.append(self._cluster.round_trip(self._namespace))
             except Exception:  # noqa: BLE001, S112 (a failed GET is no round trip; the phase reports what failed)
                 continue
-            self.samples.append(time.perf_counter() - started)
 
     def stop(self) -> list[float]:
         self._stopping.set()
