@@ -8,16 +8,19 @@ from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from rich.console import Console
 
 from torghut_localstack.bench import (
     LOOP_LAG,
     WORKLOADS,
     Phase,
+    RolloutFigures,
     bucket_quantile,
     conflicts,
     count_turns,
     count_writes,
     loop_lag_buckets,
+    target_table,
     top_functions,
 )
 
@@ -119,3 +122,35 @@ def test_the_loop_lag_p99_is_read_from_the_operators_histogram_between_two_scrap
     assert bucket_quantile(before, after, 1.0) == 1.0
     assert bucket_quantile(after, after, 0.99) is None, "no looks, no figure"
     assert bucket_quantile({}, before, 0.99) == math.inf, "beyond the last bound"
+
+
+def _row(text: str, target: str) -> list[str]:
+    line = next(line for line in text.splitlines() if target in line)
+    return [cell.strip() for cell in line.split("│")[1:-1]]
+
+
+def test_the_targets_table_shows_one_gets_p99_during_the_phase_beside_a_stage_advance_limit() -> None:
+    """A stage advance needs at least one request to the API server under the phase's load: the table shows a bare
+    GET's p99 sampled during the phase, in quiet round trips, and says when that alone is above the limit."""
+    rtt = 0.002
+
+    def phase(scale: int, advances: list[float], round_trips: list[float]) -> Phase:
+        figures = [RolloutFigures(f"ns-{i}", "Succeeded", "", {"step": a}, 1.0, 1.0) for i, a in enumerate(advances)]
+        return Phase("peer", scale, figures, None, None, 1.0, Counter(), round_trips=round_trips)
+
+    at1 = phase(1, [0.012, 0.023], [0.002] * 98 + [0.017, 0.017])  # the GET's p99: 17 ms = 8.5 round trips
+    at50 = phase(50, [0.014, 0.030], [0.003] * 100)  # 1.5 round trips: within the limit
+    console = Console(record=True, width=250, color_system=None)
+    console.print(target_table([at1, at50], rtt))
+    text = console.export_text()
+    assert _row(text, "stage advance p99 at 1")[3:] == ["11.5 x RTT", "no", "8.5 x RTT (above the limit)"]
+    assert _row(text, "stage advance p99 at 50")[3:] == ["15 x RTT", "yes", "1.5 x RTT"]
+    assert _row(text, "CPU per rollout")[-1] == "—", "no floor for a cost"
+    assert "out of reach for any controller" in " ".join(text.split())
+
+
+def test_a_phase_without_sampled_gets_has_no_floor() -> None:
+    figures = [RolloutFigures("ns", "Succeeded", "", {"step": 0.05}, 1.0, 1.0)]
+    console = Console(record=True, width=250, color_system=None)
+    console.print(target_table([Phase("peer", 1, figures, None, None, 1.0, Counter())], 0.002))
+    assert _row(console.export_text(), "stage advance p99 at 1")[3:] == ["25 x RTT", "no", "—"]
