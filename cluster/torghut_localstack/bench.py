@@ -21,6 +21,7 @@ more than absolute numbers on a noisy machine; it asserts nothing. Exit status 1
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import shutil
@@ -32,7 +33,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -575,6 +577,23 @@ class RoundTrips:
         return list(self.samples)
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The benchmark's own cyclic garbage collector off while its threads stamp what the watches deliver (as
+    ``timeit`` does): a full collection of the history it records (100,000-220,000 objects by the 50-at-once phase)
+    held every one of its threads for 40-130 ms, a stall its stamps would have charged to the operator. Reference
+    counting still frees everything not in a cycle; one collection runs before and one after."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.collect()
+
+
 class Profiler:
     """py-spy sampling the operator (without pausing it) into an SVG flame graph and raw stacks for the top list."""
 
@@ -585,7 +604,7 @@ class Profiler:
         spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
         if spy is None:
             raise WorldError("py-spy is missing: make deps installs it from the lock file")
-        common = [spy, "record", "--pid", str(pid), "--rate", "50", "--gil"]
+        common = [spy, "record", "--pid", str(pid), "--rate", "50", "--gil", "--nonblocking"]
         self.processes = [
             subprocess.Popen(
                 [*common, "--format", fmt, "--output", str(path)],
@@ -708,26 +727,27 @@ def run_phase(
     cpu_before, writes_before, lines_before = operator.cpu_seconds(), api_writes(world), _lines(operator.log_path)
     metrics_before = operator_metrics(world)
     label = f"{workload.name}-{len(namespaces)}"
-    profiler = Profiler(operator.pid, profile_dir, label) if profile_dir is not None else None
-    round_trips = RoundTrips(cluster, namespaces[0])
     figures = []
-    try:
-        if at_once:
-            applied = {ns: cluster.create_rollout(world, ns, workload) for ns in namespaces}
-            wait_all_terminal(recorder, namespaces, PARALLEL_TIMEOUT * max(1, len(namespaces) // 50))
-            figures = [analyse(recorder, ns, applied[ns], workload.verify_wait) for ns in namespaces]
-            first = min(applied.values())
-            makespan = max(applied[f.namespace] + f.wall for f in figures) - first
-        else:
-            first = time.time()
-            for ns in namespaces:
-                at = cluster.create_rollout(world, ns, workload)
-                wait_all_terminal(recorder, [ns], SEQUENTIAL_TIMEOUT)
-                figures.append(analyse(recorder, ns, at, workload.verify_wait))
-            makespan = time.time() - first
-    finally:
-        top = profiler.stop() if profiler is not None else []
-        rtts = round_trips.stop()
+    with collector_paused():
+        profiler = Profiler(operator.pid, profile_dir, label) if profile_dir is not None else None
+        round_trips = RoundTrips(cluster, namespaces[0])
+        try:
+            if at_once:
+                applied = {ns: cluster.create_rollout(world, ns, workload) for ns in namespaces}
+                wait_all_terminal(recorder, namespaces, PARALLEL_TIMEOUT * max(1, len(namespaces) // 50))
+                figures = [analyse(recorder, ns, applied[ns], workload.verify_wait) for ns in namespaces]
+                first = min(applied.values())
+                makespan = max(applied[f.namespace] + f.wall for f in figures) - first
+            else:
+                first = time.time()
+                for ns in namespaces:
+                    at = cluster.create_rollout(world, ns, workload)
+                    wait_all_terminal(recorder, [ns], SEQUENTIAL_TIMEOUT)
+                    figures.append(analyse(recorder, ns, at, workload.verify_wait))
+                makespan = time.time() - first
+        finally:
+            top = profiler.stop() if profiler is not None else []
+            rtts = round_trips.stop()
     cpu_after, metrics_after = operator.cpu_seconds(), operator_metrics(world)
     cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     turns = lag99 = None
@@ -771,8 +791,9 @@ def run_workload(
             seq = [f"bench-{workload.name}-seq-{i:03d}" for i in range(sequential)]
             console.print(f"  {sequential} rollouts one after another ...")
             phases.append(run_phase(world, cluster, recorder, workload, seq, at_once=False, console=console))
-            rtt = cluster.round_trips(seq[0])
-            floor = cluster.writes_seen(recorder, seq[0])
+            with collector_paused():
+                rtt = cluster.round_trips(seq[0])
+                floor = cluster.writes_seen(recorder, seq[0])
             for scale in scales:
                 names = [f"bench-{workload.name}-x{scale}-{i:03d}" for i in range(scale)]
                 console.print(f"  {scale} rollouts at once ...")

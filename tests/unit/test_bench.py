@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 from collections import Counter
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from rich.console import Console
 
+from torghut_localstack import bench
 from torghut_localstack.bench import (
     LOOP_LAG,
     WORKLOADS,
     Phase,
     RolloutFigures,
     bucket_quantile,
+    collector_paused,
     conflicts,
     count_turns,
     count_writes,
@@ -154,3 +159,59 @@ def test_a_phase_without_sampled_gets_has_no_floor() -> None:
     console = Console(record=True, width=250, color_system=None)
     console.print(target_table([Phase("peer", 1, figures, None, None, 1.0, Counter())], 0.002))
     assert _row(console.export_text(), "stage advance p99 at 1")[3:] == ["25 x RTT", "no", "—"]
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_benchs_own_garbage_collector_is_off_while_it_stamps_and_collects_afterwards() -> None:
+    """A full collection of the bench's recorded history stalled its watch threads for up to 130 ms, a stall its
+    stamps would have charged to the operator: during a measured window the collector is off, a cycle made there
+    lives until the window ends, and is collected then; an error inside still turns the collector back on."""
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        cycle = _Cycle()
+        gone = weakref.ref(cycle)
+        del cycle
+        # With the collector on, these allocations would trigger collections.
+        allocations: list[list[int]] = [[] for _ in range(20_000)]
+        assert gone() is not None, "no collection ran during the window"
+        del allocations
+    assert gone() is None, "the cycle made during the window is collected when it ends"
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("a phase failed")
+    assert gc.isenabled()
+
+
+def test_the_collector_stays_off_after_the_window_if_it_was_off_before() -> None:
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_the_profiler_samples_the_operator_without_pausing_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """py-spy pauses the process it samples unless told not to: two of them at 50 Hz each stopped the operator
+    during the very phase whose stage advances the bench measures."""
+    started: list[list[str]] = []
+
+    class Spy:
+        def __init__(self, argv: list[str], **_: Any) -> None:
+            started.append(argv)
+
+    monkeypatch.setattr("shutil.which", lambda *_a, **_k: "/bin/py-spy")
+    monkeypatch.setattr("subprocess.Popen", Spy)
+    profiler = bench.Profiler(4242, tmp_path, "peer-50")
+    assert profiler.svg == tmp_path / "operator-peer-50.svg"
+    assert len(started) == 2, "a flame graph and the raw stacks"
+    for argv in started:
+        assert argv[:2] == ["/bin/py-spy", "record"]
+        assert argv[argv.index("--pid") + 1] == "4242"
+        assert "--nonblocking" in argv
